@@ -1,0 +1,51 @@
+"""radflow: medical-imaging archives into sharded Zarr v3 stores and Parquet tables.
+
+Python API (heavy imports happen inside the calls)::
+
+    import radflow
+    radflow.ingest("archive/", "store.zarr")
+    radflow.process("store.zarr", steps=("preprocess", "infer", "features"), model="model.pt")
+    store = radflow.open_store("store.zarr")
+    store.ledger(); store.instances(); store.raw_frame(0); store.dataset()
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "ingest", "process", "open_store", "Settings"]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def open_store(url: str, storage_options: dict[str, Any] | None = None):
+    """Open a radflow store for reading; see :class:`radflow.storage.store.Store`."""
+    from radflow.storage.store import open_store as _open
+
+    return _open(url, storage_options)
+
+
+def ingest(source: str, store: str, **options: Any) -> dict[str, Any]:
+    """Ingest a DICOM archive into a store; see :func:`radflow.flows.ingest.ingest_flow`."""
+    from radflow.flows.ingest import ingest_flow
+
+    return ingest_flow(source, store, **options)
+
+
+def process(store: str, steps: tuple[str, ...] | list[str] | str = ("preprocess", "infer", "features"), **options: Any) -> dict[str, Any]:
+    """Process a store; see :func:`radflow.flows.process.process_flow`."""
+    from radflow.flows.process import process_flow
+
+    if isinstance(steps, str):
+        steps = [s.strip() for s in steps.split(",") if s.strip()]
+    return process_flow(store, steps=list(steps), **options)
+
+
+def __getattr__(name: str):
+    if name == "Settings":
+        from radflow.config import Settings
+
+        return Settings
+    raise AttributeError(name)

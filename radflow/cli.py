@@ -1,0 +1,338 @@
+"""The ``radflow`` command: a thin layer over the Python API.
+
+Every command prints a one-line reason and exits non-zero on failure; long work
+shows progress bars; ``--verbose`` shows Prefect's and Dask's own logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable
+
+__all__ = ["main"]
+
+
+def _quiet_orchestration(verbose: bool) -> None:
+    """Defaults for the orchestration stack, set before it is imported (never overriding the user's)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+class _Progress:
+    """Rich progress bars fed by :mod:`radflow.flows._progress` events."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.console, transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.dashboards: set[str] = set()
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        stage = info.get("stage", "")
+        if event == "dashboard" and info["url"] not in self.dashboards:
+            self.dashboards.add(info["url"])
+            self.console.print(f"[bold]Dask dashboard:[/bold] {info['url']}")
+        elif event == "stage-start":
+            self.tasks[stage] = self.progress.add_task(stage, total=info.get("total"))
+        elif event == "stage-advance" and stage in self.tasks:
+            self.progress.advance(self.tasks[stage], info.get("advance", 1))
+        elif event == "stage-end" and stage in self.tasks:
+            t = self.tasks.pop(stage)
+            task = self.progress.tasks[[x.id for x in self.progress.tasks].index(t)]
+            self.progress.update(t, total=task.completed if task.total is None else task.total,
+                                 completed=task.total if task.total is not None else task.completed)
+
+    def __enter__(self) -> "_Progress":
+        from radflow.flows._progress import listen
+
+        self._listen = listen(self)
+        self._listen.__enter__()
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+        self._listen.__exit__(*exc)
+
+
+def _with_progress(fn: Callable[[], Any]) -> Any:
+    with _Progress():
+        return fn()
+
+
+def _storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    opts = {}
+    if getattr(args, "endpoint_url", None):
+        opts["endpoint_url"] = args.endpoint_url
+    return opts or None
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    if getattr(args, "workers", None):
+        out["cluster"] = {"n_workers": args.workers}
+    if getattr(args, "shard_mib", None):
+        out["shard_target_mib"] = args.shard_mib
+    return out or None
+
+
+def _print_ingest(s: dict[str, Any]) -> None:
+    rej = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "none"
+    print(f"inputs: {s['discovered']} discovered, {s['new']} new, {s['ok']} ok; rejected: {rej}")
+    print(f"frames: {s['frames']} in {s['batches']} batches; {s['bytes_in'] / 1e6:.1f} MB read in {s['seconds']:.1f} s "
+          f"({s['mb_per_s']:.1f} MB/s, {s['images_per_s']:.1f} images/s)")
+
+
+def _print_process(s: dict[str, Any]) -> None:
+    for step, v in s["steps"].items():
+        print(f"{step}: {v['frames']} frames in {v['seconds']:.1f} s ({v['images_per_s']:.1f} images/s)")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from concurrent.futures import ProcessPoolExecutor
+
+    from radflow.synth import write_archive
+
+    with ProcessPoolExecutor(max_workers=args.jobs or os.cpu_count()) as ex:
+        s = write_archive(args.dir, args.n, seed=args.seed, map_fn=lambda f, *it: ex.map(f, *it, chunksize=4))
+    print(f"wrote {s.images} radiographs ({s.lesions} with a lesion) and {s.broken} broken files, {s.bytes / 1e6:.1f} MB")
+    print(f"DICOM under {s.dicom}; labels in {s.labels}")
+    print("transfer syntaxes: " + ", ".join(f"{k} {v}" for k, v in sorted(s.syntaxes.items())))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import radflow
+
+    s = _with_progress(lambda: radflow.ingest(args.source, args.store, cluster=args.cluster,
+                                              storage_options=_storage_options(args), settings=_settings(args)))
+    _print_ingest(s)
+    return 0
+
+
+def _steps(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    import radflow
+
+    s = _with_progress(lambda: radflow.process(args.store, steps=_steps(args.steps), model=args.model, arch=args.arch,
+                                               canvas=args.canvas, cluster=args.cluster,
+                                               storage_options=_storage_options(args), settings=_settings(args)))
+    _print_process(s)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd_ingest(args)
+    steps = _steps(args.steps)
+    if "infer" in steps and not args.model:
+        steps.remove("infer")
+    args.steps = ",".join(steps)
+    return cmd_process(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from radflow.flows.evaluate import evaluate_flow
+
+    res = evaluate_flow(args.store, args.labels, threshold=args.threshold, split=args.split,
+                        storage_options=_storage_options(args))
+    for r in res["evaluation"]:
+        print(f"{r['model']} [{r['model_sha256'][:12]}] {r['label']}: AUC {r['auc']:.3f}, sensitivity {r['sensitivity']:.3f}, "
+              f"specificity {r['specificity']:.3f} at {r['threshold']} (n={r['n']}, positives={r['positives']})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from radflow.flows.demo import demo_flow
+
+    t0 = time.perf_counter()
+    s = _with_progress(lambda: demo_flow(args.out, n=args.n, seed=args.seed, canvas=args.canvas, cluster=args.cluster))
+    ing = s["ingest"]
+    print()
+    print("radflow demo — summary")
+    print(f"  archive      {s['synth']['images']} synthetic radiographs + {s['synth']['broken']} broken files, "
+          f"{s['synth']['bytes'] / 1e6:.0f} MB, under {s['archive']}")
+    _indent = "  "
+    rej = ", ".join(f"{k} {v}" for k, v in ing["rejected"].items()) or "none"
+    print(f"{_indent}inputs       {ing['discovered']} discovered, {ing['ok']} ok, rejected: {rej}")
+    print(f"{_indent}frames       {ing['frames']} stored in {ing['batches']} batches")
+    print(f"{_indent}ingest       {ing['mb_per_s']:.1f} MB/s, {ing['images_per_s']:.1f} images/s ({ing['seconds']:.1f} s)")
+    for step, v in s["process"].items():
+        print(f"{_indent}{step:<12} {v['images_per_s']:.1f} images/s ({v['frames']} frames, {v['seconds']:.1f} s)")
+    tr = s["train"]
+    print(f"{_indent}train        resnet18 on {tr['train_images']} images ({tr['train_positives']} with a lesion) in {tr['seconds']:.1f} s")
+    for r in s["evaluation"]:
+        print(f"{_indent}held-out     AUC {r['auc']:.3f} for '{r['label']}' on {r['n']} images "
+              f"(sensitivity {r['sensitivity']:.2f}, specificity {r['specificity']:.2f} at {r['threshold']})")
+    print(f"{_indent}store        {s['store']}")
+    print(f"{_indent}tables       {s['tables']}  (ledger, instances, features, predictions, evaluation)")
+    print(f"{_indent}model        {s['model']}")
+    print(f"{_indent}total        {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from importlib import metadata
+
+    import radflow
+    from radflow.storage.dicom import decodable_syntaxes
+
+    print(f"radflow {radflow.__version__} (Python {sys.version.split()[0]})")
+    for pkg in ("numpy", "zarr", "dask", "distributed", "xarray", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg",
+                "pylibjpeg-libjpeg", "pylibjpeg-rle", "python-gdcm", "torch", "torchvision", "prefect", "s3fs",
+                "cupy-cuda12x", "dask-cuda"):
+        try:
+            print(f"  {pkg:<20} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            print(f"  {pkg:<20} (not installed)")
+    print("pixel decoders (transfer syntax: plugins):")
+    for s in decodable_syntaxes():
+        plugins = ", ".join(s["plugins"]) if s["plugins"] else "NONE — install a decoder plugin"
+        print(f"  {s['name']} ({s['uid']}): {plugins}")
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = [torch.cuda.get_device_name(i) for i in range(n)]
+    except Exception:  # a broken CUDA install must not break `info`
+        gpus = []
+    print("GPUs: " + (", ".join(gpus) if gpus else "none"))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from radflow.storage.inspect import describe
+
+    info = describe(args.store, _storage_options(args))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    m = info["meta"]
+    print(f"store {info['url']}  (radflow format {m.get('format_version')}, written by radflow {m.get('radflow_version')}, "
+          f"created {m.get('created')})")
+    print(f"source {m.get('source')}")
+    print("inputs by status/reason:")
+    for row in info["ledger"]:
+        print(f"  {row['status']:<10} {row['reason'] or '':<24} {row['inputs']}")
+    print("frames by modality and size:")
+    for row in info["frames"]:
+        print(f"  {row['modality'] or '?':<6} {row['size']:<14} {row['frames']}")
+    print("arrays:")
+    for a in info["arrays"]:
+        print(f"  {a['name']:<28} shape {a['shape']} {a['dtype']} chunks {a['chunks']} shards {a['shards']} "
+              f"{a['stored_bytes'] / 1e6:.1f} MB stored")
+    print("tables: " + ", ".join(f"{k} {v} rows" for k, v in info["tables"].items()))
+    print(f"objects: {info['objects']} ({info['objects_per_1000_inputs']:.1f} per 1,000 inputs)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="radflow",
+        description="Turn imaging archives into sharded Zarr stores and Parquet tables; process them on Dask under Prefect.",
+        epilog="Start with `radflow demo`. Configuration: RADFLOW_* environment variables (see README).",
+    )
+    p.add_argument("--verbose", "-v", action="store_true", help="show Prefect's and Dask's logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser, cluster: bool = True) -> None:
+        if cluster:
+            sp.add_argument("--cluster", help="Dask scheduler address (tcp://host:8786); default: a local cluster")
+            sp.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core)")
+        sp.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// URLs (default: AWS_ENDPOINT_URL)")
+
+    sp = sub.add_parser("synth", help="write a synthetic DICOM radiograph archive")
+    sp.add_argument("dir", help="output folder (DICOM under DIR/dicom, labels in DIR/labels.csv)")
+    sp.add_argument("--n", type=int, default=200, help="radiographs to write (default 200)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--jobs", type=int, help="processes (default: one per core)")
+    sp.set_defaults(func=cmd_synth)
+
+    sp = sub.add_parser("ingest", help="ingest a DICOM archive (folder or s3:// prefix) into a store")
+    sp.add_argument("source")
+    sp.add_argument("store")
+    sp.add_argument("--shard-mib", type=int, help="target shard size in MiB (default 128)")
+    common(sp)
+    sp.set_defaults(func=cmd_ingest)
+
+    def process_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--steps", default="preprocess,infer,features", help="comma-separated: preprocess, infer, features")
+        sp.add_argument("--model", help="model weights: a TorchScript file, or a state_dict with --arch")
+        sp.add_argument("--arch", help="torchvision architecture of a state_dict model (e.g. densenet121, resnet50)")
+        sp.add_argument("--canvas", type=int, help="side of the analysis canvas of `images` (default 1024)")
+
+    sp = sub.add_parser("process", help="preprocess, infer and extract features over a store")
+    sp.add_argument("store")
+    process_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_process)
+
+    sp = sub.add_parser("run", help="ingest then process (infer only with --model)")
+    sp.add_argument("source")
+    sp.add_argument("store")
+    sp.add_argument("--shard-mib", type=int, help="target shard size in MiB (default 128)")
+    process_args(sp)
+    common(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("evaluate", help="score predictions against labels (CSV keyed by sop_instance_uid)")
+    sp.add_argument("store")
+    sp.add_argument("--labels", required=True)
+    sp.add_argument("--threshold", type=float, default=0.5)
+    sp.add_argument("--split", help="only label rows whose 'split' column has this value")
+    common(sp, cluster=False)
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("demo", help="synthesize an archive and run every stage on a local cluster")
+    sp.add_argument("--out", default="radflow-demo", help="output folder (default ./radflow-demo)")
+    sp.add_argument("--n", type=int, default=200, help="radiographs (default 200)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--canvas", type=int, default=256, help="analysis canvas (default 256 for the demo)")
+    sp.add_argument("--cluster", help="Dask scheduler address; default: a local cluster")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("info", help="versions, pixel decoders available, GPUs")
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("inspect", help="summarize a store: inputs, frames, arrays, tables, objects")
+    sp.add_argument("store")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    common(sp, cluster=False)
+    sp.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_orchestration(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("radflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one-line reason; the traceback with --verbose
+        if args.verbose:
+            raise
+        print(f"radflow: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Where work runs: Dask clusters and worker plugins."""
+
+from radflow.cluster.local import connect, dashboard_link
+
+__all__ = ["connect", "dashboard_link"]

@@ -1,0 +1,82 @@
+"""Where Dask work runs: a local CPU cluster, a local CUDA cluster, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING, Iterator
+
+from radflow.config import ClusterSettings
+from radflow.errors import ConfigError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+__all__ = ["connect", "dashboard_link"]
+
+log = logging.getLogger(__name__)
+
+
+def dashboard_link(client: "Client") -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing or disabled)
+        return None
+
+
+@contextlib.contextmanager
+def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
+    """A Dask client for the configured cluster, closed (and a local cluster stopped) on exit.
+
+    * ``settings.address`` set: connect to that scheduler (``tcp://host:8786``,
+      ``tls://…`` with the TLS settings of Dask's own configuration).
+    * ``kind="local"``: a ``LocalCluster`` of worker processes on 127.0.0.1, one per
+      core by default.
+    * ``kind="local-cuda"``: dask-cuda's ``LocalCUDACluster``, one worker per GPU.
+
+    If a client is already current in this process (one made by the caller), it is
+    reused and left open.
+    """
+    from distributed import Client, LocalCluster
+    from distributed.client import _get_global_client
+
+    settings = settings or ClusterSettings()
+    if settings.address:
+        client = Client(settings.address, set_as_default=True)
+        log.info("connected to scheduler %s", settings.address)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    current = _get_global_client()
+    if current is not None and current.status == "running":
+        yield current
+        return
+    if settings.kind == "local-cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as exc:
+            raise MissingDependencyError("cluster kind 'local-cuda' needs dask-cuda; pip install 'radflow[gpu]'") from exc
+        cluster = LocalCUDACluster(dashboard_address=settings.dashboard_address, ip="127.0.0.1")
+    elif settings.kind == "local":
+        n = settings.n_workers or max(1, (os.cpu_count() or 1) // max(1, settings.threads_per_worker))
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=settings.threads_per_worker,
+            processes=True,
+            memory_limit=settings.memory_limit,
+            host="127.0.0.1",
+            dashboard_address=settings.dashboard_address,
+            silence_logs=logging.WARNING,
+        )
+    else:  # pragma: no cover - guarded by the settings model
+        raise ConfigError(f"unknown cluster kind {settings.kind!r}")
+    client = Client(cluster, set_as_default=True)
+    log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

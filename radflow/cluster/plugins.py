@@ -1,0 +1,76 @@
+"""Worker-side caches: a model is loaded once per worker process, not shipped with tasks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+__all__ = ["ModelCache", "cached_model"]
+
+log = logging.getLogger(__name__)
+
+
+class ModelCache(WorkerPlugin):
+    """Holds loaded models of one worker (or of the client process when run without one).
+
+    Registered on every worker as a ``WorkerPlugin`` (``client.register_plugin``), so
+    ``teardown`` frees the models when a worker closes.
+    """
+
+    name = "radflow-model-cache"
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+        self.models: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped empty to each worker
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def setup(self, worker: Any) -> None:  # WorkerPlugin API
+        self.worker = worker
+
+    def teardown(self, worker: Any) -> None:  # WorkerPlugin API
+        self.models.clear()
+
+    def get(self, spec: Any) -> Any:
+        from radflow.storage.models import load_model
+
+        with self.lock:
+            model = self.models.get(spec.key)
+            if model is None:
+                model = load_model(spec)
+                _configure_threads(self.worker)
+                self.models[spec.key] = model
+                log.info("loaded model %s (%s, sha256 %s)", model.card.name, model.kind, model.sha256[:12])
+            return model
+
+
+def _configure_threads(worker: Any) -> None:
+    """Match torch's intra-op threads to the worker's threads on a CPU worker."""
+    import torch
+
+    nthreads = getattr(worker, "nthreads", None) if worker is not None else None
+    if nthreads:
+        torch.set_num_threads(int(nthreads))
+
+
+_CLIENT_SIDE = ModelCache()
+
+
+def cached_model(spec: Any) -> Any:
+    """The loaded model for ``spec``: from this worker's plugin if any, else a process cache."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        plugin = worker.plugins.get(ModelCache.name)
+    except (ImportError, ValueError):
+        plugin = None
+    return (plugin or _CLIENT_SIDE).get(spec)

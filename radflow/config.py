@@ -1,0 +1,104 @@
+"""One typed settings object, read from ``RADFLOW_*`` environment variables.
+
+Nested fields use ``__``: ``RADFLOW_CLUSTER__ADDRESS=tcp://host:8786``. Settings are
+built explicitly (``Settings()``) and passed along; nothing reads the environment at
+import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "ClusterSettings", "Limits", "resolve_secret_key", "key_fingerprint"]
+
+
+class Limits(BaseModel):
+    """Bounds checked against header-declared sizes *before* any pixel allocation."""
+
+    max_frame_pixels: int = Field(50_000_000, description="rows × columns × samples of one frame")
+    max_frames: int = Field(10_000, description="frames in one object")
+    max_object_bytes: int = Field(4 * 2**30, description="declared decoded size of one object")
+    max_file_bytes: int = Field(8 * 2**30, description="size of one input file")
+
+
+class ClusterSettings(BaseModel):
+    """Where Dask work runs."""
+
+    address: str | None = Field(None, description="scheduler address (tcp://host:8786); None starts a local cluster")
+    kind: Literal["local", "local-cuda"] = "local"
+    n_workers: int | None = Field(None, description="local workers; default: one per core")
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    dashboard_address: str = "127.0.0.1:0"
+
+
+class Settings(BaseSettings):
+    """All of radflow's configuration.
+
+    Environment: ``RADFLOW_<FIELD>``, nested with ``__``. Secrets never appear in
+    ``repr``, logs or the store.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RADFLOW_", env_nested_delimiter="__", extra="forbid")
+
+    secret_key: SecretStr | None = Field(
+        None, description="key of the keyed hashes that pseudonymize patients and remap UIDs"
+    )
+    key_file: Path | None = Field(
+        None, description="file holding the key when secret_key is unset (default ~/.config/radflow/secret.key)"
+    )
+    shard_target_mib: int = Field(128, ge=1, description="target uncompressed size of one shard object")
+    raw_zstd_level: int = Field(1, ge=-7, le=22, description="zstd level of the raw arrays")
+    canvas: int = Field(1024, ge=16, description="side of the fixed analysis canvas of `images`")
+    resize_method: Literal["area", "bilinear", "bicubic"] = "area"
+    image_dtype: Literal["float16", "uint16"] = "float16"
+    infer_batch: int = Field(32, ge=1, description="frames per inference batch (= `images` chunk)")
+    header_files_per_task: int = Field(256, ge=1, description="files per header-index Dask task")
+    max_files_per_batch: int = Field(4096, ge=1, description="upper bound of inputs in one ingest batch")
+    stage_frames_per_task: int = Field(8192, ge=1, description="frames per processing Prefect task")
+    spectral_cutoff: float = Field(0.25, gt=0, lt=0.71, description="cycles/pixel above which spectral energy counts as high-frequency")
+    limits: Limits = Field(default_factory=Limits)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("canvas")
+    @classmethod
+    def _even_canvas(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"canvas must be even, got {v}")
+        return v
+
+
+def _default_key_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "radflow" / "secret.key"
+
+
+def resolve_secret_key(settings: Settings) -> bytes:
+    """Return the pseudonymization key: ``settings.secret_key``, else the key file.
+
+    The key file is created (mode 0600, 32 random bytes) on first use, so one
+    installation pseudonymizes consistently across runs. Share it (or set
+    ``RADFLOW_SECRET_KEY``) on every machine that writes to the same store.
+    """
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    path = settings.key_file or _default_key_file()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short public fingerprint of the key (recorded in the store to detect a key change)."""
+    return hashlib.sha256(b"radflow-key-fingerprint\0" + key).hexdigest()[:16]

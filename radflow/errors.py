@@ -1,0 +1,97 @@
+"""radflow's exceptions and the closed set of ledger reason codes.
+
+Every error inherits from :class:`RadflowError` *and* the built-in exception a
+caller would naturally catch (``FileNotFoundError``, ``ValueError`` ...), the
+pattern zarr-python uses. Messages say what went wrong, where, and how to fix
+it, and never contain patient-identifying values.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "Reason",
+    "RadflowError",
+    "ConfigError",
+    "StoreNotFoundError",
+    "StoreFormatError",
+    "MissingChunkError",
+    "InputRejected",
+    "NoDecoderError",
+    "ModelError",
+    "MissingDependencyError",
+]
+
+
+class Reason(str, enum.Enum):
+    """Closed set of reason codes for every ledger row whose status is not ``ok``."""
+
+    NOT_DICOM = "NOT_DICOM"
+    TRUNCATED = "TRUNCATED"
+    NON_IMAGE = "NON_IMAGE"
+    NO_DECODER = "NO_DECODER"
+    DECODE_ERROR = "DECODE_ERROR"
+    PIXEL_LENGTH_MISMATCH = "PIXEL_LENGTH_MISMATCH"
+    DIMENSION_LIMIT = "DIMENSION_LIMIT"
+    DUPLICATE_IDENTICAL = "DUPLICATE_IDENTICAL"
+    DUPLICATE_CONFLICT = "DUPLICATE_CONFLICT"
+    ARCHIVE_UNSAFE_MEMBER = "ARCHIVE_UNSAFE_MEMBER"
+    IO_ERROR = "IO_ERROR"
+    WORKER_LOST = "WORKER_LOST"
+    TIMEOUT = "TIMEOUT"
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+class RadflowError(Exception):
+    """Base class of every error radflow raises on purpose."""
+
+
+class ConfigError(RadflowError, ValueError):
+    """A setting or option has an unusable value."""
+
+
+class StoreNotFoundError(RadflowError, FileNotFoundError):
+    """No radflow store exists at the given URL."""
+
+
+class StoreFormatError(RadflowError, ValueError):
+    """The store exists but its layout or format version is not one this radflow reads."""
+
+
+class MissingChunkError(RadflowError, LookupError):
+    """A chunk that the tables say was written is absent from the store (never read as zeros)."""
+
+
+class MissingDependencyError(RadflowError, ImportError):
+    """An optional package needed by the requested feature is not installed."""
+
+
+class ModelError(RadflowError, ValueError):
+    """A model file, architecture or model card cannot be used."""
+
+
+class InputRejected(RadflowError):
+    """One input cannot be stored; carries the ledger reason code.
+
+    Parameters
+    ----------
+    reason : Reason
+        The closed reason code written to the ledger.
+    detail : str
+        A message for the operator. Must not contain identifying values.
+    """
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = Reason(reason)
+        self.detail = detail
+
+
+class NoDecoderError(InputRejected, ImportError):
+    """The input's transfer syntax has no pixel decoder installed."""
+
+    def __init__(self, detail: str) -> None:
+        InputRejected.__init__(self, Reason.NO_DECODER, detail)

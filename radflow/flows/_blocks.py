@@ -1,0 +1,93 @@
+"""Block functions that Dask runs on workers during processing.
+
+Each adapts one chunk of a Dask array to a pure function of :mod:`radflow.tasks`,
+reading raw frames from the store where the stage needs them. No Prefect here:
+workers import this module without the orchestration stack.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import numpy as np
+
+from radflow.tasks.features import block_features
+from radflow.tasks.preprocess import FrameParams, prepare_frame
+
+__all__ = ["PARAM_COLUMNS", "preprocess_block", "features_block", "infer_block"]
+
+#: Columns of the per-frame parameter array handed to :func:`preprocess_block`.
+PARAM_COLUMNS = (
+    "valid", "raw_id", "raw_position", "rows", "cols", "rescale_slope", "rescale_intercept",
+    "window_center", "window_width", "monochrome1",
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _raw_arrays(store_url: str, options_json: str) -> dict[str, Any]:
+    from radflow.storage.store import open_store
+
+    return open_store(store_url, json.loads(options_json) or None).raw_arrays()
+
+
+def preprocess_block(
+    params: np.ndarray, *, store_url: str, options_json: str, raw_names: tuple[str, ...], canvas: int,
+    method: str, out_dtype: str,
+) -> np.ndarray:
+    """Prepare one block of frames.
+
+    Parameters
+    ----------
+    params : (n, 1, len(PARAM_COLUMNS)) float64, one row per global index (``valid`` 0 = empty slot)
+
+    Returns
+    -------
+    (n, canvas, canvas) ``out_dtype`` NumPy array (zeros in empty slots).
+    """
+    arrays = _raw_arrays(store_url, options_json)
+    p = params[:, 0, :]
+    out = np.zeros((p.shape[0], canvas, canvas), dtype=out_dtype)
+    col = {name: i for i, name in enumerate(PARAM_COLUMNS)}
+    for i in range(p.shape[0]):
+        row = p[i]
+        if not row[col["valid"]]:
+            continue
+        arr = arrays[raw_names[int(row[col["raw_id"]])]]
+        frame = np.asarray(arr[int(row[col["raw_position"]])])
+        fp = FrameParams(
+            rows=int(row[col["rows"]]),
+            cols=int(row[col["cols"]]),
+            rescale_slope=float(row[col["rescale_slope"]]),
+            rescale_intercept=float(row[col["rescale_intercept"]]),
+            window_center=float(row[col["window_center"]]),
+            window_width=float(row[col["window_width"]]),
+            monochrome1=bool(row[col["monochrome1"]]),
+        )
+        img = prepare_frame(frame, fp, canvas, method)  # type: ignore[arg-type]
+        if np.dtype(out_dtype) == np.uint16:
+            img = np.round(img * 65535.0)
+        out[i] = img.astype(out_dtype)
+    return out
+
+
+def features_block(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, *, canvas: int, cutoff: float) -> np.ndarray:
+    """Features of a block of canvases; ``rows``/``cols`` are ``(n, 1, 1)`` native sizes (0 = empty)."""
+    x = block.astype(np.float32)
+    if block.dtype == np.uint16:
+        x /= 65535.0
+    geometry = np.stack([rows[:, 0, 0], cols[:, 0, 0]], axis=1)
+    return block_features(x, geometry, canvas=canvas, cutoff=cutoff)
+
+
+def infer_block(block: np.ndarray, *, spec: Any) -> np.ndarray:
+    """Model scores for a block of canvases (model loaded once per worker)."""
+    from radflow.cluster.plugins import cached_model
+    from radflow.tasks.infer import predict
+
+    model = cached_model(spec)
+    x = block.astype(np.float32)
+    if block.dtype == np.uint16:
+        x /= 65535.0
+    return predict(model.module, x, model.card)

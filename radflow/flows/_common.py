@@ -1,0 +1,64 @@
+"""Helpers shared by the flows (no Prefect imports here)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from radflow.config import Settings
+from radflow.errors import ConfigError
+
+__all__ = ["build_settings", "run_logger", "markdown_table"]
+
+
+def build_settings(overrides: dict[str, Any] | None, cluster: str | None = None) -> Settings:
+    """Settings from the environment plus explicit overrides.
+
+    Secrets are refused as overrides: flow parameters are recorded by Prefect, so the
+    key must come from ``RADFLOW_SECRET_KEY`` or the key file.
+    """
+    overrides = dict(overrides or {})
+    if "secret_key" in overrides:
+        raise ConfigError("pass the pseudonymization key through RADFLOW_SECRET_KEY or RADFLOW_KEY_FILE, not as an option")
+    settings = Settings()
+    if overrides:
+        merged = settings.model_dump()
+        merged.pop("secret_key", None)
+        for k, v in overrides.items():
+            if isinstance(v, dict) and isinstance(merged.get(k), dict):
+                merged[k] = {**merged[k], **v}
+            else:
+                merged[k] = v
+        settings = Settings(**merged, secret_key=settings.secret_key)
+    if cluster:
+        settings.cluster.address = cluster
+    return settings
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run, else the module logger."""
+    try:
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            return get_run_logger()
+        except MissingContextError:
+            pass
+    except ImportError:  # pragma: no cover
+        pass
+    return logging.getLogger("radflow.flows")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of ``rows`` (floats to 4 significant digits)."""
+    if not rows:
+        return "_(none)_\n"
+    cols = list(rows[0])
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,77 @@
+"""The evaluate flow: predictions joined with ground-truth labels → AUC, sensitivity, specificity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from radflow.config import resolve_secret_key
+from radflow.errors import ConfigError
+from radflow.flows._common import build_settings, markdown_table, run_logger
+from radflow.storage.pseudonym import remap_uid
+from radflow.storage.store import open_store
+from radflow.storage.tables import write_part
+from radflow.storage.urls import filesystem, normalize
+from radflow.tasks.metrics import evaluate_predictions
+
+__all__ = ["evaluate_flow", "join_labels"]
+
+
+def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, key: bytes, *, split: str | None = None) -> pd.DataFrame:
+    """Join predictions with a labels table keyed by original ``sop_instance_uid``.
+
+    The label UIDs are remapped with the store's key, so the clear UIDs never meet the
+    store's tables. ``split`` keeps only label rows with that ``split`` value.
+    """
+    if "sop_instance_uid" not in labels:
+        raise ConfigError("labels need a 'sop_instance_uid' column (the original SOP Instance UID)")
+    if split is not None:
+        if "split" not in labels:
+            raise ConfigError("labels have no 'split' column")
+        labels = labels[labels["split"] == split]
+    lab = labels.drop(columns=[c for c in ("path",) if c in labels]).copy()
+    lab["sop_uid"] = [remap_uid(key, str(u)) for u in lab.pop("sop_instance_uid")]
+    return predictions.merge(lab, on="sop_uid", how="inner")
+
+
+@flow(name="radflow-evaluate", validate_parameters=False)
+def evaluate_flow(
+    store: str,
+    labels: str,
+    threshold: float = 0.5,
+    split: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score the store's predictions against a labels CSV; writes ``tables/evaluation``."""
+    cfg = build_settings(settings)
+    st = open_store(normalize(store), storage_options)
+    preds = st.predictions()
+    if preds.empty:
+        raise ConfigError(f"{st.url} has no predictions; run `radflow process {st.url} --steps infer --model ...` first")
+    fs, path = filesystem(normalize(labels), storage_options)
+    with fs.open(path, "rb") as fh:
+        lab = pd.read_csv(fh)
+    names = [c[2:] for c in preds.columns if c.startswith("p_") and c[2:] in lab.columns]
+    if not names:
+        raise ConfigError(f"no label column of {labels!r} matches a prediction column {[c for c in preds if c.startswith('p_')]}")
+    results = []
+    for (model, sha), group in preds.groupby(["model", "model_sha256"]):
+        joined = join_labels(group, lab, resolve_secret_key(cfg), split=split)
+        summary, calib = evaluate_predictions(joined, names, threshold)
+        summary.insert(0, "model", model)
+        summary.insert(1, "model_sha256", sha)
+        write_part(st.url, "evaluation", sha[:12], summary, storage_options=storage_options)
+        write_part(st.url, "calibration", sha[:12], calib, storage_options=storage_options)
+        results.append(summary)
+    table = pd.concat(results, ignore_index=True)
+    create_markdown_artifact(
+        "# radflow evaluation\n\n" + markdown_table(table.to_dict(orient="records")),
+        key="radflow-evaluation", description="AUC, sensitivity and specificity per label",
+    )
+    run_logger().info("evaluated %d model(s) on %d labels", len(results), len(names))
+    return {"evaluation": table.to_dict(orient="records")}
+

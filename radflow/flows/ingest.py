@@ -1,0 +1,206 @@
+"""The ingest flow: discover → header index → plan batches → decode + write (on Dask).
+
+Prefect sees a handful of steps plus one task per batch (one shard's worth of
+inputs); Dask runs the per-batch work on the cluster's workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+import radflow
+from radflow.cluster import connect, dashboard_link
+from radflow.config import Settings, key_fingerprint, resolve_secret_key
+from radflow.flows._common import build_settings, markdown_table, run_logger
+from radflow.flows._progress import report
+from radflow.storage import layout
+from radflow.storage.batches import BatchPlan, index_inputs, ledger_row, plan_batches, write_batch
+from radflow.storage.sources import InputRef, discover
+from radflow.storage.tables import LEDGER_SCHEMA, read_table, write_part
+from radflow.storage.urls import normalize, zarr_store
+
+__all__ = ["ingest_flow", "select_new", "summarize"]
+
+
+def select_new(inputs: list[InputRef], ledger_rows: list[tuple[str, int, str]]) -> list[InputRef]:
+    """Inputs whose ``(uri, size, version)`` has no terminal ledger row yet."""
+    seen = set(ledger_rows)
+    return [r for r in inputs if (r.uri, r.size, r.version) not in seen]
+
+
+@task(name="discover", cache_policy=NO_CACHE)
+def discover_task(source: str, store: str, storage_options: dict[str, Any] | None) -> tuple[list[InputRef], list[InputRef]]:
+    inputs = discover(source, storage_options)
+    ledger = read_table(store, "ledger", storage_options)
+    done = list(zip(ledger["source"], ledger["size"].astype(int), ledger["version"]))
+    new = select_new(inputs, done)
+    run_logger().info("%d inputs discovered, %d new", len(inputs), len(new))
+    return inputs, new
+
+
+@task(name="index-headers", cache_policy=NO_CACHE)
+def index_task(new: list[InputRef], settings: Settings, storage_options: dict[str, Any] | None) -> list[dict[str, Any]]:
+    from distributed import get_client
+
+    client = get_client()
+    n = settings.header_files_per_task
+    chunks = [[(r.uri, r.size, r.version) for r in new[i : i + n]] for i in range(0, len(new), n)]
+    report("stage-start", stage="index headers", total=len(new))
+    futures = client.map(index_inputs, chunks, limits=settings.limits, storage_options=storage_options, pure=False)
+    rows: list[dict[str, Any]] = []
+    from distributed import as_completed as dask_completed
+
+    for fut in dask_completed(futures):
+        part = fut.result()
+        rows.extend(part)
+        report("stage-advance", stage="index headers", advance=len(part))
+    report("stage-end", stage="index headers")
+    rows.sort(key=lambda r: r["uri"])
+    return rows
+
+
+@task(name="plan-batches", cache_policy=NO_CACHE)
+def plan_task(store: str, rows: list[dict[str, Any]], settings: Settings, storage_options: dict[str, Any] | None) -> list[BatchPlan]:
+    """Plan batches and reserve their regions (the flow is the only writer of array shapes)."""
+    root = layout.open_root(zarr_store(store, storage_options), mode="r+")
+    meta = dict(root.attrs["radflow"])
+    try:
+        existing = {name: root[f"raw/{name}"] for name in root["raw"].array_keys()}
+    except KeyError:
+        existing = {}
+    candidates = [r for r in rows if r["status"] == "candidate"]
+    batches, positions, next_index = plan_batches(
+        candidates,
+        next_position={name: a.shape[0] for name, a in existing.items()},
+        next_index=int(meta.get("next_index", 0)),
+        shard_target_mib=settings.shard_target_mib,
+        frames_per_shard={name: int(a.attrs["frames_per_shard"]) for name, a in existing.items()},
+        max_files_per_batch=settings.max_files_per_batch,
+    )
+    for b in batches:
+        arr = existing.get(b.array)
+        if arr is None:
+            arr = layout.ensure_raw_array(root, b.array, dtype=b.dtype, rows=b.rows, cols=b.cols, samples=b.samples,
+                                          fps=b.frames_per_shard, zstd_level=settings.raw_zstd_level)
+            existing[b.array] = arr
+    for name, pos in positions.items():
+        arr = existing[name]
+        if arr.shape[0] < pos:
+            arr.resize((pos, *arr.shape[1:]))
+    layout.update_meta(root, next_index=next_index)
+    run_logger().info("planned %d batches over %d raw arrays", len(batches), len({b.array for b in batches}))
+    return batches
+
+
+@task(name="ingest-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
+def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    from distributed import get_client
+
+    fut = get_client().submit(
+        write_batch, store, plan, secret=resolve_secret_key(settings), limits=settings.limits,
+        storage_options=storage_options, key=f"ingest-batch-{plan.batch_id}", pure=False, retries=1,
+    )
+    return fut.result()
+
+
+def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]], discovered: int, new: int, seconds: float) -> dict[str, Any]:
+    """Run summary from batch results (counts only; nothing identifying)."""
+    reasons: Counter[str] = Counter(r["reason"] for r in index_rejects)
+    for r in results:
+        reasons.update(r["rejected"])
+    ok = sum(r["ok"] for r in results)
+    frames = sum(r["frames"] for r in results)
+    bytes_in = sum(r["bytes_in"] for r in results)
+    pixel_bytes = sum(r["pixel_bytes"] for r in results)
+    return {
+        "discovered": discovered,
+        "new": new,
+        "ok": ok,
+        "rejected": dict(sorted(reasons.items())),
+        "frames": frames,
+        "batches": len(results),
+        "bytes_in": bytes_in,
+        "pixel_bytes": pixel_bytes,
+        "seconds": seconds,
+        "mb_per_s": bytes_in / seconds / 1e6 if seconds > 0 else 0.0,
+        "images_per_s": frames / seconds if seconds > 0 else 0.0,
+    }
+
+
+def _artifact(store: str, summary: dict[str, Any]) -> None:
+    head = {k: summary[k] for k in ("discovered", "new", "ok", "frames", "batches", "mb_per_s", "images_per_s", "seconds")}
+    rejected = [{"reason": k, "inputs": v} for k, v in summary["rejected"].items()]
+    md = f"# radflow ingest\n\nStore: `{store}`\n\n{markdown_table([head])}\n## Rejected by reason\n\n{markdown_table(rejected)}"
+    create_markdown_artifact(md, key="radflow-ingest", description="radflow ingest summary")
+
+
+@flow(name="radflow-ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), validate_parameters=False)
+def ingest_flow(
+    source: str,
+    store: str,
+    cluster: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Ingest every new DICOM input under ``source`` into the store at ``store``.
+
+    Parameters
+    ----------
+    source : local directory or ``s3://`` prefix
+    store : store URL (created if absent)
+    cluster : scheduler address; None starts a local cluster (or reuses the current client)
+    storage_options : fsspec options for both URLs (e.g. ``{"endpoint_url": ...}``)
+    settings : overrides of :class:`radflow.config.Settings` fields
+
+    Returns
+    -------
+    dict : the run summary (counts, bytes, throughput).
+    """
+    log = run_logger()
+    t0 = time.perf_counter()
+    cfg = build_settings(settings, cluster)
+    src, dst = normalize(source), normalize(store)
+    key = resolve_secret_key(cfg)
+    inputs, new = discover_task(src, dst, storage_options)
+    layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
+                       radflow_version=radflow.__version__)
+    if not new:
+        log.info("nothing new under %s; the store is unchanged", src)
+        summary = summarize([], [], len(inputs), 0, time.perf_counter() - t0)
+        _artifact(dst, summary)
+        return summary
+    with connect(cfg.cluster) as client:
+        link = dashboard_link(client)
+        if link:
+            log.info("Dask dashboard: %s", link)
+            report("dashboard", url=link)
+        rows = index_task(new, cfg, storage_options)
+        rejects = [r for r in rows if r["status"] == "rejected"]
+        plans = plan_task(dst, rows, cfg, storage_options)
+        if rejects:
+            part = hashlib.sha256("\0".join(f"{r['uri']}\0{r['size']}\0{r['version']}" for r in rejects).encode()).hexdigest()[:16]
+            write_part(dst, "ledger", f"index-{part}",
+                       [ledger_row(r["uri"], r["size"], r["version"], status="rejected", reason=r["reason"],
+                                   detail=r["detail"], batch=f"index-{part}") for r in rejects],
+                       schema=LEDGER_SCHEMA, storage_options=storage_options)
+        report("stage-start", stage="ingest", total=sum(len(p.inputs) for p in plans))
+        futures = [batch_task.submit(dst, p, cfg, storage_options) for p in plans]
+        results = []
+        for fut in as_completed(futures):
+            res = fut.result()
+            results.append(res)
+            report("stage-advance", stage="ingest", advance=res["inputs"])
+        report("stage-end", stage="ingest")
+    summary = summarize(results, rejects, len(inputs), len(new), time.perf_counter() - t0)
+    log.info("ingested %d of %d new inputs (%d frames) at %.1f MB/s", summary["ok"], summary["new"], summary["frames"], summary["mb_per_s"])
+    _artifact(dst, summary)
+    return summary

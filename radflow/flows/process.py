@@ -1,0 +1,250 @@
+"""The process flow: ``raw`` → ``images`` (preprocess) → ``predictions`` (infer) and ``features``.
+
+Each stage is split into ranges of whole ``images`` shards; one Prefect task per
+range builds a Dask graph with ``dask.array.map_blocks`` over the range's chunks and
+computes it on the cluster. A range whose frames are unchanged since it was last
+done is skipped, so re-running a finished processing run does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from radflow.cluster import connect, dashboard_link
+from radflow.errors import ConfigError
+from radflow.flows import _blocks
+from radflow.flows._common import build_settings, markdown_table, run_logger
+from radflow.flows._progress import report
+from radflow.storage import layout
+from radflow.storage.models import ModelSpec, load_model
+from radflow.storage.store import open_store
+from radflow.storage.tables import write_part
+from radflow.storage.urls import normalize, zarr_store
+from radflow.tasks.features import FEATURES
+
+__all__ = ["process_flow", "STEPS", "frame_params", "plan_ranges"]
+
+STEPS = ("preprocess", "infer", "features")
+
+
+def frame_params(instances: pd.DataFrame, lo: int, hi: int, raw_names: list[str]) -> np.ndarray:
+    """Per-index preprocessing parameters for ``[lo, hi)``: ``(hi - lo, len(PARAM_COLUMNS))`` float64."""
+    cols = _blocks.PARAM_COLUMNS
+    out = np.zeros((hi - lo, len(cols)))
+    sel = instances[(instances["index"] >= lo) & (instances["index"] < hi)]
+    if sel.empty:
+        return out
+    pos = sel["index"].to_numpy() - lo
+    name_id = {n: i for i, n in enumerate(raw_names)}
+    values = {
+        "valid": np.ones(len(sel)),
+        "raw_id": sel["raw_array"].map(name_id).to_numpy(dtype=float),
+        "raw_position": sel["raw_position"].to_numpy(dtype=float),
+        "rows": sel["rows"].to_numpy(dtype=float),
+        "cols": sel["cols"].to_numpy(dtype=float),
+        "rescale_slope": sel["rescale_slope"].fillna(1.0).to_numpy(dtype=float),
+        "rescale_intercept": sel["rescale_intercept"].fillna(0.0).to_numpy(dtype=float),
+        "window_center": sel["window_center"].to_numpy(dtype=float),
+        "window_width": sel["window_width"].to_numpy(dtype=float),
+        "monochrome1": (sel["photometric"] == "MONOCHROME1").to_numpy(dtype=float),
+    }
+    for j, c in enumerate(cols):
+        out[pos, j] = values[c]
+    return out
+
+
+def plan_ranges(n: int, shard_frames: int, frames_per_task: int) -> list[tuple[int, int]]:
+    """Split ``[0, n)`` into ranges of whole shards of about ``frames_per_task`` frames."""
+    span = max(shard_frames, (frames_per_task // shard_frames) * shard_frames)
+    return [(lo, min(n, lo + span)) for lo in range(0, n, span)]
+
+
+def _images_da(images, lo: int, hi: int):
+    import dask.array as da
+
+    return da.from_zarr(images)[lo:hi]
+
+
+@task(name="preprocess-range", cache_policy=NO_CACHE, retries=1)
+def preprocess_task(store: str, lo: int, hi: int, params: np.ndarray, raw_names: list[str], canvas: int, method: str,
+                    storage_options: dict[str, Any] | None) -> int:
+    import dask.array as da
+
+    root = layout.open_root(zarr_store(store, storage_options), mode="r+")
+    images = root["images"].with_config({"write_empty_chunks": True})
+    shard = images.shards[0]
+    p = da.from_array(params[:, None, :], chunks=(shard, 1, params.shape[1]))
+    imgs = p.map_blocks(
+        _blocks.preprocess_block,
+        store_url=store, options_json=json.dumps(storage_options or {}), raw_names=tuple(raw_names), canvas=canvas,
+        method=method, out_dtype=images.dtype.name,
+        chunks=(p.chunks[0], (canvas,), (canvas,)), dtype=images.dtype, meta=np.empty((0, 0, 0), images.dtype),
+    )
+    da.store(imgs, images, regions=(slice(lo, hi), slice(None), slice(None)), lock=False)
+    return int(params[:, 0].sum())
+
+
+@task(name="features-range", cache_policy=NO_CACHE, retries=1)
+def features_task(store: str, lo: int, hi: int, geometry: np.ndarray, canvas: int, cutoff: float,
+                  storage_options: dict[str, Any] | None) -> int:
+    import dask.array as da
+
+    root = layout.open_root(zarr_store(store, storage_options), mode="r")
+    imgs = _images_da(root["images"], lo, hi)
+    rows = da.from_array(geometry[:, 0].reshape(-1, 1, 1), chunks=(imgs.chunks[0], 1, 1))
+    cols = da.from_array(geometry[:, 1].reshape(-1, 1, 1), chunks=(imgs.chunks[0], 1, 1))
+    feats = da.map_blocks(
+        _blocks.features_block, imgs, rows, cols, canvas=canvas, cutoff=cutoff, drop_axis=[2],
+        chunks=(imgs.chunks[0], (len(FEATURES),)), dtype=np.float64, meta=np.empty((0, 0), np.float64),
+    ).compute()
+    valid = geometry[:, 0] > 0
+    df = pd.DataFrame(feats[valid], columns=list(FEATURES))
+    df.insert(0, "index", np.arange(lo, hi)[valid])
+    write_part(store, "features", f"{lo:012d}", df, storage_options=storage_options)
+    return int(valid.sum())
+
+
+@task(name="infer-range", cache_policy=NO_CACHE, retries=1)
+def infer_task(store: str, lo: int, hi: int, keys: pd.DataFrame, spec: ModelSpec, labels: list[str], model_name: str,
+               sha256: str, storage_options: dict[str, Any] | None) -> int:
+    root = layout.open_root(zarr_store(store, storage_options), mode="r")
+    imgs = _images_da(root["images"], lo, hi)
+    scores = imgs.map_blocks(
+        _blocks.infer_block, spec=spec, drop_axis=[2], chunks=(imgs.chunks[0], (len(labels),)),
+        dtype=np.float32, meta=np.empty((0, 0), np.float32),
+    ).compute()
+    idx = keys["index"].to_numpy() - lo
+    df = keys.reset_index(drop=True).copy()
+    for j, label in enumerate(labels):
+        df[f"p_{label}"] = scores[idx, j]
+    df["model"] = model_name
+    df["model_sha256"] = sha256
+    write_part(store, "predictions", f"{sha256[:12]}-{lo:012d}", df, storage_options=storage_options)
+    return len(df)
+
+
+def _run_stage(name: str, ranges: list[tuple[int, int]], counts: dict[int, int], done: dict[str, int], submit) -> int:
+    """Submit ``submit(lo, hi)`` for ranges not done with the same frame count; return frames processed."""
+    todo = [(lo, hi) for lo, hi in ranges if counts.get(lo, 0) and done.get(str(lo)) != counts[lo]]
+    report("stage-start", stage=name, total=sum(counts[lo] for lo, _ in todo))
+    futures = {submit(lo, hi): lo for lo, hi in todo}
+    frames = 0
+    for fut in as_completed(list(futures)):
+        n = fut.result()
+        done[str(futures[fut])] = n
+        frames += n
+        report("stage-advance", stage=name, advance=n)
+    report("stage-end", stage=name)
+    return frames
+
+
+@flow(name="radflow-process", task_runner=ThreadPoolTaskRunner(max_workers=4), validate_parameters=False)
+def process_flow(
+    store: str,
+    steps: list[str] | tuple[str, ...] = STEPS,
+    model: str | None = None,
+    arch: str | None = None,
+    canvas: int | None = None,
+    cluster: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run processing steps over a store.
+
+    Parameters
+    ----------
+    store : store URL
+    steps : any of ``preprocess``, ``infer``, ``features`` (run in that order)
+    model : weights file (TorchScript, or a state_dict with ``arch``); needed for ``infer``
+    arch : torchvision architecture of a state_dict model
+    canvas : side of the ``images`` canvas (default: settings, 1024)
+    """
+    log = run_logger()
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise ConfigError(f"unknown processing steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
+    overrides = dict(settings or {})
+    if canvas is not None:
+        overrides["canvas"] = canvas
+    cfg = build_settings(overrides, cluster)
+    url = normalize(store)
+    st = open_store(url, storage_options)
+    inst = st.instances()
+    summary: dict[str, Any] = {"store": url, "frames": int(len(inst)), "steps": {}}
+    if inst.empty:
+        log.info("store has no frames; nothing to process")
+        return summary
+    n = int(inst["index"].max()) + 1
+    root = layout.open_root(zarr_store(url, storage_options), mode="r+")
+    if "images" in root and canvas is None:
+        cfg = cfg.model_copy(update={"canvas": int(root["images"].shape[1])})
+    chunk = cfg.infer_batch
+    chunk_bytes = chunk * cfg.canvas * cfg.canvas * np.dtype(cfg.image_dtype).itemsize
+    images = layout.ensure_images_array(
+        root, n=n, canvas=cfg.canvas, dtype=cfg.image_dtype, chunk_frames=chunk,
+        shard_frames=chunk * max(1, (cfg.shard_target_mib * 2**20) // chunk_bytes),
+    )
+    shard = images.shards[0]
+    ranges = plan_ranges(n, shard, cfg.stage_frames_per_task)
+    counts = {lo: int(((inst["index"] >= lo) & (inst["index"] < hi)).sum()) for lo, hi in ranges}
+    stages = dict(images.attrs.get("stages") or {})
+    raw_names = sorted(st.raw_arrays())
+    geometry = np.zeros((n, 2), dtype=np.int64)
+    geometry[inst["index"].to_numpy()] = inst[["rows", "cols"]].to_numpy()
+    ordered = [s for s in STEPS if s in steps]
+    with connect(cfg.cluster) as client:
+        link = dashboard_link(client)
+        if link:
+            log.info("Dask dashboard: %s", link)
+            report("dashboard", url=link)
+        for step in ordered:
+            t0 = time.perf_counter()
+            if step == "preprocess":
+                done = stages.setdefault("preprocess", {})
+                frames = _run_stage(step, ranges, counts, done, lambda lo, hi: preprocess_task.submit(
+                    url, lo, hi, frame_params(inst, lo, hi, raw_names), raw_names, cfg.canvas, cfg.resize_method,
+                    storage_options))
+                # a re-preprocessed range invalidates what was derived from it
+                for key, val in stages.items():
+                    if key != "preprocess":
+                        for lo in list(val):
+                            if done.get(lo) != val[lo]:
+                                val.pop(lo)
+            elif step == "features":
+                done = stages.setdefault("features", {})
+                frames = _run_stage(step, ranges, counts, done, lambda lo, hi: features_task.submit(
+                    url, lo, hi, geometry[lo:hi], cfg.canvas, cfg.spectral_cutoff, storage_options))
+            else:
+                if not model:
+                    raise ConfigError("step 'infer' needs a model: --model PATH (TorchScript, or a state_dict with --arch)")
+                spec = ModelSpec(normalize(model), arch=arch or "", storage_options=storage_options)
+                loaded = load_model(spec)  # fail fast here, before any cluster time
+                from radflow.cluster.plugins import ModelCache
+
+                client.register_plugin(ModelCache(), name=ModelCache.name)
+                labels = list(loaded.card.labels)
+                keys = inst[["index", "patient_key", "study_key", "sop_uid"]]
+                done = stages.setdefault(f"infer-{loaded.sha256[:12]}", {})
+                frames = _run_stage(step, ranges, counts, done, lambda lo, hi: infer_task.submit(
+                    url, lo, hi, keys[(keys["index"] >= lo) & (keys["index"] < hi)], spec, labels, loaded.card.name,
+                    loaded.sha256, storage_options))
+            seconds = time.perf_counter() - t0
+            images.attrs["stages"] = stages
+            summary["steps"][step] = {"frames": frames, "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0}
+            log.info("%s: %d frames in %.1f s", step, frames, seconds)
+    table = markdown_table([{"step": k, **v} for k, v in summary["steps"].items()])
+    create_markdown_artifact(
+        f"# radflow process\n\nStore: `{url}`\n\n{table}",
+        key="radflow-process", description="radflow process summary",
+    )
+    return summary

@@ -1,0 +1,333 @@
+"""Ingest batches: planning (which inputs, which shard region) and writing one batch.
+
+A batch owns one contiguous, shard-aligned region of one ``raw`` array and a
+contiguous range of global frame indices, reserved at planning time by the single
+planning process. Its worker decodes every input, assembles the region in memory,
+writes it in one operation, then writes its own ``ledger`` and ``instances`` parts.
+Names are pure functions of the plan, so a retried batch overwrites only its own
+objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from radflow.config import Limits
+from radflow.errors import InputRejected, Reason
+from radflow.storage import layout
+from radflow.storage.dicom import Header, decode_frames, header_from_dataset, read_dataset
+from radflow.storage.pseudonym import keyed_hash, remap_uid
+from radflow.storage.sources import read_bytes
+from radflow.storage.tables import INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
+from radflow.storage.urls import zarr_store
+
+__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    uri: str
+    size: int
+    version: str
+    frames: int
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One batch: inputs, the raw region ``[position, position + capacity)`` and the
+    global indices ``[index, index + planned frames)`` it owns."""
+
+    batch_id: str
+    array: str
+    dtype: str
+    rows: int  # largest declared rows among inputs (canvas comes from the array name)
+    cols: int
+    samples: int
+    frames_per_shard: int
+    position: int
+    capacity: int
+    index: int
+    inputs: tuple[BatchInput, ...] = field(default_factory=tuple)
+
+    @property
+    def planned_frames(self) -> int:
+        return sum(i.frames for i in self.inputs)
+
+
+def _batch_id(array: str, position: int, index: int, inputs: Iterable[BatchInput]) -> str:
+    h = hashlib.sha256(f"{array}\0{position}\0{index}".encode())
+    for i in inputs:
+        h.update(f"\0{i.uri}\0{i.size}\0{i.version}".encode())
+    return h.hexdigest()[:16]
+
+
+def plan_batches(
+    entries: list[dict[str, Any]],
+    *,
+    next_position: dict[str, int],
+    next_index: int,
+    shard_target_mib: int,
+    frames_per_shard: dict[str, int] | None = None,
+    max_files_per_batch: int = 4096,
+) -> tuple[list[BatchPlan], dict[str, int], int]:
+    """Group indexed inputs into shard-owning batches.
+
+    Parameters
+    ----------
+    entries
+        Header-index rows of decodable candidates: ``uri, size, version, frames, rows,
+        cols, samples, dtype``; taken in ``uri`` order.
+    next_position
+        First free (shard-aligned) position per existing raw array.
+    next_index
+        First free global frame index.
+    frames_per_shard
+        Shard size of existing arrays (new arrays get one from ``shard_target_mib``).
+
+    Returns
+    -------
+    batches, new next positions per array, new next index.
+    """
+    fps_known = dict(frames_per_shard or {})
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in sorted(entries, key=lambda e: e["uri"]):
+        name = layout.raw_array_name(e["dtype"], e["rows"], e["cols"], e["samples"])
+        groups.setdefault(name, []).append(e)
+    positions = dict(next_position)
+    batches: list[BatchPlan] = []
+    index = next_index
+    for name in sorted(groups):
+        group = groups[name]
+        first = group[0]
+        canvas_bytes = (
+            layout.size_class(first["rows"]) * layout.size_class(first["cols"]) * first["samples"] * np.dtype(first["dtype"]).itemsize
+        )
+        fps = fps_known.get(name) or layout.frames_per_shard(canvas_bytes, shard_target_mib)
+        fps_known[name] = fps
+        pos = positions.get(name, 0)
+        current: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            nonlocal pos, index, current
+            if not current:
+                return
+            inputs = tuple(BatchInput(e["uri"], int(e["size"]), str(e["version"]), int(e["frames"])) for e in current)
+            frames = sum(i.frames for i in inputs)
+            capacity = int(math.ceil(frames / fps) * fps)
+            batches.append(
+                BatchPlan(
+                    batch_id=_batch_id(name, pos, index, inputs),
+                    array=name,
+                    dtype=first["dtype"],
+                    rows=max(int(e["rows"]) for e in current),
+                    cols=max(int(e["cols"]) for e in current),
+                    samples=int(first["samples"]),
+                    frames_per_shard=fps,
+                    position=pos,
+                    capacity=capacity,
+                    index=index,
+                    inputs=inputs,
+                )
+            )
+            pos += capacity
+            index += frames
+            current = []
+
+        filled = 0
+        for e in group:
+            f = int(e["frames"])
+            if current and (filled + f > fps or len(current) >= max_files_per_batch):
+                flush()
+                filled = 0
+            current.append(e)
+            filled += f
+        flush()
+        positions[name] = pos
+    return batches, positions, index
+
+
+def ledger_row(
+    uri: str, size: int, version: str, *, status: str, reason: Reason | None = None, detail: str = "",
+    sha256: str = "", frames: int = 0, batch: str = "", seconds: float = 0.0,
+) -> dict[str, Any]:
+    return {
+        "source": uri,
+        "size": int(size),
+        "version": version,
+        "sha256": sha256,
+        "status": status,
+        "reason": None if reason is None else Reason(reason).value,
+        "detail": detail,
+        "frames": int(frames),
+        "batch": batch,
+        "seconds": float(seconds),
+    }
+
+
+def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame: int, index: int, position: int, crc: int, decoder: str) -> dict[str, Any]:
+    return {
+        "index": index,
+        "source": uri,
+        "frame": frame,
+        "raw_array": plan.array,
+        "raw_position": position,
+        "rows": h.rows,
+        "cols": h.cols,
+        "samples": h.samples,
+        "dtype": np.dtype(h.dtype).name,
+        "patient_key": keyed_hash(key, ident.patient_id, purpose="patient"),
+        "study_key": keyed_hash(key, ident.study_uid, purpose="study"),
+        "series_uid": remap_uid(key, ident.series_uid),
+        "sop_uid": remap_uid(key, ident.sop_uid),
+        "modality": h.modality,
+        "view": h.view,
+        "body_part": h.body_part,
+        "photometric": h.photometric,
+        "bits_allocated": h.bits_allocated,
+        "bits_stored": h.bits_stored,
+        "pixel_representation": h.pixel_representation,
+        "rescale_slope": h.rescale_slope,
+        "rescale_intercept": h.rescale_intercept,
+        "window_center": h.window_center,
+        "window_width": h.window_width,
+        "spacing_row": h.spacing_row,
+        "spacing_col": h.spacing_col,
+        "transfer_syntax": h.transfer_syntax,
+        "decoder": decoder,
+        "crc32": crc,
+        "batch": plan.batch_id,
+    }
+
+
+def frame_crc32(frame: np.ndarray) -> int:
+    """CRC32 of a frame's native-size pixels in C order and native byte order."""
+    return zlib.crc32(np.ascontiguousarray(frame).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+
+
+def write_batch(
+    store_url: str,
+    plan: BatchPlan,
+    *,
+    secret: bytes,
+    limits: Limits,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Decode, write and record every input of one batch. Never raises for a bad input.
+
+    Returns a summary (counts by status and reason, frames, bytes, seconds); contains
+    no identifying values.
+    """
+    t_start = time.perf_counter()
+    root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
+    arr = root[f"raw/{plan.array}"].with_config({"write_empty_chunks": True})
+    frame_shape = arr.shape[1:]
+    block = np.zeros((plan.planned_frames, *frame_shape), dtype=arr.dtype)
+    ledger: list[dict[str, Any]] = []
+    instances: list[dict[str, Any]] = []
+    used = 0
+    bytes_in = 0
+    for item in plan.inputs:
+        t0 = time.perf_counter()
+        sha = ""
+        try:
+            data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
+            bytes_in += len(data)
+            sha = hashlib.sha256(data).hexdigest()
+            ds = read_dataset(data)
+            header = header_from_dataset(ds, limits)
+            name = layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
+            if name != plan.array or used + header.frames > plan.planned_frames:
+                raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
+            frames, decoder = decode_frames(ds, header)
+            del ds
+            if frames.dtype != arr.dtype:
+                raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
+            ident = header.identity
+            for f in range(frames.shape[0]):
+                fr = frames[f]
+                block[used, : header.rows, : header.cols] = fr
+                instances.append(
+                    _instance_row(plan, secret, header, ident, item.uri, f, plan.index + used, plan.position + used, frame_crc32(fr), decoder)
+                )
+                used += 1
+            ledger.append(
+                ledger_row(item.uri, item.size, item.version, status="ok", sha256=sha, frames=frames.shape[0],
+                           batch=plan.batch_id, seconds=time.perf_counter() - t0)
+            )
+        except InputRejected as exc:
+            ledger.append(
+                ledger_row(item.uri, item.size, item.version, status="rejected", reason=exc.reason, detail=exc.detail,
+                           sha256=sha, batch=plan.batch_id, seconds=time.perf_counter() - t0)
+            )
+        except Exception as exc:  # a bad file never fails the batch
+            ledger.append(
+                ledger_row(item.uri, item.size, item.version, status="rejected", reason=Reason.DECODE_ERROR,
+                           detail=f"unexpected {type(exc).__name__} while decoding", sha256=sha,
+                           batch=plan.batch_id, seconds=time.perf_counter() - t0)
+            )
+    t_write = time.perf_counter()
+    if used:
+        arr[plan.position : plan.position + used] = block[:used]
+    write_seconds = time.perf_counter() - t_write
+    if instances:
+        write_part(store_url, "instances", plan.batch_id, instances, schema=INSTANCES_SCHEMA, storage_options=storage_options)
+    # The ledger part is written last: its presence marks the batch as complete.
+    write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
+    reasons = Counter(r["reason"] for r in ledger if r["status"] != "ok")
+    return {
+        "batch": plan.batch_id,
+        "inputs": len(plan.inputs),
+        "ok": sum(r["status"] == "ok" for r in ledger),
+        "rejected": dict(reasons),
+        "frames": used,
+        "bytes_in": bytes_in,
+        "pixel_bytes": int(block[:used].nbytes),
+        "write_seconds": write_seconds,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+def index_inputs(
+    refs: list[tuple[str, int, str]], limits: Limits, storage_options: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Read the headers of ``refs`` (``(uri, size, version)``) for planning; never raises per input.
+
+    Returns one row per input: ``uri, size, version, status`` (``candidate`` or
+    ``rejected``), ``reason, detail`` and, for candidates, ``rows, cols, frames,
+    samples, dtype``. No identifying values.
+    """
+    from radflow.storage.dicom import read_header
+    from radflow.storage.urls import filesystem
+
+    out = []
+    for uri, size, version in refs:
+        row: dict[str, Any] = {"uri": uri, "size": size, "version": version}
+        try:
+            if size > limits.max_file_bytes:
+                raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
+            fs, path = filesystem(uri, storage_options)
+            try:
+                fh = fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
+            except OSError as exc:
+                raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
+            with fh:
+                h = read_header(fh, limits)
+            row.update(status="candidate", reason=None, detail="", rows=h.rows, cols=h.cols, frames=h.frames,
+                       samples=h.samples, dtype=h.dtype)
+        except InputRejected as exc:
+            row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
+        except Exception as exc:  # never fail the run for one input
+            row.update(status="rejected", reason=Reason.DECODE_ERROR.value, detail=f"unexpected {type(exc).__name__} reading header")
+        out.append(row)
+    return out

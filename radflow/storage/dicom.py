@@ -1,0 +1,321 @@
+"""DICOM header and pixel reading with pydicom 3 and its decoder plugins.
+
+Two steps, both bounded:
+
+* :func:`read_header` reads one object's header without touching pixel bytes and
+  returns a :class:`Header`; declared sizes are checked against
+  :class:`~radflow.config.Limits` here, before anything is allocated.
+* :func:`decode_frames` decodes the pixel data of a fully read dataset and says which
+  decoder plugin produced it. The frames are exactly what ``ds.pixel_array`` returns
+  (the stored values; no modality LUT, windowing or inversion applied).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import get_expected_length, get_nr_frames, pixel_dtype
+from pydicom.uid import UID
+
+from radflow.config import Limits
+from radflow.errors import InputRejected, NoDecoderError, Reason
+
+__all__ = ["Header", "Identity", "read_header", "read_dataset", "header_from_dataset", "decode_frames", "decodable_syntaxes"]
+
+log = logging.getLogger(__name__)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Plugins tried first, in order; pydicom's own order follows for the rest.
+_PLUGIN_PREFERENCE = ("pylibjpeg", "gdcm", "pyjpegls", "pillow", "pydicom")
+_MISSING_PACKAGE_HINT = {
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg or pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg or pyjpegls",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg>=2.4",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg>=2.4",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg>=2.4",
+}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Identifying values of one object. Never written anywhere in clear."""
+
+    patient_id: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    sop_uid: str = ""
+
+    def __repr__(self) -> str:  # keep identifiers out of logs and tracebacks
+        return "Identity(<redacted>)"
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the header of one image object declares (no identifying values).
+
+    ``dtype`` is the dtype pydicom's ``pixel_array`` returns for it; ``shape`` of one
+    frame is ``(rows, cols)`` or ``(rows, cols, samples)``.
+    """
+
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    dtype: str
+    photometric: str
+    transfer_syntax: str
+    sop_class: str = ""
+    modality: str = ""
+    view: str = ""
+    body_part: str = ""
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    window_center: float = float("nan")
+    window_width: float = float("nan")
+    spacing_row: float = float("nan")
+    spacing_col: float = float("nan")
+    identity: Identity = field(default_factory=Identity, compare=False)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rows * self.cols * self.samples * np.dtype(self.dtype).itemsize
+
+    def public(self) -> dict[str, Any]:
+        """The header's fields without the identity."""
+        d = asdict(self)
+        d.pop("identity")
+        return d
+
+
+def _first_float(value: Any, default: float = float("nan")) -> float:
+    if value is None or value == "":
+        return default
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if not value:
+            return default
+        value = value[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+        v = ds.get(kw)
+        if v is not None and len(v) == 2:
+            try:
+                return float(v[0]), float(v[1])
+            except (TypeError, ValueError):
+                continue
+    return float("nan"), float("nan")
+
+
+def _classify_read_error(exc: BaseException) -> InputRejected:
+    msg = str(exc).lower()
+    if isinstance(exc, InvalidDicomError):
+        return InputRejected(Reason.NOT_DICOM, "no DICOM preamble/prefix and not parseable as DICOM")
+    if isinstance(exc, EOFError) or "eof" in msg or "end of file" in msg or "truncat" in msg:
+        return InputRejected(Reason.TRUNCATED, f"file ends inside the dataset ({type(exc).__name__})")
+    return InputRejected(Reason.NOT_DICOM, f"unparseable DICOM header ({type(exc).__name__})")
+
+
+def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False) -> pydicom.Dataset:
+    """Parse a DICOM object; failures become ``NOT_DICOM``/``TRUNCATED`` rejections.
+
+    ``header_only`` defers every value larger than 1 KiB, so pixel bytes are never read.
+    """
+    fobj = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if header_only:
+                ds = pydicom.dcmread(fobj, defer_size="1 KB")
+            else:
+                ds = pydicom.dcmread(fobj)
+                _check_complete(ds)
+            # Force parsing of every top-level element now, inside the guard.
+            for _ in ds:
+                pass
+    except InputRejected:
+        raise
+    except Exception as exc:  # pydicom raises many types for malformed input
+        raise _classify_read_error(exc) from None
+    return ds
+
+
+def _check_complete(ds: pydicom.Dataset) -> None:
+    """``TRUNCATED`` if the file ends before the pixel data's declared value length."""
+    for kw in _PIXEL_KEYWORDS:
+        if kw not in ds:
+            continue
+        elem = ds.get_item(kw)
+        length = getattr(elem, "length", None)
+        value = elem.value
+        if length is not None and length != 0xFFFFFFFF and value is not None and len(value) < length:
+            raise InputRejected(Reason.TRUNCATED, f"file ends inside {kw}: {len(value)} of {length} declared bytes present")
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts is None:
+        # No file meta: pydicom decided from the bytes.
+        return pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else pydicom.uid.ExplicitVRLittleEndian
+    return str(ts)
+
+
+def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
+    """Build a :class:`Header` and check declared sizes against ``limits``."""
+    if not any(kw in ds for kw in _PIXEL_KEYWORDS):
+        sop_class = UID(str(ds.get("SOPClassUID", "") or ""))
+        if "Image Storage" in sop_class.name:
+            raise InputRejected(Reason.TRUNCATED, f"a {sop_class.name} object without pixel data (file cut short?)")
+        raise InputRejected(Reason.NON_IMAGE, "object has no pixel data (e.g. a structured report or presentation state)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits_allocated = int(ds.BitsAllocated)
+        bits_stored = int(ds.get("BitsStored", bits_allocated) or bits_allocated)
+        pixel_rep = int(ds.get("PixelRepresentation", 0) or 0)
+        frames = int(get_nr_frames(ds, warn=False))
+        photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputRejected(Reason.DECODE_ERROR, f"image module incomplete ({type(exc).__name__}: missing or invalid Rows/Columns/BitsAllocated)") from None
+    if rows <= 0 or cols <= 0 or frames <= 0 or samples <= 0:
+        raise InputRejected(Reason.DIMENSION_LIMIT, f"declared size {frames}x{rows}x{cols}x{samples} is empty")
+    if rows * cols * samples > limits.max_frame_pixels:
+        raise InputRejected(Reason.DIMENSION_LIMIT, f"frame of {rows}x{cols}x{samples} exceeds limit of {limits.max_frame_pixels} values")
+    if frames > limits.max_frames:
+        raise InputRejected(Reason.DIMENSION_LIMIT, f"{frames} frames exceed limit of {limits.max_frames}")
+    ts = _transfer_syntax(ds)
+    try:
+        dtype = np.dtype(pixel_dtype(ds)).str if "PixelData" in ds else (
+            "<f4" if "FloatPixelData" in ds else "<f8"
+        )
+    except (NotImplementedError, ValueError, AttributeError) as exc:
+        raise InputRejected(Reason.DECODE_ERROR, f"unsupported pixel format ({exc})") from None
+    dtype = np.dtype(dtype).newbyteorder("=").str
+    total = rows * cols * samples * frames * np.dtype(dtype).itemsize
+    if total > limits.max_object_bytes:
+        raise InputRejected(Reason.DIMENSION_LIMIT, f"declared decoded size {total} bytes exceeds limit {limits.max_object_bytes}")
+    spacing = _spacing(ds)
+    return Header(
+        rows=rows,
+        cols=cols,
+        frames=frames,
+        samples=samples,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        pixel_representation=pixel_rep,
+        dtype=dtype,
+        photometric=photometric,
+        transfer_syntax=ts,
+        sop_class=str(ds.get("SOPClassUID", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        view=str(ds.get("ViewPosition", "") or ""),
+        body_part=str(ds.get("BodyPartExamined", "") or ""),
+        rescale_slope=_first_float(ds.get("RescaleSlope"), 1.0),
+        rescale_intercept=_first_float(ds.get("RescaleIntercept"), 0.0),
+        window_center=_first_float(ds.get("WindowCenter")),
+        window_width=_first_float(ds.get("WindowWidth")),
+        spacing_row=spacing[0],
+        spacing_col=spacing[1],
+        identity=Identity(
+            patient_id=str(ds.get("PatientID", "") or ""),
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+            sop_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        ),
+    )
+
+
+def read_header(src: bytes | BinaryIO | str, limits: Limits) -> Header:
+    """Read and check one object's header without reading its pixel data."""
+    return header_from_dataset(read_dataset(src, header_only=True), limits)
+
+
+def _ordered_plugins(available: tuple[str, ...] | list[str]) -> list[str]:
+    first = [p for p in _PLUGIN_PREFERENCE if p in available]
+    return first + [p for p in available if p not in first]
+
+
+def decode_frames(ds: pydicom.Dataset, header: Header) -> tuple[np.ndarray, str]:
+    """Decode all frames of ``ds``.
+
+    Returns
+    -------
+    frames : (frames, rows, cols) or (frames, rows, cols, samples) ndarray
+        Exactly what ``ds.pixel_array`` returns, with a leading frame axis always.
+    decoder : str
+        ``"<plugin>"`` that produced it (``"pydicom"`` for native encodings).
+    """
+    if "PixelData" not in ds:
+        arr = ds.pixel_array  # float/double float pixel data: native only
+        return _with_frame_axis(np.asarray(arr), header), "pydicom"
+    ts = UID(header.transfer_syntax)
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise NoDecoderError(f"transfer syntax {ts.name} ({ts}) is not supported by pydicom") from None
+    if decoder.is_native:
+        expected = get_expected_length(ds, "bytes")
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise InputRejected(Reason.PIXEL_LENGTH_MISMATCH, f"pixel data has {actual} bytes, header declares {expected}")
+        plugins = ["pydicom"]
+    else:
+        if not decoder.is_available:
+            hint = _MISSING_PACKAGE_HINT.get(str(ts), ", ".join(decoder.missing_dependencies) or "a decoder plugin")
+            raise NoDecoderError(f"transfer syntax {ts.name} ({ts}) has no decoder installed; pip install {hint}")
+        plugins = _ordered_plugins(decoder.available_plugins)
+    errors = []
+    for plugin in plugins:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if plugin == "pydicom" and decoder.is_native:
+                    arr = ds.pixel_array
+                else:
+                    ds.pixel_array_options(decoding_plugin=plugin)
+                    arr = ds.pixel_array
+            return _with_frame_axis(np.asarray(arr), header), plugin
+        except Exception as exc:  # decoder plugins raise assorted types
+            errors.append(f"{plugin}: {type(exc).__name__}")
+            ds._pixel_array = None
+            ds._pixel_id = {}
+    raise InputRejected(Reason.DECODE_ERROR, f"{ts.name} pixel data failed to decode ({'; '.join(errors)})")
+
+
+def _with_frame_axis(arr: np.ndarray, header: Header) -> np.ndarray:
+    frame_shape = (header.rows, header.cols) if header.samples == 1 else (header.rows, header.cols, header.samples)
+    if arr.shape == frame_shape:
+        arr = arr[np.newaxis]
+    if arr.shape != (header.frames, *frame_shape):
+        raise InputRejected(Reason.DECODE_ERROR, f"decoded shape {arr.shape} differs from declared {(header.frames, *frame_shape)}")
+    return arr
+
+
+def decodable_syntaxes() -> list[dict[str, Any]]:
+    """Every transfer syntax pydicom knows, with whether (and by which plugins) it decodes here."""
+    from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+
+    out = []
+    for uid in _PIXEL_DATA_DECODERS:
+        dec = get_decoder(uid)
+        plugins = ["pydicom"] if dec.is_native else _ordered_plugins(dec.available_plugins)
+        out.append({"uid": str(uid), "name": UID(uid).name, "available": bool(plugins), "plugins": plugins})
+    return out

@@ -1,0 +1,55 @@
+"""A store's summary for ``radflow inspect`` (counts only; nothing identifying)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from radflow.storage.store import open_store
+from radflow.storage.tables import TABLES, list_parts
+from radflow.storage.urls import filesystem
+
+__all__ = ["describe"]
+
+
+def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Inputs by status and reason, frames by modality and size, arrays, tables and object counts."""
+    st = open_store(url, storage_options)
+    ledger = st.ledger()
+    inst = st.instances()
+    by_status = (
+        ledger.fillna({"reason": ""}).groupby(["status", "reason"]).size().reset_index(name="inputs").to_dict(orient="records")
+    )
+    frames = []
+    if not inst.empty:
+        sizes = inst["rows"].astype(str) + "x" + inst["cols"].astype(str)
+        frames = (
+            inst.assign(size=sizes).groupby(["modality", "size"]).size().reset_index(name="frames").to_dict(orient="records")
+        )
+    fs, root = filesystem(st.url, storage_options)
+    arrays = []
+    named = {f"raw/{k}": v for k, v in st.raw_arrays().items()}
+    if "images" in st.root:
+        named["images"] = st.images
+    for name, arr in named.items():
+        try:
+            stored = fs.du(f"{root}/{name}")
+        except FileNotFoundError:
+            stored = 0
+        arrays.append({"name": name, "shape": arr.shape, "dtype": str(arr.dtype), "chunks": arr.chunks,
+                       "shards": arr.shards, "stored_bytes": stored})
+    tables = {}
+    for name in sorted(set(TABLES) | {"evaluation", "calibration"}):
+        parts = list_parts(st.url, name, storage_options)
+        if parts:
+            tables[name] = len(st.table(name))
+    objects = st.object_count()
+    return {
+        "url": st.url,
+        "meta": st.meta,
+        "ledger": by_status,
+        "frames": frames,
+        "arrays": arrays,
+        "tables": tables,
+        "objects": objects,
+        "objects_per_1000_inputs": 1000 * objects / max(1, len(ledger)),
+    }

@@ -1,0 +1,205 @@
+"""The Zarr layout of a radflow store (format version 1).
+
+::
+
+    store.zarr/                       root group; attrs["radflow"] = format, versions, source, key
+      raw/<dtype>_<H>x<W>[x<C>]       (n, H, W[, C]) padded canvases, chunk = 1 frame, sharded
+      images                          (N, canvas, canvas) analysis-ready frames, chunk = infer batch
+      tables/<name>/part-*.parquet    Parquet datasets (see :mod:`radflow.storage.tables`)
+
+Frames of similar size share one ``raw`` array: the canvas is the frame size rounded
+up to a size class, so padding stays small and the number of arrays stays bounded.
+A shard holds ``frames_per_shard`` frames (target ~``shard_target_mib``); an ingest
+batch always starts at a shard boundary, so each shard has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from radflow.errors import MissingChunkError, StoreFormatError, StoreNotFoundError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "size_class",
+    "raw_array_name",
+    "frames_per_shard",
+    "create_root",
+    "open_root",
+    "ensure_raw_array",
+    "ensure_images_array",
+    "chunk_present",
+]
+
+FORMAT_VERSION = 1
+_SHARD_INDEX_ENTRY = 16  # (offset uint64, nbytes uint64) per inner chunk
+_EMPTY = 2**64 - 1
+
+
+def size_class(n: int) -> int:
+    """Canvas side for a frame side of ``n`` pixels.
+
+    Powers of two up to 256, then multiples of 256: at most 1/4 padding along an
+    axis below 256 and at most 255 px (< 9 % at 3000 px) above.
+    """
+    if n <= 0:
+        raise ValueError(f"frame side must be positive, got {n}")
+    if n <= 256:
+        return max(16, 1 << (n - 1).bit_length())
+    return int(math.ceil(n / 256) * 256)
+
+
+def raw_array_name(dtype: str, rows: int, cols: int, samples: int) -> str:
+    """Name of the ``raw`` array that holds frames of this dtype, size and channels."""
+    dt = np.dtype(dtype).name
+    name = f"{dt}_{size_class(rows)}x{size_class(cols)}"
+    return name if samples == 1 else f"{name}x{samples}"
+
+
+def frames_per_shard(frame_bytes: int, target_mib: int) -> int:
+    """Frames per shard so that one shard object is about ``target_mib`` uncompressed."""
+    return int(max(1, min(4096, (target_mib * 2**20) // max(1, frame_bytes))))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: str) -> zarr.Group:
+    """Create (or re-open) the store's root group and check it is a compatible radflow store."""
+    try:
+        root = zarr.open_group(zstore, mode="r+")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        root = None
+    if root is None:
+        root = zarr.open_group(zstore, mode="w-", zarr_format=3)
+        root.attrs["radflow"] = {
+            "format_version": FORMAT_VERSION,
+            "radflow_version": radflow_version,
+            "created": _now(),
+            "source": source,
+            "key_fingerprint": key_fingerprint,
+            "next_index": 0,
+        }
+        return root
+    meta = _check(root)
+    if meta.get("key_fingerprint") != key_fingerprint:
+        raise StoreFormatError(
+            "the store was written with a different pseudonymization key; set RADFLOW_SECRET_KEY "
+            "(or RADFLOW_KEY_FILE) to the key used before, so patient keys and UIDs stay consistent"
+        )
+    return root
+
+
+def _check(root: zarr.Group) -> dict[str, Any]:
+    meta = dict(root.attrs.get("radflow") or {})
+    if not meta:
+        raise StoreFormatError(f"{root.store} is a Zarr group but not a radflow store (no 'radflow' attribute)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"store format version {meta.get('format_version')} is not {FORMAT_VERSION}; "
+            "use a radflow release that reads it"
+        )
+    return meta
+
+
+def open_root(zstore, *, mode: str = "r") -> zarr.Group:
+    """Open an existing radflow store's root group."""
+    try:
+        root = zarr.open_group(zstore, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise StoreNotFoundError(f"no radflow store at {zstore}; create one with `radflow ingest SOURCE STORE`") from None
+    _check(root)
+    return root
+
+
+def update_meta(root: zarr.Group, **changes: Any) -> None:
+    meta = dict(root.attrs["radflow"])
+    meta.update(changes)
+    root.attrs["radflow"] = meta
+
+
+def ensure_raw_array(
+    root: zarr.Group, name: str, *, dtype: str, rows: int, cols: int, samples: int, fps: int, zstd_level: int
+) -> zarr.Array:
+    """Create the ``raw/<name>`` array if absent; return it."""
+    path = f"raw/{name}"
+    try:
+        return root[path]
+    except KeyError:
+        pass
+    canvas = (size_class(rows), size_class(cols)) + (() if samples == 1 else (samples,))
+    dims = ("frame", "y", "x") + (() if samples == 1 else ("channel",))
+    return root.create_array(
+        path,
+        shape=(0, *canvas),
+        chunks=(1, *canvas),
+        shards=(fps, *canvas),
+        dtype=np.dtype(dtype),
+        compressors=[ZstdCodec(level=zstd_level), Crc32cCodec()],
+        fill_value=0,
+        dimension_names=dims,
+        attributes={"frames_per_shard": fps, "kind": "raw"},
+    )
+
+
+def ensure_images_array(root: zarr.Group, *, n: int, canvas: int, dtype: str, chunk_frames: int, shard_frames: int) -> zarr.Array:
+    """Create or grow ``images`` to ``n`` frames; refuse a canvas or dtype change."""
+    try:
+        arr = root["images"]
+    except KeyError:
+        arr = root.create_array(
+            "images",
+            shape=(n, canvas, canvas),
+            chunks=(chunk_frames, canvas, canvas),
+            shards=(shard_frames, canvas, canvas),
+            dtype=np.dtype(dtype),
+            compressors=[ZstdCodec(level=1), Crc32cCodec()],
+            fill_value=0,
+            dimension_names=("frame", "y", "x"),
+            attributes={"canvas": canvas, "kind": "images"},
+        )
+        return arr
+    if arr.shape[1:] != (canvas, canvas) or arr.dtype != np.dtype(dtype):
+        raise StoreFormatError(
+            f"images is {arr.shape[1]}x{arr.shape[2]} {arr.dtype}, asked for {canvas}x{canvas} {dtype}; "
+            "delete the 'images' array to preprocess at another canvas"
+        )
+    if arr.shape[0] < n:
+        arr.resize((n, canvas, canvas))
+    return arr
+
+
+def chunk_present(arr: zarr.Array, frame: int) -> bool:
+    """Whether the inner chunk holding ``frame`` was written (reads only the shard index)."""
+    shard_frames = arr.shards[0] if arr.shards else arr.chunks[0]
+    chunk_frames = arr.chunks[0]
+    shard = frame // shard_frames
+    key = "c/" + "/".join([str(shard)] + ["0"] * (arr.ndim - 1))
+    store = arr.store_path.store
+    prefix = arr.store_path.path
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.abc.store import SuffixByteRequest
+    from zarr.core.sync import sync
+
+    n_inner = shard_frames // chunk_frames
+    buf = sync(store.get(f"{prefix}/{key}", default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
+    if buf is None:
+        return False
+    index = np.frombuffer(buf.to_bytes()[:-4], dtype="<u8").reshape(n_inner, 2)
+    inner = (frame % shard_frames) // chunk_frames
+    return not (index[inner, 0] == _EMPTY and index[inner, 1] == _EMPTY)
+
+
+def require_chunk(arr: zarr.Array, frame: int) -> None:
+    if not chunk_present(arr, frame):
+        raise MissingChunkError(
+            f"frame {frame} of {arr.path!r} is recorded as written but its chunk is missing from the store; "
+            "run `radflow verify` and re-ingest the affected batch"
+        )

@@ -1,0 +1,76 @@
+"""Discover inputs under a source URL (a local directory or an ``s3://`` prefix)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from radflow.errors import InputRejected, Reason
+from radflow.storage.urls import filesystem, is_remote, normalize
+
+__all__ = ["InputRef", "discover", "read_bytes"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, order=True)
+class InputRef:
+    """One discovered input file.
+
+    ``version`` changes when the object changes (local mtime in ns, S3 ETag); together
+    with ``size`` it decides whether a later run sees the input as new.
+    """
+
+    uri: str
+    size: int
+    version: str
+
+
+def _uri(fs, path: str, remote: bool) -> str:
+    return fs.unstrip_protocol(path) if remote else path
+
+
+def discover(source: str, storage_options: dict[str, Any] | None = None) -> list[InputRef]:
+    """List every regular file under ``source`` (recursively), sorted by URI.
+
+    Hidden files and folders (name starting with ``.``) are skipped.
+    """
+    url = normalize(source)
+    fs, root = filesystem(url, storage_options)
+    remote = is_remote(url)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"source {url!r} does not exist")
+    if fs.isfile(root):
+        found = {root: fs.info(root)}
+    else:
+        found = fs.find(root, withdirs=False, detail=True)
+    refs = []
+    for path, info in found.items():
+        rel = path[len(root) :].lstrip("/")
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        if info.get("type", "file") != "file":
+            continue
+        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        if isinstance(version, float):
+            version = str(int(version * 1e9))
+        refs.append(InputRef(_uri(fs, path, remote), int(info.get("size") or 0), str(version).strip('"')))
+    refs.sort()
+    log.info("discovered %d inputs under %s", len(refs), url)
+    return refs
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None) -> bytes:
+    """Read one input whole; I/O failures become ``IO_ERROR`` rejections."""
+    try:
+        fs, path = filesystem(uri, storage_options)
+        if max_bytes is not None:
+            size = fs.size(path)
+            if size is not None and size > max_bytes:
+                raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {max_bytes}")
+        return fs.cat_file(path)
+    except InputRejected:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputRejected(Reason.IO_ERROR, f"cannot read input: {type(exc).__name__}") from exc

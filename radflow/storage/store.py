@@ -1,0 +1,135 @@
+"""Reading a radflow store: :func:`open_store` and :class:`Store`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from radflow.storage import layout
+from radflow.storage.tables import read_table, list_parts
+from radflow.storage.urls import normalize, zarr_store
+
+__all__ = ["Store", "open_store"]
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """A radflow store at a URL: Zarr arrays plus Parquet tables.
+
+    Tables are read on each call (they change while a run is going); arrays are
+    opened lazily.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = normalize(url)
+        self.storage_options = dict(storage_options or {})
+        self.root = layout.open_root(zarr_store(self.url, self.storage_options, read_only=True), mode="r")
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The store's root ``radflow`` attributes (format version, source, creation time ...)."""
+        return dict(self.root.attrs["radflow"])
+
+    # -- tables -------------------------------------------------------------
+    def table(self, name: str) -> pd.DataFrame:
+        return read_table(self.url, name, self.storage_options)
+
+    def ledger(self) -> pd.DataFrame:
+        """One row per discovered input: source, size, sha256, status, reason, frames, batch."""
+        return self.table("ledger").sort_values("source", kind="stable").reset_index(drop=True)
+
+    def instances(self) -> pd.DataFrame:
+        """One row per stored frame, ordered by ``index``."""
+        return self.table("instances").sort_values("index", kind="stable").reset_index(drop=True)
+
+    def features(self) -> pd.DataFrame:
+        df = self.table("features")
+        return df.sort_values("index").reset_index(drop=True) if "index" in df else df
+
+    def predictions(self) -> pd.DataFrame:
+        df = self.table("predictions")
+        return df.sort_values("index").reset_index(drop=True) if "index" in df else df
+
+    def errors(self) -> pd.DataFrame:
+        return self.table("errors")
+
+    def parts(self, name: str) -> list[str]:
+        return list_parts(self.url, name, self.storage_options)
+
+    # -- arrays -------------------------------------------------------------
+    def raw_arrays(self) -> dict[str, zarr.Array]:
+        try:
+            raw = self.root["raw"]
+        except KeyError:
+            return {}
+        return {name: raw[name] for name in sorted(raw.array_keys())}
+
+    @functools.cached_property
+    def _instances_by_index(self) -> pd.DataFrame:
+        return self.instances().set_index("index")
+
+    def raw_frame(self, index: int, *, check: bool = True) -> np.ndarray:
+        """Frame ``index`` at its native size, bit-exact as decoded at ingest.
+
+        Returns ``(rows, cols)`` or ``(rows, cols, samples)`` in the stored dtype.
+        Raises :class:`~radflow.errors.MissingChunkError` if its chunk is absent.
+        """
+        try:
+            row = self._instances_by_index.loc[int(index)]
+        except KeyError:
+            raise IndexError(f"no frame with index {index} in {self.url}") from None
+        arr = self.root[f"raw/{row['raw_array']}"]
+        pos = int(row["raw_position"])
+        if check:
+            layout.require_chunk(arr, pos)
+        return np.asarray(arr[pos, : int(row["rows"]), : int(row["cols"])])
+
+    @property
+    def images(self) -> zarr.Array:
+        try:
+            return self.root["images"]
+        except KeyError:
+            raise KeyError(f"{self.url} has no 'images' array yet; run `radflow process {self.url} --steps preprocess`") from None
+
+    def dataset(self):
+        """An ``xarray.Dataset`` over ``images`` (Dask-backed) with coordinates from ``instances``.
+
+        Only frames present in ``instances`` are included; the ``frame`` dimension is
+        labelled by the global ``index``.
+        """
+        import dask.array as da
+        import xarray as xr
+
+        inst = self.instances()
+        imgs = self.images
+        idx = inst["index"].to_numpy()
+        idx = idx[idx < imgs.shape[0]]
+        inst = inst[inst["index"].isin(idx)]
+        arr = da.from_zarr(imgs)[idx]
+        coords = {"index": ("frame", idx)}
+        for col in ("source", "frame", "patient_key", "study_key", "sop_uid", "modality", "view", "rows", "cols", "photometric"):
+            coords[col if col != "frame" else "source_frame"] = ("frame", inst[col].to_numpy())
+        ds = xr.Dataset({"images": (("frame", "y", "x"), arr)}, coords=coords)
+        ds.attrs.update({"store": self.url, "canvas": int(imgs.shape[1])})
+        return ds
+
+    def object_count(self) -> int:
+        """Number of objects (files) the store consists of."""
+        from radflow.storage.urls import filesystem
+
+        fs, path = filesystem(self.url, self.storage_options)
+        return len(fs.find(path))
+
+
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:
+    """Open an existing radflow store (local path or ``s3://…``) for reading."""
+    return Store(url, storage_options)

@@ -1,0 +1,141 @@
+"""Parquet tables beside the arrays: ``<store>/tables/<name>/part-<id>.parquet``.
+
+Each writer (an ingest batch, a processing range) owns its part names, which are pure
+functions of its inputs, so a retried writer overwrites its own parts and never
+another's. Readers concatenate the parts. pandas, polars, DuckDB and Spark read the
+folders directly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import uuid
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from radflow.storage.urls import filesystem, is_remote, join
+
+__all__ = ["LEDGER_SCHEMA", "INSTANCES_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
+
+log = logging.getLogger(__name__)
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("size", pa.int64()),
+        ("version", pa.string()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("frames", pa.int32()),
+        ("batch", pa.string()),
+        ("seconds", pa.float64()),
+    ]
+)
+
+INSTANCES_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("source", pa.string()),
+        ("frame", pa.int32()),
+        ("raw_array", pa.string()),
+        ("raw_position", pa.int64()),
+        ("rows", pa.int32()),
+        ("cols", pa.int32()),
+        ("samples", pa.int32()),
+        ("dtype", pa.string()),
+        ("patient_key", pa.string()),
+        ("study_key", pa.string()),
+        ("series_uid", pa.string()),
+        ("sop_uid", pa.string()),
+        ("modality", pa.string()),
+        ("view", pa.string()),
+        ("body_part", pa.string()),
+        ("photometric", pa.string()),
+        ("bits_allocated", pa.int32()),
+        ("bits_stored", pa.int32()),
+        ("pixel_representation", pa.int32()),
+        ("rescale_slope", pa.float64()),
+        ("rescale_intercept", pa.float64()),
+        ("window_center", pa.float64()),
+        ("window_width", pa.float64()),
+        ("spacing_row", pa.float64()),
+        ("spacing_col", pa.float64()),
+        ("transfer_syntax", pa.string()),
+        ("decoder", pa.string()),
+        ("crc32", pa.int64()),
+        ("batch", pa.string()),
+    ]
+)
+
+TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "features": None, "predictions": None, "errors": None}
+
+
+def table_url(store_url: str, name: str) -> str:
+    return join(store_url, "tables", name)
+
+
+def write_part(
+    store_url: str,
+    name: str,
+    part: str,
+    rows: list[dict[str, Any]] | pd.DataFrame,
+    *,
+    schema: pa.Schema | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Write one part of table ``name`` atomically; return its URL.
+
+    Local parts are written to a temporary name and renamed; an S3 PUT is atomic.
+    """
+    schema = schema if schema is not None else TABLES.get(name)
+    if isinstance(rows, pd.DataFrame):
+        table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
+    elif schema is not None:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    else:
+        table = pa.Table.from_pylist(rows)
+    url = join(table_url(store_url, name), f"part-{part}.parquet")
+    fs, path = filesystem(url, storage_options)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    if is_remote(url):
+        fs.pipe_file(path, data)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    return url
+
+
+def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    fs, path = filesystem(table_url(store_url, name), storage_options)
+    try:
+        found = fs.find(path)
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in found if p.endswith(".parquet") and os.path.basename(p).startswith("part-"))
+
+
+def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
+    """All parts of table ``name`` as one DataFrame (empty, with the schema's columns, if none)."""
+    fs, _ = filesystem(table_url(store_url, name), storage_options)
+    parts = list_parts(store_url, name, storage_options)
+    tables = []
+    for p in parts:
+        with fs.open(p, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    schema = TABLES.get(name)
+    if not tables:
+        return schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.to_pandas()

@@ -1,0 +1,62 @@
+"""Where bytes live: a URL (local path or ``s3://``) to an fsspec filesystem or a Zarr store."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+__all__ = ["filesystem", "join", "is_remote", "zarr_store", "normalize"]
+
+
+def normalize(url: str | os.PathLike[str]) -> str:
+    """Absolute local path or an unchanged remote URL, without a trailing slash."""
+    url = os.fspath(url)
+    if "://" in url and not url.startswith("file://"):
+        return url.rstrip("/")
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(fs, path)`` for a URL.
+
+    S3 credentials come from ``storage_options`` or the standard AWS environment and
+    profile; ``AWS_ENDPOINT_URL`` (or ``endpoint_url`` in the options) selects an
+    S3-compatible server.
+    """
+    return url_to_fs(url, **_options(url, storage_options))
+
+
+def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    opts = dict(storage_options or {})
+    if url.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:
+            opts["endpoint_url"] = endpoint
+    return opts
+
+
+def join(url: str, *parts: str) -> str:
+    out = url.rstrip("/")
+    for p in parts:
+        out = out + "/" + p.strip("/")
+    return out
+
+
+def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = False):
+    """A zarr-python 3 store for the URL (``LocalStore`` or ``FsspecStore``)."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if not is_remote(url):
+        return LocalStore(normalize(url), read_only=read_only)
+    opts = _options(url, storage_options)
+    opts.setdefault("asynchronous", True)
+    return FsspecStore.from_url(url, storage_options=opts, read_only=read_only)

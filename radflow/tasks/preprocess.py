@@ -1,0 +1,204 @@
+"""Preprocessing kernels: raw stored frame → analysis-ready canvas.
+
+Every function takes the array namespace from its input and returns an array of the
+same library on the same device (NumPy in, NumPy out; CuPy in, CuPy out; torch in,
+torch out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from radflow.tasks._xp import device, from_host, namespace, quantiles
+
+__all__ = [
+    "FrameParams",
+    "apply_modality_lut",
+    "invert",
+    "window",
+    "percentile_normalize",
+    "resize",
+    "fit_geometry",
+    "pad_to_canvas",
+    "to_grayscale",
+    "prepare_frame",
+]
+
+Method = Literal["area", "bilinear", "bicubic"]
+
+
+@dataclass(frozen=True)
+class FrameParams:
+    """What preprocessing needs to know about one stored frame (from ``instances``)."""
+
+    rows: int
+    cols: int
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    window_center: float = float("nan")
+    window_width: float = float("nan")
+    monochrome1: bool = False
+
+
+def apply_modality_lut(x: Any, slope: float, intercept: float) -> Any:
+    """Linear modality LUT ``x * slope + intercept`` as float32 (units: modality units)."""
+    xp = namespace(x)
+    y = xp.astype(x, xp.float32)
+    if slope != 1.0:
+        y = y * float(slope)
+    if intercept != 0.0:
+        y = y + float(intercept)
+    return y
+
+
+def invert(x: Any) -> Any:
+    """MONOCHROME1 → MONOCHROME2 for values normalized to [0, 1]: ``1 - x``."""
+    return 1.0 - x
+
+
+def window(x: Any, center: float, width: float) -> Any:
+    """DICOM linear VOI window (PS3.3 C.11.2.1.2.1) mapped to [0, 1], float32."""
+    if not (width > 1):
+        raise ValueError(f"window width must be > 1, got {width}")
+    xp = namespace(x)
+    y = (x - (float(center) - 0.5)) / (float(width) - 1.0) + 0.5
+    return xp.clip(y, 0.0, 1.0)
+
+
+def percentile_normalize(x: Any, lo: float = 0.5, hi: float = 99.5) -> Any:
+    """Map the ``lo``–``hi`` percentile range of ``x`` to [0, 1] and clip."""
+    xp = namespace(x)
+    q = quantiles(x, [lo / 100.0, hi / 100.0])
+    a, b = float(q[0]), float(q[1])
+    if b <= a:
+        return xp.zeros_like(x)
+    return xp.clip((x - a) / (b - a), 0.0, 1.0)
+
+
+def _kernel_weights(in_len: int, out_len: int, method: Method, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Separable resampling taps: ``(out_len, K)`` input indices and weights (rows sum to 1).
+
+    Pixel ``i`` covers ``[i, i + 1)``; output pixel ``j`` is centred at
+    ``(j + 0.5) * in_len / out_len``. With anti-aliasing the kernel is stretched by the
+    downscale factor (PIL's convention); ``area`` uses exact overlap lengths.
+    """
+    scale = in_len / out_len
+    stretch = max(scale, 1.0) if antialias else 1.0
+    centers = (np.arange(out_len, dtype=np.float64) + 0.5) * scale
+    radius = {"area": 0.5, "bilinear": 1.0, "bicubic": 2.0}[method] * stretch
+    first = np.floor(centers - radius).astype(np.int64)
+    k = int(math.ceil(2 * radius)) + 2
+    idx = first[:, None] + np.arange(k)[None, :]
+    if method == "area":
+        half = 0.5 * stretch
+        w = np.clip(np.minimum(idx + 1, centers[:, None] + half) - np.maximum(idx, centers[:, None] - half), 0, None)
+    else:
+        t = np.abs((idx + 0.5 - centers[:, None]) / stretch)
+        if method == "bilinear":
+            w = np.clip(1.0 - t, 0, None)
+        else:  # Keys cubic, a = -0.5
+            a = -0.5
+            w = np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+    w = np.where((idx >= 0) & (idx < in_len), w, 0.0)
+    w /= w.sum(axis=1, keepdims=True)
+    return np.clip(idx, 0, in_len - 1), w.astype(np.float32)
+
+
+def _resample_axis(x: Any, axis: int, out_len: int, method: Method, antialias: bool) -> Any:
+    xp = namespace(x)
+    in_len = x.shape[axis]
+    if in_len == out_len:
+        return x
+    idx, w = _kernel_weights(in_len, out_len, method, antialias)
+    keep = np.abs(w).sum(axis=0) > 0  # drop taps that are zero for every output
+    idx, w = idx[:, keep], w[:, keep]
+    shape = [1] * x.ndim
+    shape[axis] = out_len
+    out = None
+    for k in range(idx.shape[1]):
+        taken = xp.take(x, from_host(idx[:, k], x), axis=axis)
+        wk = xp.reshape(from_host(w[:, k], x), tuple(shape))
+        out = taken * wk if out is None else out + taken * wk
+    return out
+
+
+def resize(x: Any, shape: tuple[int, int], method: Method = "area", *, antialias: bool = True) -> Any:
+    """Resize the last two axes of ``x`` to ``shape`` (separable, anti-aliased).
+
+    Parameters
+    ----------
+    x : (..., H, W) float array (NumPy, CuPy or torch)
+    shape : (out_H, out_W)
+    method : ``area`` (exact box overlap), ``bilinear`` (triangle) or ``bicubic`` (Keys, a=-0.5)
+
+    Returns
+    -------
+    (..., out_H, out_W) array of ``x``'s library and dtype.
+    """
+    y = _resample_axis(x, x.ndim - 2, int(shape[0]), method, antialias)
+    return _resample_axis(y, y.ndim - 1, int(shape[1]), method, antialias)
+
+
+def fit_geometry(rows: int, cols: int, canvas: int) -> tuple[int, int, int, int]:
+    """Aspect-preserving fit of a ``rows × cols`` frame into a square canvas.
+
+    Returns ``(height, width, top, left)`` of the content inside the canvas.
+    """
+    scale = canvas / max(rows, cols)
+    h = max(1, min(canvas, int(round(rows * scale))))
+    w = max(1, min(canvas, int(round(cols * scale))))
+    return h, w, (canvas - h) // 2, (canvas - w) // 2
+
+
+def pad_to_canvas(x: Any, canvas: int, top: int, left: int) -> Any:
+    """Place 2-D ``x`` at ``(top, left)`` on a zero ``canvas × canvas`` of its library."""
+    xp = namespace(x)
+    out = xp.zeros((canvas, canvas), dtype=x.dtype, device=device(x))
+    out[top : top + x.shape[0], left : left + x.shape[1]] = x
+    return out
+
+
+def to_grayscale(x: Any) -> Any:
+    """(H, W, 3) RGB → (H, W) luminance (ITU-R BT.601 weights); 2-D input passes through."""
+    if x.ndim == 2:
+        return x
+    xp = namespace(x)
+    x = xp.astype(x, xp.float32)
+    if x.shape[-1] == 3:
+        return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    return xp.mean(x, axis=-1)
+
+
+def prepare_frame(frame: Any, params: FrameParams, canvas: int, method: Method = "area") -> Any:
+    """Stored frame → analysis-ready canvas.
+
+    Steps: crop to native size, modality LUT, aspect-preserving resize, window (the
+    header's first VOI window, if any) or 0.5–99.5 percentile normalization,
+    MONOCHROME1 inversion, zero padding.
+
+    Parameters
+    ----------
+    frame : (H, W) or (H, W, C) array as stored (possibly padded beyond rows/cols)
+    params : FrameParams
+    canvas : side of the output
+
+    Returns
+    -------
+    (canvas, canvas) float32 in [0, 1], same library and device as ``frame``.
+    """
+    x = frame[: params.rows, : params.cols]
+    x = to_grayscale(x)
+    x = apply_modality_lut(x, params.rescale_slope, params.rescale_intercept)
+    h, w, top, left = fit_geometry(params.rows, params.cols, canvas)
+    x = resize(x, (h, w), method)
+    if params.window_width == params.window_width and params.window_width > 1:
+        x = window(x, params.window_center, params.window_width)
+    else:
+        x = percentile_normalize(x)
+    if params.monochrome1:
+        x = invert(x)
+    return pad_to_canvas(x, canvas, top, left)
