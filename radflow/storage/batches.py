@@ -251,6 +251,8 @@ def write_batch(
                 raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
             frames, decoder = decode_frames(ds, header)
             del ds
+            if frames.dtype.newbyteorder("=") == arr.dtype and frames.dtype != arr.dtype:
+                frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
             if frames.dtype != arr.dtype:
                 raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
             ident = header.identity

@@ -33,8 +33,6 @@ __all__ = ["Header", "Identity", "read_header", "read_dataset", "header_from_dat
 log = logging.getLogger(__name__)
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# Plugins tried first, in order; pydicom's own order follows for the rest.
-_PLUGIN_PREFERENCE = ("pylibjpeg", "gdcm", "pyjpegls", "pillow", "pydicom")
 _MISSING_PACKAGE_HINT = {
     "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg or pyjpegls",
     "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg or pyjpegls",
@@ -140,8 +138,8 @@ def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False) -> p
     """
     fobj = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             if header_only:
                 ds = pydicom.dcmread(fobj, defer_size="1 KB")
             else:
@@ -154,6 +152,9 @@ def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False) -> p
         raise
     except Exception as exc:  # pydicom raises many types for malformed input
         raise _classify_read_error(exc) from None
+    for w in caught:
+        if "end of file" in str(w.message).lower():
+            raise InputRejected(Reason.TRUNCATED, "file ends inside an element (pydicom reached end of file before its delimiter)")
     return ds
 
 
@@ -181,9 +182,6 @@ def _transfer_syntax(ds: pydicom.Dataset) -> str:
 def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
     """Build a :class:`Header` and check declared sizes against ``limits``."""
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
-        sop_class = UID(str(ds.get("SOPClassUID", "") or ""))
-        if "Image Storage" in sop_class.name:
-            raise InputRejected(Reason.TRUNCATED, f"a {sop_class.name} object without pixel data (file cut short?)")
         raise InputRejected(Reason.NON_IMAGE, "object has no pixel data (e.g. a structured report or presentation state)")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
@@ -202,6 +200,8 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
     if frames > limits.max_frames:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"{frames} frames exceed limit of {limits.max_frames}")
     ts = _transfer_syntax(ds)
+    if "PixelData" in ds:
+        _decoder_for(UID(ts))
     try:
         dtype = np.dtype(pixel_dtype(ds)).str if "PixelData" in ds else (
             "<f4" if "FloatPixelData" in ds else "<f8"
@@ -248,9 +248,23 @@ def read_header(src: bytes | BinaryIO | str, limits: Limits) -> Header:
     return header_from_dataset(read_dataset(src, header_only=True), limits)
 
 
-def _ordered_plugins(available: tuple[str, ...] | list[str]) -> list[str]:
-    first = [p for p in _PLUGIN_PREFERENCE if p in available]
-    return first + [p for p in available if p not in first]
+def _decoder_for(ts: UID):
+    """pydicom's decoder for ``ts``; ``NoDecoderError`` naming the package when none can run here."""
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise NoDecoderError(f"transfer syntax {ts.name} ({ts}) is not supported by pydicom or any plugin") from None
+    if not decoder.is_native and not decoder.is_available:
+        hint = _MISSING_PACKAGE_HINT.get(str(ts), ", ".join(decoder.missing_dependencies) or "a decoder plugin")
+        raise NoDecoderError(f"transfer syntax {ts.name} ({ts}) has no decoder installed; pip install {hint}")
+    return decoder
+
+
+def _plugin_order(decoder) -> list[str]:
+    """Available plugins in the order ``ds.pixel_array`` tries them (pydicom's registration order),
+    so the first that succeeds gives exactly what ``pixel_array`` returns."""
+    order = list(getattr(decoder, "_available", {}) or decoder.available_plugins)
+    return [p for p in order if p in decoder.available_plugins]
 
 
 def decode_frames(ds: pydicom.Dataset, header: Header) -> tuple[np.ndarray, str]:
@@ -267,10 +281,7 @@ def decode_frames(ds: pydicom.Dataset, header: Header) -> tuple[np.ndarray, str]
         arr = ds.pixel_array  # float/double float pixel data: native only
         return _with_frame_axis(np.asarray(arr), header), "pydicom"
     ts = UID(header.transfer_syntax)
-    try:
-        decoder = get_decoder(ts)
-    except NotImplementedError:
-        raise NoDecoderError(f"transfer syntax {ts.name} ({ts}) is not supported by pydicom") from None
+    decoder = _decoder_for(ts)
     if decoder.is_native:
         expected = get_expected_length(ds, "bytes")
         actual = len(ds.PixelData)
@@ -278,10 +289,7 @@ def decode_frames(ds: pydicom.Dataset, header: Header) -> tuple[np.ndarray, str]
             raise InputRejected(Reason.PIXEL_LENGTH_MISMATCH, f"pixel data has {actual} bytes, header declares {expected}")
         plugins = ["pydicom"]
     else:
-        if not decoder.is_available:
-            hint = _MISSING_PACKAGE_HINT.get(str(ts), ", ".join(decoder.missing_dependencies) or "a decoder plugin")
-            raise NoDecoderError(f"transfer syntax {ts.name} ({ts}) has no decoder installed; pip install {hint}")
-        plugins = _ordered_plugins(decoder.available_plugins)
+        plugins = _plugin_order(decoder)
     errors = []
     for plugin in plugins:
         try:
@@ -316,6 +324,6 @@ def decodable_syntaxes() -> list[dict[str, Any]]:
     out = []
     for uid in _PIXEL_DATA_DECODERS:
         dec = get_decoder(uid)
-        plugins = ["pydicom"] if dec.is_native else _ordered_plugins(dec.available_plugins)
+        plugins = ["pydicom"] if dec.is_native else _plugin_order(dec)
         out.append({"uid": str(uid), "name": UID(uid).name, "available": bool(plugins), "plugins": plugins})
     return out

@@ -1,0 +1,133 @@
+"""Ingest → process end to end on a real local Dask cluster under Prefect's local API."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+import radflow
+from radflow.storage.batches import frame_crc32
+from radflow.storage.models import ModelSpec, load_model, save_model
+from radflow.tasks.infer import ModelCard, predict
+from radflow.tasks.train import build_model
+from tests.helpers import tree_digest, tree_mtimes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, small_archive, prefect_api, dask_client):
+    store = str(tmp_path_factory.mktemp("e2e") / "store.zarr")
+    summary = radflow.ingest(small_archive.dicom, store)
+    return store, summary
+
+
+def _files_under(root: str) -> list[str]:
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_ledger_accounts_for_every_input(ingested, small_archive):
+    store, summary = ingested
+    st = radflow.open_store(store)
+    ledger = st.ledger()
+    inputs = _files_under(small_archive.dicom)
+    assert sorted(ledger["source"]) == inputs  # conservation: exactly one row per input
+    assert summary["discovered"] == len(inputs) == summary["new"]
+    ok = ledger[ledger["status"] == "ok"]
+    assert len(ok) == small_archive.images == summary["ok"]
+    rejected = ledger[ledger["status"] != "ok"].set_index("source")["reason"]
+    by_kind = {os.path.basename(s).split("_")[0]: r for s, r in rejected.items()}
+    assert by_kind == {"truncated": "TRUNCATED", "not": "NOT_DICOM", "report": "NON_IMAGE"}
+    assert (ok["sha256"].str.len() == 64).all()
+
+
+def test_stored_frames_are_bit_exact(ingested):
+    store, _ = ingested
+    st = radflow.open_store(store)
+    inst = st.instances()
+    assert inst["index"].is_unique
+    for _, row in inst.iterrows():
+        ref = pydicom.dcmread(row["source"]).pixel_array
+        got = st.raw_frame(int(row["index"]))
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        np.testing.assert_array_equal(got, ref)
+        assert frame_crc32(got) == row["crc32"]
+    assert set(inst["decoder"]) <= {"pydicom", "pylibjpeg", "gdcm"}
+    assert {"1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"} & set(inst["transfer_syntax"])
+
+
+def test_tables_hold_no_identifiers_in_clear(ingested, small_archive):
+    store, _ = ingested
+    st = radflow.open_store(store)
+    inst = st.instances()
+    sample = pydicom.dcmread(inst["source"][0], stop_before_pixels=True)
+    text = inst.to_csv() + st.ledger().to_csv() + str(st.meta)
+    for value in (sample.PatientID, str(sample.PatientName), sample.StudyInstanceUID, sample.SOPInstanceUID,
+                  sample.PatientBirthDate, sample.AccessionNumber):
+        assert value not in text
+    assert inst["sop_uid"].str.startswith("2.25.").all()
+    assert inst.groupby("patient_key")["study_key"].nunique().max() >= 1
+
+
+def test_second_ingest_writes_nothing(ingested, small_archive):
+    store, _ = ingested
+    before_digest, before_mtimes = tree_digest(store), tree_mtimes(store)
+    summary = radflow.ingest(small_archive.dicom, store)
+    assert summary["new"] == 0 and summary["frames"] == 0
+    assert tree_digest(store) == before_digest and tree_mtimes(store) == before_mtimes
+
+
+def test_process_preprocess_infer_features(ingested, tmp_path):
+    store, _ = ingested
+    card = ModelCard(name="tiny", arch="resnet18", labels=("lesion", "other"), input_size=64, channels=3,
+                     mean=(0.5,) * 3, std=(0.25,) * 3)
+    torch.manual_seed(0)
+    model_path = str(tmp_path / "tiny.pt")
+    sha = save_model(build_model(card).eval(), card, model_path)
+    summary = radflow.process(store, steps=["preprocess", "infer", "features"], model=model_path, canvas=128)
+    st = radflow.open_store(store)
+    inst = st.instances()
+    n = len(inst)
+    assert summary["steps"]["preprocess"]["frames"] == n
+    imgs = st.images
+    assert imgs.shape == (int(inst["index"].max()) + 1, 128, 128) and imgs.dtype == np.float16
+    ds = st.dataset()
+    assert ds["images"].shape == (n, 128, 128) and ds["images"].chunks is not None
+    assert list(ds["sop_uid"].values) == list(inst["sop_uid"])
+    x = np.asarray(ds["images"].values, dtype=np.float32)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.05
+    preds = st.predictions()
+    assert len(preds) == n and (preds["model_sha256"] == sha).all()
+    assert set(preds.columns) >= {"index", "patient_key", "sop_uid", "p_lesion", "p_other", "model"}
+    direct = predict(load_model(ModelSpec(model_path)).module, x, card)
+    np.testing.assert_allclose(preds.sort_values("index")[["p_lesion", "p_other"]].to_numpy(), direct, atol=1e-4)
+    feats = st.features()
+    assert len(feats) == n and feats["mean"].between(0, 1).all() and feats.notna().all().all()
+    merged = inst.merge(feats, on="index").merge(preds, on=["index", "sop_uid", "patient_key", "study_key"])
+    assert len(merged) == n
+    # a second run has nothing left to do
+    again = radflow.process(store, steps=["preprocess", "infer", "features"], model=model_path)
+    assert all(v["frames"] == 0 for v in again["steps"].values())
+
+
+def test_incremental_ingest_appends_new_inputs(tmp_path, small_archive, prefect_api, dask_client):
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 6, seed=11, sizes=((512, 512),), broken=False)
+    store = str(tmp_path / "inc.zarr")
+    first = radflow.ingest(a.dicom, store)
+    assert first["ok"] == 6
+    extra = write_archive(tmp_path / "b", 4, seed=12, sizes=((512, 512), (600, 480)), broken=False)
+    os.rename(extra.dicom, os.path.join(a.dicom, "more"))
+    second = radflow.ingest(a.dicom, store)
+    assert second["new"] == 4 and second["ok"] == 4
+    st = radflow.open_store(store)
+    inst = st.instances()
+    assert len(inst) == 10 and inst["index"].is_unique and len(st.ledger()) == 10
+    for i in inst["index"]:
+        assert st.raw_frame(int(i)).shape[0] > 0

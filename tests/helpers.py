@@ -1,0 +1,48 @@
+"""Test helpers: optional-dependency markers and file snapshots."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+
+import pytest
+
+
+@functools.lru_cache(maxsize=1)
+def has_gpu() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+requires_cupy = pytest.mark.skipif(not has_module("cupy"), reason="needs cupy")
+
+
+def tree_digest(root: str) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path → digest)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def tree_mtimes(root: str) -> dict[str, int]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = os.stat(p).st_mtime_ns
+    return out

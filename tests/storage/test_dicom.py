@@ -1,0 +1,151 @@
+import glob
+import io
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from radflow.config import Limits
+from radflow.errors import InputRejected, NoDecoderError, Reason
+from radflow.storage.dicom import decodable_syntaxes, decode_frames, header_from_dataset, read_dataset, read_header
+
+
+SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
+BASIC_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+def make_dicom(rows=32, cols=24, frames=1, ts=ExplicitVRLittleEndian, pixels=True, bits=16, sop_class=SC_IMAGE, **extra) -> bytes:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uid
+    ds.PatientID = "CANARY-PATIENT"
+    ds.Modality = "OT"
+    if pixels:
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = bits
+        ds.BitsStored = bits
+        ds.HighBit = bits - 1
+        ds.PixelRepresentation = 0
+        if frames > 1:
+            ds.NumberOfFrames = frames
+        dt = np.uint16 if bits == 16 else np.uint8
+        arr = (np.arange(frames * rows * cols) % 251).astype(dt)
+        ds.PixelData = arr.tobytes()
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def unknown_syntax() -> bytes:
+    """A file whose transfer syntax UID is one no decoder knows (1.2.840.10008.1.2.1 → …1.2.9)."""
+    data = make_dicom()
+    return data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.9\x00", 1)
+
+
+def truncated_encapsulated() -> bytes:
+    """An RLE-compressed object cut in the middle of its encapsulated pixel data."""
+    from pydicom.pixels.utils import compress
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(rows=64, cols=64)))
+    compress(ds, RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    data = buf.getvalue()
+    return data[: len(data) - 100]
+
+
+def reject_reason(data: bytes, limits=Limits()) -> Reason:
+    with pytest.raises(InputRejected) as info:
+        ds = read_dataset(data)
+        h = header_from_dataset(ds, limits)
+        decode_frames(ds, h)
+    assert "CANARY" not in str(info.value)
+    return info.value.reason
+
+
+def test_decodes_multiframe_with_frame_axis():
+    ds = read_dataset(make_dicom(frames=3))
+    h = header_from_dataset(ds, Limits())
+    frames, decoder = decode_frames(ds, h)
+    assert frames.shape == (3, 32, 24) and frames.dtype == np.uint16 and decoder == "pydicom"
+    np.testing.assert_array_equal(frames, ds.pixel_array)
+    assert h.frame_bytes == 32 * 24 * 2
+    assert "CANARY" not in repr(h) and "CANARY" not in str(h.public())
+
+
+def test_header_only_read_does_not_need_pixels(tmp_path):
+    p = tmp_path / "a.dcm"
+    p.write_bytes(make_dicom(rows=40, cols=50))
+    with open(p, "rb") as fh:
+        h = read_header(fh, Limits())
+    assert (h.rows, h.cols, h.frames, h.dtype) == (40, 50, 1, "<u2")
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: b"hello, not dicom" * 100, Reason.NOT_DICOM),
+        (lambda: make_dicom()[:-300], Reason.TRUNCATED),
+        (lambda: make_dicom(pixels=False, sop_class=BASIC_SR), Reason.NON_IMAGE),
+        (lambda: make_dicom(pixels=False), Reason.NON_IMAGE),  # an image object stored without pixel data
+        (lambda: truncated_encapsulated(), Reason.TRUNCATED),
+        (lambda: make_dicom(rows=20000, cols=20000), Reason.DIMENSION_LIMIT),
+        (lambda: unknown_syntax(), Reason.NO_DECODER),
+    ],
+    ids=["not-dicom", "truncated", "non-image", "image-without-pixels", "truncated-encapsulated", "too-large", "unknown-syntax"],
+)
+def test_rejections_have_the_right_reason(make, reason):
+    if reason == Reason.DIMENSION_LIMIT:
+        data = make_dicom(rows=64, cols=64)
+        with pytest.raises(InputRejected) as info:
+            header_from_dataset(read_dataset(data), Limits(max_frame_pixels=1000))
+        assert info.value.reason == reason
+        return
+    assert reject_reason(make()) == reason
+
+
+def test_pixel_length_mismatch():
+    ds = pydicom.dcmread(io.BytesIO(make_dicom()))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert reject_reason(buf.getvalue()) == Reason.PIXEL_LENGTH_MISMATCH
+
+
+def test_no_decoder_error_names_syntax():
+    ds = read_dataset(unknown_syntax())
+    with pytest.raises(NoDecoderError, match="1.2.840.10008.1.2.9"):
+        decode_frames(ds, header_from_dataset(ds, Limits()))
+
+
+def test_decodable_syntaxes_lists_core_ones():
+    names = {s["uid"]: s for s in decodable_syntaxes()}
+    assert names["1.2.840.10008.1.2.1"]["plugins"] == ["pydicom"]
+    assert names["1.2.840.10008.1.2.4.90"]["available"]  # JPEG 2000 lossless via pylibjpeg-openjpeg
+
+
+def test_bundled_files_decode_like_pixel_array(pydicom_test_files):
+    checked = 0
+    for path in sorted(glob.glob(os.path.join(pydicom_test_files, "*"))):
+        try:
+            ds = read_dataset(open(path, "rb").read())
+            h = header_from_dataset(ds, Limits())
+            frames, _ = decode_frames(ds, h)
+        except (InputRejected, IsADirectoryError):
+            continue
+        ref = pydicom.dcmread(path).pixel_array
+        np.testing.assert_array_equal(frames.reshape(ref.shape), ref, err_msg=path)
+        checked += 1
+    assert checked >= 40
