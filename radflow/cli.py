@@ -22,6 +22,7 @@ def _quiet_orchestration(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     if not verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -53,9 +54,9 @@ class _Progress:
             self.progress.advance(self.tasks[stage], info.get("advance", 1))
         elif event == "stage-end" and stage in self.tasks:
             t = self.tasks.pop(stage)
-            task = self.progress.tasks[[x.id for x in self.progress.tasks].index(t)]
-            self.progress.update(t, total=task.completed if task.total is None else task.total,
-                                 completed=task.total if task.total is not None else task.completed)
+            task = next(x for x in self.progress.tasks if x.id == t)
+            total = task.total if task.total else 1
+            self.progress.update(t, total=total, completed=total)
 
     def __enter__(self) -> "_Progress":
         from radflow.flows._progress import listen
@@ -179,7 +180,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     tr = s["train"]
     print(f"{_indent}train        resnet18 on {tr['train_images']} images ({tr['train_positives']} with a lesion) in {tr['seconds']:.1f} s")
     for r in s["evaluation"]:
-        print(f"{_indent}held-out     AUC {r['auc']:.3f} for '{r['label']}' on {r['n']} images "
+        auc = "n/a (one class only)" if r["auc"] != r["auc"] else f"{r['auc']:.3f}"
+        print(f"{_indent}held-out     AUC {auc} for '{r['label']}' on {r['n']} images "
               f"(sensitivity {r['sensitivity']:.2f}, specificity {r['specificity']:.2f} at {r['threshold']})")
     print(f"{_indent}store        {s['store']}")
     print(f"{_indent}tables       {s['tables']}  (ledger, instances, features, predictions, evaluation)")

@@ -1,0 +1,50 @@
+"""The `radflow` command as a user runs it: real subprocesses, real servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)  # the command starts its own local API
+    return subprocess.run([sys.executable, "-m", "radflow", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, stdin=subprocess.DEVNULL)
+
+
+def test_help_and_info():
+    out = run("--help")
+    assert out.returncode == 0 and "demo" in out.stdout and "ingest" in out.stdout
+    info = run("info")
+    assert info.returncode == 0
+    assert "JPEG 2000 Image Compression (Lossless Only) (1.2.840.10008.1.2.4.90): " in info.stdout
+    assert re.search(r"^GPUs: ", info.stdout, re.M)
+
+
+def test_missing_store_fails_with_one_line_reason(tmp_path):
+    out = run("inspect", str(tmp_path / "nope.zarr"))
+    assert out.returncode == 1
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "StoreNotFoundError" in lines[0] and "radflow ingest" in lines[0]
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage(tmp_path):
+    out = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "radflow demo — summary" in text
+    assert re.search(r"inputs\s+\d+ discovered, 30 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", text)
+    auc = re.search(r"held-out\s+AUC (n/a|[0-9.]+).* for .lesion. on (\d+) images", text)
+    assert auc and (auc.group(1) == "n/a" or 0.0 <= float(auc.group(1)) <= 1.0)
+    assert "Dask dashboard:" in out.stderr
+    store = tmp_path / "demo" / "store.zarr"
+    for table in ("ledger", "instances", "features", "predictions", "evaluation"):
+        assert any((store / "tables" / table).iterdir())
+    ins = run("inspect", str(store))
+    assert ins.returncode == 0 and "images" in ins.stdout and "ledger 33 rows" in ins.stdout
