@@ -52,7 +52,8 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     from distributed import get_client
 
     client = get_client()
-    n = settings.header_files_per_task
+    threads = max(1, sum(client.nthreads().values()))
+    n = max(1, min(settings.header_files_per_task, -(-len(new) // (4 * threads))))  # several tasks per thread
     chunks = [[(r.uri, r.size, r.version) for r in new[i : i + n]] for i in range(0, len(new), n)]
     report("stage-start", stage="index headers", total=len(new))
     futures = client.map(index_inputs, chunks, limits=settings.limits, storage_options=storage_options, pure=False)
