@@ -38,8 +38,11 @@ def test_gaussian_median_unsharp(x):
 @pytest.mark.parametrize("x", inputs(), ids=["numpy", "torch"])
 def test_equalization(x):
     np.testing.assert_allclose(host(equalize_hist(x)), exposure.equalize_hist(IMG), atol=1e-5)
-    ours = host(clahe(x, tiles=(8, 8), clip_limit=0.01))
-    ref = exposure.equalize_adapthist(IMG, kernel_size=(IMG.shape[0] // 8, IMG.shape[1] // 8), clip_limit=0.01)
+    full = data.camera().astype(np.float32) / 255.0  # 512², 64-px regions (skimage redistributes the
+    # clipped excess in whole counts, so small regions differ more)
+    arr = full if isinstance(x, np.ndarray) else torch.from_numpy(full)
+    ours = host(clahe(arr, tiles=(8, 8), clip_limit=0.01))
+    ref = exposure.equalize_adapthist(full, kernel_size=(64, 64), clip_limit=0.01)
     assert np.abs(ours - ref).mean() < 0.01 and np.abs(ours - ref).max() < 0.05
 
 
