@@ -109,6 +109,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     from radflow.synth import write_archive
 
+    if args.kspace:
+        from radflow.synth.kspace import write_fastmri
+
+        paths = write_fastmri(os.path.join(args.dir, "kspace"), args.kspace, seed=args.seed)
+        print(f"wrote {len(paths)} fastMRI-format k-space files under {os.path.join(args.dir, 'kspace')}")
+        if not args.n:
+            return 0
     with ProcessPoolExecutor(max_workers=args.jobs or os.cpu_count()) as ex:
         s = write_archive(args.dir, args.n, seed=args.seed, map_fn=lambda f, *it: ex.map(f, *it, chunksize=4))
     print(f"wrote {s.images} radiographs ({s.lesions} with a lesion) and {s.broken} broken files, {s.bytes / 1e6:.1f} MB")
@@ -260,11 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core)")
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// URLs (default: AWS_ENDPOINT_URL)")
 
-    sp = sub.add_parser("synth", help="write a synthetic DICOM radiograph archive")
+    sp = sub.add_parser("synth", help="write a synthetic DICOM radiograph archive (and k-space files)")
     sp.add_argument("dir", help="output folder (DICOM under DIR/dicom, labels in DIR/labels.csv)")
     sp.add_argument("--n", type=int, default=200, help="radiographs to write (default 200)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--jobs", type=int, help="processes (default: one per core)")
+    sp.add_argument("--kspace", type=int, default=0, metavar="N",
+                    help="also write N fastMRI-format multi-coil k-space files under DIR/kspace")
     sp.set_defaults(func=cmd_synth)
 
     sp = sub.add_parser("ingest", help="ingest a DICOM archive (folder or s3:// prefix) into a store")
@@ -275,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_ingest)
 
     def process_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--steps", default="preprocess,infer,features", help="comma-separated: preprocess, infer, features")
+        sp.add_argument("--steps", default="preprocess,infer,features,reconstruct",
+                        help="comma-separated: preprocess, infer, features, reconstruct (k-space → recon/)")
         sp.add_argument("--model", help="model weights: a TorchScript file, or a state_dict with --arch")
         sp.add_argument("--arch", help="torchvision architecture of a state_dict model (e.g. densenet121, resnet50)")
         sp.add_argument("--canvas", type=int, help="side of the analysis canvas of `images` (default 1024)")

@@ -16,7 +16,7 @@ import numpy as np
 from radflow.tasks.features import block_features
 from radflow.tasks.preprocess import FrameParams, prepare_frame
 
-__all__ = ["PARAM_COLUMNS", "preprocess_block", "features_block", "infer_block"]
+__all__ = ["PARAM_COLUMNS", "preprocess_block", "features_block", "infer_block", "recon_block", "qc_block"]
 
 #: Columns of the per-frame parameter array handed to :func:`preprocess_block`.
 PARAM_COLUMNS = (
@@ -91,3 +91,25 @@ def infer_block(block: np.ndarray, *, spec: Any) -> np.ndarray:
     if block.dtype == np.uint16:
         x /= 65535.0
     return predict(model.module, x, model.card)
+
+
+def recon_block(kspace: np.ndarray, *, crop: tuple[int, int] | None) -> np.ndarray:
+    """``(n, coils, ky, kx)`` complex64 → ``(n, h, w)`` float32 root-sum-of-squares images."""
+    from radflow.tasks.recon import kspace_to_image
+
+    return kspace_to_image(kspace, coil_axis=1, crop=crop)
+
+
+def qc_block(recon: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-slice NMSE, PSNR (dB) and SSIM of ``recon`` against ``reference`` (both ``(n, h, w)``);
+    ``(n, 3)`` float64, NaN where the reference is empty."""
+    from radflow.tasks.quality import nmse, psnr, ssim
+
+    out = np.full((recon.shape[0], 3), np.nan)
+    for i in range(recon.shape[0]):
+        ref = reference[i].astype(np.float64)
+        if ref.max() <= 0:
+            continue
+        rec = recon[i].astype(np.float64)
+        out[i] = (nmse(ref, rec), psnr(ref, rec), ssim(ref, rec))
+    return out

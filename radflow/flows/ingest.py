@@ -24,6 +24,7 @@ from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.batches import BatchPlan, index_inputs, ledger_row, plan_batches, write_batch
+from radflow.storage.kspace import reference_path
 from radflow.storage.sources import InputRef, discover
 from radflow.storage.tables import LEDGER_SCHEMA, read_table, write_part
 from radflow.storage.urls import normalize, zarr_store
@@ -69,36 +70,57 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     return rows
 
 
+_INDEX_KEYS = {"dicom": "next_index", "kspace": "next_kspace_index"}
+
+
 @task(name="plan-batches", cache_policy=NO_CACHE)
 def plan_task(store: str, rows: list[dict[str, Any]], settings: Settings, storage_options: dict[str, Any] | None) -> list[BatchPlan]:
     """Plan batches and reserve their regions (the flow is the only writer of array shapes)."""
     root = layout.open_root(zarr_store(store, storage_options), mode="r+")
     meta = dict(root.attrs["radflow"])
-    try:
-        existing = {name: root[f"raw/{name}"] for name in root["raw"].array_keys()}
-    except KeyError:
-        existing = {}
     candidates = [r for r in rows if r["status"] == "candidate"]
-    batches, positions, next_index = plan_batches(
-        candidates,
-        next_position={name: a.shape[0] for name, a in existing.items()},
-        next_index=int(meta.get("next_index", 0)),
-        shard_target_mib=settings.shard_target_mib,
-        frames_per_shard={name: int(a.attrs["frames_per_shard"]) for name, a in existing.items()},
-        max_files_per_batch=settings.max_files_per_batch,
-    )
+    names = sorted({r["array"] for r in candidates})
+    existing = {}
+    for name in names:
+        try:
+            existing[name] = root[name]
+        except KeyError:
+            pass
+    batches: list[BatchPlan] = []
+    positions: dict[str, int] = {}
+    for kind, key in _INDEX_KEYS.items():
+        planned, pos, next_index = plan_batches(
+            [r for r in candidates if r["kind"] == kind],
+            next_position={name: a.shape[0] for name, a in existing.items()},
+            next_index=int(meta.get(key, 0)),
+            shard_target_mib=settings.shard_target_mib,
+            frames_per_shard={name: int(a.attrs["frames_per_shard"]) for name, a in existing.items()},
+            max_files_per_batch=settings.max_files_per_batch,
+        )
+        batches += planned
+        positions.update({k: v for k, v in pos.items() if any(b.array == k for b in planned)})
+        meta[key] = next_index
     for b in batches:
-        arr = existing.get(b.array)
-        if arr is None:
-            arr = layout.ensure_raw_array(root, b.array, dtype=b.dtype, rows=b.rows, cols=b.cols, samples=b.samples,
-                                          fps=b.frames_per_shard, zstd_level=settings.raw_zstd_level)
-            existing[b.array] = arr
+        if b.array in existing:
+            continue
+        kind = "raw" if b.kind == "dicom" else "kspace"
+        dims = None if b.kind == "dicom" else ("slice", "coil", "ky", "kx")
+        existing[b.array] = layout.ensure_frames_array(root, b.array, dtype=b.dtype, shape=b.shape, fps=b.frames_per_shard,
+                                                       zstd_level=settings.raw_zstd_level, kind=kind, dims=dims)
+        if b.ref_shape:
+            layout.ensure_frames_array(root, reference_path(b.array), dtype="float32", shape=b.ref_shape,
+                                       fps=b.frames_per_shard, zstd_level=settings.raw_zstd_level, kind="reference",
+                                       dims=("slice", "y", "x"))
     for name, pos in positions.items():
-        arr = existing[name]
-        if arr.shape[0] < pos:
-            arr.resize((pos, *arr.shape[1:]))
-    layout.update_meta(root, next_index=next_index)
-    run_logger().info("planned %d batches over %d raw arrays", len(batches), len({b.array for b in batches}))
+        for path in (name, reference_path(name)) if name.startswith("kspace/") else (name,):
+            try:
+                arr = root[path]
+            except KeyError:
+                continue
+            if arr.shape[0] < pos:
+                arr.resize((pos, *arr.shape[1:]))
+    layout.update_meta(root, **{k: meta[k] for k in _INDEX_KEYS.values()})
+    run_logger().info("planned %d batches over %d arrays", len(batches), len({b.array for b in batches}))
     return batches
 
 

@@ -26,6 +26,7 @@ from radflow.flows import _blocks
 from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
+from radflow.storage.kspace import reference_path
 from radflow.storage.models import ModelSpec, load_model
 from radflow.storage.store import open_store
 from radflow.storage.tables import write_part
@@ -34,7 +35,7 @@ from radflow.tasks.features import FEATURES
 
 __all__ = ["process_flow", "STEPS", "frame_params", "plan_ranges"]
 
-STEPS = ("preprocess", "infer", "features")
+STEPS = ("preprocess", "infer", "features", "reconstruct")
 
 
 def frame_params(instances: pd.DataFrame, lo: int, hi: int, raw_names: list[str]) -> np.ndarray:
@@ -110,8 +111,67 @@ def features_task(store: str, lo: int, hi: int, geometry: np.ndarray, canvas: in
     valid = geometry[:, 0] > 0
     df = pd.DataFrame(feats[valid], columns=list(FEATURES))
     df.insert(0, "index", np.arange(lo, hi)[valid])
+    df.insert(0, "kind", "image")
     write_part(store, "features", f"{lo:012d}", df, storage_options=storage_options)
     return int(valid.sum())
+
+
+@task(name="reconstruct-array", cache_policy=NO_CACHE, retries=1)
+def reconstruct_task(store: str, array: str, rows: pd.DataFrame, storage_options: dict[str, Any] | None) -> int:
+    """Reconstruct every slice of one k-space array into ``recon/<name>``; QC rows into ``features``."""
+    import dask
+    import dask.array as da
+
+    root = layout.open_root(zarr_store(store, storage_options), mode="r+")
+    k = root[array]
+    name = array.split("/", 1)[1]
+    ref = root[reference_path(array)] if reference_path(array) in root else None
+    crop = tuple(ref.shape[1:]) if ref is not None else tuple(k.shape[2:])
+    fps = int(k.attrs["frames_per_shard"])
+    recon = layout.ensure_frames_array(root, f"recon/{name}", dtype="float32", shape=crop, fps=fps, zstd_level=1,
+                                       kind="recon", dims=("slice", "y", "x"))
+    if recon.shape[0] < k.shape[0]:
+        recon.resize((k.shape[0], *crop))
+    recon = recon.with_config({"write_empty_chunks": True})
+    kd = da.from_zarr(k).rechunk((fps, -1, -1, -1))
+    img = kd.map_blocks(_blocks.recon_block, crop=crop if ref is not None else None, drop_axis=[1],
+                        chunks=(kd.chunks[0], (crop[0],), (crop[1],)), dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    stored = da.store(img, recon, lock=False, compute=False)
+    if ref is None:
+        dask.compute(stored)
+        return len(rows)
+    refd = da.from_zarr(ref).rechunk((fps, -1, -1))
+    qc = da.map_blocks(_blocks.qc_block, img, refd, drop_axis=[2], chunks=(img.chunks[0], (3,)), dtype=np.float64,
+                       meta=np.empty((0, 0), np.float64))
+    _, values = dask.compute(stored, qc)
+    pos = rows["position"].to_numpy()
+    df = rows[["kspace_index", "source", "slice"]].reset_index(drop=True).copy()
+    df.insert(0, "kind", "kspace")
+    df["nmse"], df["psnr"], df["ssim"] = values[pos, 0], values[pos, 1], values[pos, 2]
+    write_part(store, "features", f"kspace-{name}", df, storage_options=storage_options)
+    return len(rows)
+
+
+def _reconstruct(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Run ``reconstruct`` over every k-space array whose slices changed since it was last done."""
+    st = open_store(url, storage_options)
+    table = st.table("kspace")
+    t0 = time.perf_counter()
+    frames = 0
+    if not table.empty:
+        root = layout.open_root(zarr_store(url, storage_options), mode="r+")
+        groups = {a: g for a, g in table.groupby("array")}
+        todo = [a for a, g in groups.items() if dict(root[a].attrs).get("reconstructed") != len(g)]
+        report("stage-start", stage="reconstruct", total=sum(len(groups[a]) for a in todo))
+        futures = {reconstruct_task.submit(url, a, groups[a], storage_options): a for a in todo}
+        for fut in as_completed(list(futures)):
+            n = fut.result()
+            root[futures[fut]].attrs["reconstructed"] = n
+            frames += n
+            report("stage-advance", stage="reconstruct", advance=n)
+        report("stage-end", stage="reconstruct")
+    seconds = time.perf_counter() - t0
+    return {"frames": frames, "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0}
 
 
 @task(name="infer-range", cache_policy=NO_CACHE, retries=1)
@@ -164,7 +224,8 @@ def process_flow(
     Parameters
     ----------
     store : store URL
-    steps : any of ``preprocess``, ``infer``, ``features`` (run in that order)
+    steps : any of ``preprocess``, ``infer``, ``features``, ``reconstruct`` (run in that order;
+        ``reconstruct`` turns ingested k-space into ``recon/`` images with QC against references)
     model : weights file (TorchScript, or a state_dict with ``arch``); needed for ``infer``
     arch : torchvision architecture of a state_dict model
     canvas : side of the ``images`` canvas (default: settings, 1024)
@@ -181,8 +242,13 @@ def process_flow(
     st = open_store(url, storage_options)
     inst = st.instances()
     summary: dict[str, Any] = {"store": url, "frames": int(len(inst)), "steps": {}}
-    if inst.empty:
-        log.info("store has no frames; nothing to process")
+    image_steps = [s for s in STEPS if s in steps and s != "reconstruct"]
+    if inst.empty or not image_steps:
+        if image_steps:
+            log.info("store has no image frames; skipping %s", ", ".join(image_steps))
+        if "reconstruct" in steps:
+            with connect(cfg.cluster):
+                summary["steps"]["reconstruct"] = _reconstruct(url, storage_options)
         return summary
     n = int(inst["index"].max()) + 1
     root = layout.open_root(zarr_store(url, storage_options), mode="r+")
@@ -209,6 +275,9 @@ def process_flow(
             report("dashboard", url=link)
         for step in ordered:
             t0 = time.perf_counter()
+            if step == "reconstruct":
+                summary["steps"][step] = _reconstruct(url, storage_options)
+                continue
             if step == "preprocess":
                 done = stages.setdefault("preprocess", {})
                 frames = _run_stage(step, ranges, counts, done, lambda lo, hi: preprocess_task.submit(

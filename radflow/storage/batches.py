@@ -30,7 +30,7 @@ from radflow.storage.sources import read_bytes
 from radflow.storage.tables import INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
 from radflow.storage.urls import zarr_store
 
-__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32"]
+__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,15 @@ class BatchInput:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """One batch: inputs, the raw region ``[position, position + capacity)`` and the
-    global indices ``[index, index + planned frames)`` it owns."""
+    """One batch: inputs of one kind, the region ``[position, position + capacity)`` of one
+    array and the global indices ``[index, index + planned frames)`` it owns."""
 
     batch_id: str
-    array: str
+    kind: str  # "dicom" (frames into raw/...) or "kspace" (slices into kspace/...)
+    array: str  # full array path, e.g. "raw/uint16_2560x2048" or "kspace/c4_384x384_r320x320"
     dtype: str
-    rows: int  # largest declared rows among inputs (canvas comes from the array name)
-    cols: int
-    samples: int
+    shape: tuple[int, ...]  # one frame's canvas shape within the array
+    ref_shape: tuple[int, ...]  # k-space only: reference image shape (empty if none)
     frames_per_shard: int
     position: int
     capacity: int
@@ -86,12 +86,12 @@ def plan_batches(
     Parameters
     ----------
     entries
-        Header-index rows of decodable candidates: ``uri, size, version, frames, rows,
-        cols, samples, dtype``; taken in ``uri`` order.
+        Header-index rows of candidates of one kind: ``uri, size, version, kind, array,
+        shape, ref_shape, dtype, frames``; taken in ``uri`` order.
     next_position
-        First free (shard-aligned) position per existing raw array.
+        First free (shard-aligned) position per existing array.
     next_index
-        First free global frame index.
+        First free global index of this kind.
     frames_per_shard
         Shard size of existing arrays (new arrays get one from ``shard_target_mib``).
 
@@ -102,18 +102,16 @@ def plan_batches(
     fps_known = dict(frames_per_shard or {})
     groups: dict[str, list[dict[str, Any]]] = {}
     for e in sorted(entries, key=lambda e: e["uri"]):
-        name = layout.raw_array_name(e["dtype"], e["rows"], e["cols"], e["samples"])
-        groups.setdefault(name, []).append(e)
+        groups.setdefault(e["array"], []).append(e)
     positions = dict(next_position)
     batches: list[BatchPlan] = []
     index = next_index
     for name in sorted(groups):
         group = groups[name]
         first = group[0]
-        canvas_bytes = (
-            layout.size_class(first["rows"]) * layout.size_class(first["cols"]) * first["samples"] * np.dtype(first["dtype"]).itemsize
-        )
-        fps = fps_known.get(name) or layout.frames_per_shard(canvas_bytes, shard_target_mib)
+        shape = tuple(int(v) for v in first["shape"])
+        frame_bytes = int(np.prod(shape)) * np.dtype(first["dtype"]).itemsize
+        fps = fps_known.get(name) or layout.frames_per_shard(frame_bytes, shard_target_mib)
         fps_known[name] = fps
         pos = positions.get(name, 0)
         current: list[dict[str, Any]] = []
@@ -128,11 +126,11 @@ def plan_batches(
             batches.append(
                 BatchPlan(
                     batch_id=_batch_id(name, pos, index, inputs),
+                    kind=str(first["kind"]),
                     array=name,
-                    dtype=first["dtype"],
-                    rows=max(int(e["rows"]) for e in current),
-                    cols=max(int(e["cols"]) for e in current),
-                    samples=int(first["samples"]),
+                    dtype=str(first["dtype"]),
+                    shape=shape,
+                    ref_shape=tuple(int(v) for v in first.get("ref_shape") or ()),
                     frames_per_shard=fps,
                     position=pos,
                     capacity=capacity,
@@ -180,7 +178,7 @@ def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame
         "index": index,
         "source": uri,
         "frame": frame,
-        "raw_array": plan.array,
+        "raw_array": plan.array.split("/", 1)[1],
         "raw_position": position,
         "rows": h.rows,
         "cols": h.cols,
@@ -228,9 +226,13 @@ def write_batch(
     Returns a summary (counts by status and reason, frames, bytes, seconds); contains
     no identifying values.
     """
+    if plan.kind == "kspace":
+        from radflow.storage.kspace import write_kspace_batch
+
+        return write_kspace_batch(store_url, plan, secret=secret, limits=limits, storage_options=storage_options)
     t_start = time.perf_counter()
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
-    arr = root[f"raw/{plan.array}"].with_config({"write_empty_chunks": True})
+    arr = root[plan.array].with_config({"write_empty_chunks": True})
     frame_shape = arr.shape[1:]
     block = np.zeros((plan.planned_frames, *frame_shape), dtype=arr.dtype)
     ledger: list[dict[str, Any]] = []
@@ -246,7 +248,7 @@ def write_batch(
             sha = hashlib.sha256(data).hexdigest()
             ds = read_dataset(data)
             header = header_from_dataset(ds, limits)
-            name = layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
+            name = "raw/" + layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
             if name != plan.array or used + header.frames > plan.planned_frames:
                 raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
             frames, decoder = decode_frames(ds, header)
@@ -286,15 +288,22 @@ def write_batch(
         write_part(store_url, "instances", plan.batch_id, instances, schema=INSTANCES_SCHEMA, storage_options=storage_options)
     # The ledger part is written last: its presence marks the batch as complete.
     write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
+    return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start)
+
+
+def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, bytes_in: int, pixel_bytes: int,
+                  write_seconds: float, t_start: float) -> dict[str, Any]:
+    """The counts a batch returns to the flow (nothing identifying)."""
     reasons = Counter(r["reason"] for r in ledger if r["status"] != "ok")
     return {
         "batch": plan.batch_id,
+        "kind": plan.kind,
         "inputs": len(plan.inputs),
         "ok": sum(r["status"] == "ok" for r in ledger),
         "rejected": dict(reasons),
-        "frames": used,
+        "frames": frames,
         "bytes_in": bytes_in,
-        "pixel_bytes": int(block[:used].nbytes),
+        "pixel_bytes": pixel_bytes,
         "write_seconds": write_seconds,
         "seconds": time.perf_counter() - t_start,
     }
@@ -306,10 +315,12 @@ def index_inputs(
     """Read the headers of ``refs`` (``(uri, size, version)``) for planning; never raises per input.
 
     Returns one row per input: ``uri, size, version, status`` (``candidate`` or
-    ``rejected``), ``reason, detail`` and, for candidates, ``rows, cols, frames,
-    samples, dtype``. No identifying values.
+    ``rejected``), ``reason, detail`` and, for candidates, ``kind`` (``dicom`` or
+    ``kspace`` for fastMRI HDF5), the target ``array`` with its frame ``shape``,
+    ``ref_shape`` and ``dtype``, and ``frames``. No identifying values.
     """
     from radflow.storage.dicom import read_header
+    from radflow.storage.kspace import HDF5_SIGNATURE, kspace_index_row
     from radflow.storage.urls import filesystem
 
     out = []
@@ -324,9 +335,16 @@ def index_inputs(
             except OSError as exc:
                 raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
             with fh:
-                h = read_header(fh, limits)
-            row.update(status="candidate", reason=None, detail="", rows=h.rows, cols=h.cols, frames=h.frames,
-                       samples=h.samples, dtype=h.dtype)
+                if fh.read(8) == HDF5_SIGNATURE:
+                    fh.seek(0)
+                    row.update(status="candidate", reason=None, detail="", **kspace_index_row(fh, limits))
+                else:
+                    fh.seek(0)
+                    h = read_header(fh, limits)
+                    shape = [layout.size_class(h.rows), layout.size_class(h.cols)] + ([h.samples] if h.samples > 1 else [])
+                    row.update(status="candidate", reason=None, detail="", kind="dicom", frames=h.frames, dtype=h.dtype,
+                               array="raw/" + layout.raw_array_name(h.dtype, h.rows, h.cols, h.samples), shape=shape,
+                               ref_shape=[])
         except InputRejected as exc:
             row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
         except Exception as exc:  # never fail the run for one input

@@ -32,7 +32,7 @@ __all__ = [
     "frames_per_shard",
     "create_root",
     "open_root",
-    "ensure_raw_array",
+    "ensure_frames_array",
     "ensure_images_array",
     "chunk_present",
 ]
@@ -125,27 +125,27 @@ def update_meta(root: zarr.Group, **changes: Any) -> None:
     root.attrs["radflow"] = meta
 
 
-def ensure_raw_array(
-    root: zarr.Group, name: str, *, dtype: str, rows: int, cols: int, samples: int, fps: int, zstd_level: int
+def ensure_frames_array(
+    root: zarr.Group, path: str, *, dtype: str, shape: tuple[int, ...], fps: int, zstd_level: int, kind: str,
+    dims: tuple[str, ...] | None = None,
 ) -> zarr.Array:
-    """Create the ``raw/<name>`` array if absent; return it."""
-    path = f"raw/{name}"
+    """Create ``path`` as an ``(n, *shape)`` array (chunk = one frame, ``fps`` frames per shard) if absent."""
     try:
         return root[path]
     except KeyError:
         pass
-    canvas = (size_class(rows), size_class(cols)) + (() if samples == 1 else (samples,))
-    dims = ("frame", "y", "x") + (() if samples == 1 else ("channel",))
+    if dims is None:
+        dims = ("frame", "y", "x", "channel")[: 1 + len(shape)]
     return root.create_array(
         path,
-        shape=(0, *canvas),
-        chunks=(1, *canvas),
-        shards=(fps, *canvas),
+        shape=(0, *shape),
+        chunks=(1, *shape),
+        shards=(fps, *shape),
         dtype=np.dtype(dtype),
         compressors=[ZstdCodec(level=zstd_level), Crc32cCodec()],
         fill_value=0,
         dimension_names=dims,
-        attributes={"frames_per_shard": fps, "kind": "raw"},
+        attributes={"frames_per_shard": fps, "kind": kind},
     )
 
 

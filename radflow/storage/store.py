@@ -59,6 +59,24 @@ class Store:
         df = self.table("predictions")
         return df.sort_values("index").reset_index(drop=True) if "index" in df else df
 
+    def kspace(self) -> pd.DataFrame:
+        """One row per ingested k-space slice: ``kspace_index, source, slice, array, position`` ..."""
+        df = self.table("kspace")
+        return df.sort_values("kspace_index").reset_index(drop=True) if "kspace_index" in df else df
+
+    def kspace_slice(self, kspace_index: int, *, recon: bool = False) -> np.ndarray:
+        """Stored k-space ``(coils, ky, kx)`` complex64 of one slice, or with ``recon=True`` its
+        reconstruction ``(h, w)`` float32 from ``recon/``."""
+        table = self.kspace().set_index("kspace_index")
+        try:
+            row = table.loc[int(kspace_index)]
+        except KeyError:
+            raise IndexError(f"no k-space slice {kspace_index} in {self.url}") from None
+        path = row["array"] if not recon else "recon/" + row["array"].split("/", 1)[1]
+        arr = self.root[path]
+        layout.require_chunk(arr, int(row["position"]))
+        return np.asarray(arr[int(row["position"])])
+
     def errors(self) -> pd.DataFrame:
         return self.table("errors")
 

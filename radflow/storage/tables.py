@@ -74,7 +74,8 @@ INSTANCES_SCHEMA = pa.schema(
     ]
 )
 
-TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "features": None, "predictions": None, "errors": None}
+TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "features": None, "predictions": None, "errors": None,
+          "kspace": None}
 
 
 def table_url(store_url: str, name: str) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from radflow.tasks._ndimage import ndimage_for, symmetric_pad
 from radflow.tasks._xp import from_host, namespace
 
-__all__ = ["gaussian", "median", "unsharp_mask", "gaussian_kernel"]
+__all__ = ["gaussian", "median", "unsharp_mask", "uniform", "gaussian_kernel"]
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -82,3 +82,14 @@ def unsharp_mask(x: Any, radius: float = 1.0, amount: float = 1.0, *, clip: tupl
     if clip is not None:
         out = xp.clip(out, clip[0], clip[1])
     return out
+
+
+def uniform(x: Any, size: int) -> Any:
+    """Mean over a ``size × size`` window (odd ``size``) of the last two axes (``mode="reflect"``)."""
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"window size must be odd and positive, got {size}")
+    nd = ndimage_for(x)
+    if nd is not None:
+        return nd.uniform_filter(x, size=(1,) * (x.ndim - 2) + (size, size), mode="reflect")
+    taps = np.full(size, 1.0 / size)
+    return _convolve_axis(_convolve_axis(x, taps, x.ndim - 2), taps, x.ndim - 1)

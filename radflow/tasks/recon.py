@@ -10,6 +10,7 @@ result is of the same library and on the same device.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -171,6 +172,29 @@ def _shift_sign(n: int) -> np.ndarray:
     return np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
 
 
+@functools.lru_cache(maxsize=16)
+def _boards(ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input and output ±1 checkerboards that fold the centring shifts into the transform (even sizes)."""
+    board = (_shift_sign(ny)[:, None] * _shift_sign(nx)[None, :]).astype(np.float32)
+    sign = (-1.0) ** (ny // 2 + nx // 2)
+    return board, (board * sign).astype(np.float32)
+
+
+def _ifft2c_numpy(kspace: np.ndarray, *, output_phase: bool) -> np.ndarray:
+    """For even N: fftshift(ifft(ifftshift(x)))[k] = (-1)^(k + N/2) · ifft((-1)^n · x)[k], per axis.
+
+    The output modulation only flips signs, so magnitude-only callers skip it.
+    """
+    import scipy.fft
+
+    board, out_board = _boards(*kspace.shape[-2:])
+    x = np.multiply(kspace, board, dtype=np.complex64)  # one pass: copy + input modulation
+    y = scipy.fft.ifft2(x, norm="ortho", workers=-1, overwrite_x=True)
+    if output_phase:
+        y *= out_board
+    return y
+
+
 def ifft2c(kspace: Any) -> Any:
     """Centred orthonormal 2-D inverse FFT over the last two axes (fastMRI's ``ifft2c``).
 
@@ -181,18 +205,7 @@ def ifft2c(kspace: Any) -> Any:
     xp = namespace(kspace)
     ny, nx = kspace.shape[-2:]
     if is_numpy_array(kspace) and ny % 2 == 0 and nx % 2 == 0:
-        import scipy.fft
-
-        # For even N: fftshift(ifft(ifftshift(x)))[k] = (-1)^(k + N/2) * ifft((-1)^n x)[k]
-        cy = _shift_sign(ny) * (-1.0) ** (ny // 2)
-        cx = _shift_sign(nx) * (-1.0) ** (nx // 2)
-        board = (_shift_sign(ny)[:, None] * _shift_sign(nx)[None, :]).astype(np.float32)
-        out_board = (cy[:, None] * cx[None, :]).astype(np.float32)
-        x = kspace.astype(np.complex64, copy=True)
-        x *= board
-        y = scipy.fft.ifft2(x, norm="ortho", workers=-1, overwrite_x=True)
-        y *= out_board
-        return y.astype(np.complex64, copy=False)
+        return _ifft2c_numpy(kspace, output_phase=True)
     if is_cupy_array(kspace):
         import cupy
 
@@ -215,6 +228,19 @@ def fft2c(image: Any) -> Any:
 def rss(coil_images: Any, axis: int = -3) -> Any:
     """Root-sum-of-squares over ``axis`` of complex coil images; float32 magnitude."""
     xp = namespace(coil_images)
+    nd = coil_images.ndim
+    if is_numpy_array(coil_images) and coil_images.dtype == np.complex64 and (axis % nd) == nd - 3 \
+            and coil_images.flags.c_contiguous:
+        lead, (c, h, w) = coil_images.shape[:-3], coil_images.shape[-3:]
+        f = coil_images.view(np.float32).reshape(-1, c, h * w * 2)  # (batch, coil, re/im interleaved), no copies
+        acc = np.zeros((f.shape[0], h * w * 2), np.float32)
+        tmp = np.empty(h * w * 2, np.float32)
+        for b in range(f.shape[0]):
+            for k in range(c):  # accumulate |.|² coil by coil: cache-sized passes, no large temporaries
+                np.multiply(f[b, k], f[b, k], out=tmp)
+                acc[b] += tmp
+        pairs = acc.reshape(f.shape[0], h * w, 2)
+        return np.sqrt(pairs[..., 0] + pairs[..., 1]).reshape(*lead, h, w)
     re, im = xp.real(coil_images), xp.imag(coil_images)
     return xp.sqrt(xp.sum(re * re + im * im, axis=axis))
 
@@ -245,7 +271,11 @@ def kspace_to_image(kspace: Any, coil_axis: int | None = -3, crop: tuple[int, in
     xp = namespace(kspace)
     if kspace.dtype != xp.complex64:
         kspace = xp.astype(kspace, xp.complex64)
-    images = ifft2c(kspace)
+    ny, nx = kspace.shape[-2:]
+    if is_numpy_array(kspace) and ny % 2 == 0 and nx % 2 == 0:
+        images = _ifft2c_numpy(kspace, output_phase=False)  # magnitudes ignore the output sign flips
+    else:
+        images = ifft2c(kspace)
     if coil_axis is None:
         re, im = xp.real(images), xp.imag(images)
         out = xp.sqrt(re * re + im * im)

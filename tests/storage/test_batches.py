@@ -1,7 +1,12 @@
 from hypothesis import given, settings, strategies as st
 
 from radflow.storage.batches import plan_batches
-from radflow.storage.layout import raw_array_name
+from radflow.storage.layout import raw_array_name, size_class
+
+def entry(uri, rows, cols, dtype, frames):
+    return {"uri": uri, "size": 1, "version": "v", "kind": "dicom", "array": "raw/" + raw_array_name(dtype, rows, cols, 1),
+            "shape": [size_class(rows), size_class(cols)], "ref_shape": [], "dtype": dtype, "frames": frames}
+
 
 sizes = st.sampled_from([(512, 512, "<u2"), (2048, 2048, "<u2"), (100, 120, "|u1"), (3000, 2500, "<u2")])
 
@@ -9,10 +14,7 @@ sizes = st.sampled_from([(512, 512, "<u2"), (2048, 2048, "<u2"), (100, 120, "|u1
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(sizes, st.integers(1, 40)), min_size=1, max_size=60), st.integers(0, 100))
 def test_plans_own_disjoint_shard_aligned_regions(files, next_index):
-    entries = [
-        {"uri": f"f{i:04d}", "size": 1, "version": "v", "rows": r, "cols": c, "dtype": dt, "samples": 1, "frames": n}
-        for i, ((r, c, dt), n) in enumerate(files)
-    ]
+    entries = [entry(f"f{i:04d}", r, c, dt, n) for i, ((r, c, dt), n) in enumerate(files)]
     batches, positions, end = plan_batches(entries, next_position={}, next_index=next_index, shard_target_mib=16)
     # every input planned exactly once
     assert sorted(i.uri for b in batches for i in b.inputs) == sorted(e["uri"] for e in entries)
@@ -24,7 +26,7 @@ def test_plans_own_disjoint_shard_aligned_regions(files, next_index):
     for b in batches:
         assert b.position % b.frames_per_shard == 0
         assert b.capacity % b.frames_per_shard == 0 and b.capacity >= b.planned_frames
-        assert all(raw_array_name(e["dtype"], e["rows"], e["cols"], 1) == b.array for e in entries if e["uri"] in {i.uri for i in b.inputs})
+        assert all(e["array"] == b.array for e in entries if e["uri"] in {i.uri for i in b.inputs})
     by_array = {}
     for b in batches:
         by_array.setdefault(b.array, []).append((b.position, b.position + b.capacity))
@@ -36,11 +38,10 @@ def test_plans_own_disjoint_shard_aligned_regions(files, next_index):
 
 
 def test_plan_is_deterministic_and_appends_after_existing():
-    entries = [{"uri": f"f{i}", "size": 1, "version": "v", "rows": 512, "cols": 512, "dtype": "<u2", "samples": 1, "frames": 1}
-               for i in range(10)]
+    entries = [entry(f"f{i}", 512, 512, "<u2", 1) for i in range(10)]
     a, _, _ = plan_batches(entries, next_position={}, next_index=0, shard_target_mib=1)
     b, _, _ = plan_batches(list(reversed(entries)), next_position={}, next_index=0, shard_target_mib=1)
     assert [x.batch_id for x in a] == [x.batch_id for x in b]
-    c, pos, _ = plan_batches(entries, next_position={"uint16_512x512": 8}, next_index=5, shard_target_mib=1,
-                             frames_per_shard={"uint16_512x512": 4})
+    c, pos, _ = plan_batches(entries, next_position={"raw/uint16_512x512": 8}, next_index=5, shard_target_mib=1,
+                             frames_per_shard={"raw/uint16_512x512": 4})
     assert c[0].position == 8 and c[0].index == 5 and c[0].frames_per_shard == 4

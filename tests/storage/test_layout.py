@@ -35,7 +35,7 @@ def test_store_root_and_chunk_presence(tmp_path):
     with pytest.raises(StoreNotFoundError):
         layout.open_root(zarr_store(url))
     root = layout.create_root(zarr_store(url), source="src", key_fingerprint="k1", radflow_version="0")
-    arr = layout.ensure_raw_array(root, "uint16_512x512", dtype="<u2", rows=500, cols=500, samples=1, fps=4, zstd_level=1)
+    arr = layout.ensure_frames_array(root, "raw/uint16_512x512", dtype="<u2", shape=(512, 512), fps=4, zstd_level=1, kind="raw")
     arr.resize((8, 512, 512))
     arr = arr.with_config({"write_empty_chunks": True})
     arr[0:2] = np.zeros((2, 512, 512), np.uint16)  # all-zero frames are stored too
