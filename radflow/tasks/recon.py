@@ -107,6 +107,7 @@ def fbp(
     output_size: int | None = None,
     circle: bool = True,
     *,
+    method: Literal["auto", "fourier", "interp"] = "auto",
     backend: Literal["auto", "compiled", "array"] = "auto",
 ) -> Any:
     """Filtered back-projection (parallel beam), scikit-image ``iradon`` conventions.
@@ -120,8 +121,13 @@ def fbp(
     output_size : side of the reconstruction; default ``n_detectors`` (circle) or
         ``floor(sqrt(n_detectors**2 / 2))``
     circle : the object lies inside the inscribed circle; outside is set to 0
-    backend : ``compiled`` (numba, NumPy and CPU torch), ``array`` (vectorized over the
-        input's namespace: CuPy, CUDA torch), or ``auto``
+    method : ``interp`` back-projects with linear interpolation (equal to ``iradon`` to
+        rounding); ``fourier`` grids the filtered spectra onto a Cartesian grid
+        (gridrec: O(N² log N), CPU; the filter also carries one detector sample's
+        aperture response, sinc(ω); on Shepp–Logan phantoms its RMSE is at or below
+        ``iradon``'s); ``auto`` picks ``fourier`` on the CPU and ``interp`` on devices
+    backend : for ``interp``: ``compiled`` (numba; NumPy and CPU torch), ``array``
+        (vectorized in the input's namespace: CuPy, CUDA torch), or ``auto``
 
     Returns
     -------
@@ -131,7 +137,7 @@ def fbp(
     if sinogram.ndim > 2:
         lead = sinogram.shape[:-2]
         flat = xp.reshape(sinogram, (-1, *sinogram.shape[-2:]))
-        outs = [fbp(flat[i], theta, filter, output_size, circle, backend=backend) for i in range(flat.shape[0])]
+        outs = [fbp(flat[i], theta, filter, output_size, circle, method=method, backend=backend) for i in range(flat.shape[0])]
         stacked = xp.stack(outs)
         return xp.reshape(stacked, (*lead, *stacked.shape[-2:]))
     if sinogram.dtype not in (xp.float32, xp.float64):
@@ -145,24 +151,56 @@ def fbp(
         raise ValueError(f"unknown filter {filter!r}; choose from {FILTERS}")
     if output_size is None:
         output_size = n_det if circle else int(np.floor(np.sqrt(n_det**2 / 2.0)))
-    filtered, _ = _filtered_projections(sinogram, filter, circle)
     theta_rad = np.deg2rad(theta_deg)
     on_cpu = is_numpy_array(sinogram) or (is_torch_array(sinogram) and sinogram.device.type == "cpu")
-    if backend == "compiled" or (backend == "auto" and on_cpu):
+    if method == "auto":
+        method = "fourier" if on_cpu else "interp"
+    if method == "fourier":
         if not on_cpu:
-            raise ValueError("the compiled back-projection runs on the CPU; use backend='array' for device arrays")
-        from radflow.tasks._backproject import backproject_numba
+            raise ValueError("method='fourier' runs on the CPU; use method='interp' for device arrays")
+        img = _fbp_fourier(sinogram.numpy() if is_torch_array(sinogram) else sinogram, theta_rad, filter, output_size, circle)
+        img = img.astype(np.float64 if sinogram.dtype == xp.float64 else np.float32, copy=False)
+        img = img if is_numpy_array(sinogram) else __import__("torch").from_numpy(img)
+    elif method == "interp":
+        filtered, _ = _filtered_projections(sinogram, filter, circle)
+        if backend == "compiled" or (backend == "auto" and on_cpu):
+            if not on_cpu:
+                raise ValueError("the compiled back-projection runs on the CPU; use backend='array' for device arrays")
+            from radflow.tasks._backproject import backproject_numba
 
-        host = filtered.numpy() if is_torch_array(filtered) else filtered
-        img = backproject_numba(host, theta_rad, output_size, circle)
-        img = xp.asarray(img) if is_numpy_array(sinogram) else __import__("torch").from_numpy(img)
+            host = filtered.numpy() if is_torch_array(filtered) else filtered
+            img = backproject_numba(host, theta_rad, output_size, circle)
+            img = img if is_numpy_array(sinogram) else __import__("torch").from_numpy(img)
+        else:
+            img = _backproject_xp(filtered, theta_rad, output_size)
     else:
-        img = _backproject_xp(filtered, theta_rad, output_size)
+        raise ValueError(f"unknown method {method!r}; choose 'fourier', 'interp' or 'auto'")
     if circle:
         g = np.arange(output_size) - output_size // 2
         outside = from_host((g[:, None] ** 2 + g[None, :] ** 2) > (output_size // 2) ** 2, img)
         img = xp.where(outside, xp.zeros_like(img), img)
     return img * (np.pi / (2 * n_ang))
+
+
+def _fbp_fourier(sino: np.ndarray, theta_rad: np.ndarray, filter_name: Filter | None, output_size: int, circle: bool) -> np.ndarray:
+    """Gridrec path: same padding and filter as the interpolating path, no back-projection loop."""
+    import scipy.fft
+
+    from radflow.tasks._gridrec import gridrec
+
+    n_det = sino.shape[0]
+    n_pad = int(np.ceil(np.sqrt(2) * n_det)) if circle else n_det
+    before = n_pad // 2 - n_det // 2
+    padded = max(64, int(2 ** np.ceil(np.log2(2 * n_pad))))
+    proj = np.zeros((sino.shape[1], padded), np.float32)
+    proj[:, before : before + n_det] = sino.T
+    m = padded // 2 + 1
+    omega = np.arange(m) / padded
+    # One detector sample's aperture (a box, response sinc(ω)): band-limited gridding would otherwise keep
+    # the angular-undersampling streaks that linear interpolation (response ≈ sinc²) damps.
+    response = fourier_filter(padded, filter_name)[:m] * np.sinc(omega)
+    spectra = scipy.fft.rfft(proj, axis=1, workers=-1) * response
+    return gridrec(spectra, omega, n_pad // 2, theta_rad, output_size)
 
 
 # -- MRI -------------------------------------------------------------------------------
