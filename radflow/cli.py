@@ -114,8 +114,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
         paths = write_fastmri(os.path.join(args.dir, "kspace"), args.kspace, seed=args.seed)
         print(f"wrote {len(paths)} fastMRI-format k-space files under {os.path.join(args.dir, 'kspace')}")
-        if not args.n:
-            return 0
+    if args.sinograms:
+        from radflow.synth.sinograms import write_sinograms
+
+        paths = write_sinograms(os.path.join(args.dir, "sinograms"), args.sinograms, seed=args.seed)
+        print(f"wrote {len(paths)} CT sinogram files under {os.path.join(args.dir, 'sinograms')}")
+    if not args.n:
+        return 0
     with ProcessPoolExecutor(max_workers=args.jobs or os.cpu_count()) as ex:
         s = write_archive(args.dir, args.n, seed=args.seed, map_fn=lambda f, *it: ex.map(f, *it, chunksize=4))
     print(f"wrote {s.images} radiographs ({s.lesions} with a lesion) and {s.broken} broken files, {s.bytes / 1e6:.1f} MB")
@@ -274,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=int, help="processes (default: one per core)")
     sp.add_argument("--kspace", type=int, default=0, metavar="N",
                     help="also write N fastMRI-format multi-coil k-space files under DIR/kspace")
+    sp.add_argument("--sinograms", type=int, default=0, metavar="N",
+                    help="also write N CT sinogram files (HDF5: sinogram, theta, reference) under DIR/sinograms")
     sp.set_defaults(func=cmd_synth)
 
     sp = sub.add_parser("ingest", help="ingest a DICOM archive (folder or s3:// prefix) into a store")

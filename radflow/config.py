@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     raw_zstd_level: int = Field(1, ge=-7, le=22, description="zstd level of the raw arrays")
     canvas: int = Field(1024, ge=16, description="side of the fixed analysis canvas of `images`")
     resize_method: Literal["area", "bilinear", "bicubic"] = "area"
+    denoise: Literal["none", "gaussian", "median"] = Field("none", description="denoising of `images` after resizing")
+    denoise_size: float = Field(1.0, gt=0, description="Gaussian sigma or median window (odd) in canvas pixels")
+    enhance: Literal["none", "equalize", "clahe"] = Field("none", description="contrast enhancement of `images`")
+    clahe_clip: float = Field(0.01, gt=0, description="CLAHE clip limit (fraction of a region's pixels per bin)")
+    unsharp_amount: float = Field(0.0, ge=0, description="unsharp-mask amount (0 = off), radius = 2 px")
     image_dtype: Literal["float16", "uint16"] = "float16"
     infer_batch: int = Field(32, ge=1, description="frames per inference batch (= `images` chunk)")
     header_files_per_task: int = Field(256, ge=1, description="files per header-index Dask task")

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from radflow.tasks.features import block_features
-from radflow.tasks.preprocess import FrameParams, prepare_frame
+from radflow.tasks.preprocess import Enhancements, FrameParams, prepare_frame
 
-__all__ = ["PARAM_COLUMNS", "preprocess_block", "features_block", "infer_block", "recon_block", "qc_block"]
+__all__ = ["PARAM_COLUMNS", "preprocess_block", "features_block", "infer_block", "recon_block", "fbp_block", "qc_block"]
 
 #: Columns of the per-frame parameter array handed to :func:`preprocess_block`.
 PARAM_COLUMNS = (
@@ -34,7 +34,7 @@ def _raw_arrays(store_url: str, options_json: str) -> dict[str, Any]:
 
 def preprocess_block(
     params: np.ndarray, *, store_url: str, options_json: str, raw_names: tuple[str, ...], canvas: int,
-    method: str, out_dtype: str,
+    method: str, out_dtype: str, enhancements: Enhancements | None = None,
 ) -> np.ndarray:
     """Prepare one block of frames.
 
@@ -65,7 +65,7 @@ def preprocess_block(
             window_width=float(row[col["window_width"]]),
             monochrome1=bool(row[col["monochrome1"]]),
         )
-        img = prepare_frame(frame, fp, canvas, method)  # type: ignore[arg-type]
+        img = prepare_frame(frame, fp, canvas, method, enhancements)  # type: ignore[arg-type]
         if np.dtype(out_dtype) == np.uint16:
             img = np.round(img * 65535.0)
         out[i] = img.astype(out_dtype)
@@ -113,3 +113,12 @@ def qc_block(recon: np.ndarray, reference: np.ndarray) -> np.ndarray:
         rec = recon[i].astype(np.float64)
         out[i] = (nmse(ref, rec), psnr(ref, rec), ssim(ref, rec))
     return out
+
+
+def fbp_block(sinograms: np.ndarray, *, theta: tuple[float, ...], output_size: int) -> np.ndarray:
+    """``(n, n_det, n_angles)`` float32 sinograms → ``(n, output_size, output_size)`` float32 FBP images."""
+    from radflow.tasks.recon import fbp
+
+    if sinograms.shape[0] == 0:
+        return np.zeros((0, output_size, output_size), np.float32)
+    return fbp(sinograms, np.asarray(theta), output_size=output_size).astype(np.float32, copy=False)

@@ -24,7 +24,7 @@ from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.batches import BatchPlan, index_inputs, ledger_row, plan_batches, write_batch
-from radflow.storage.kspace import reference_path
+from radflow.storage.acquisitions import KINDS, reference_path
 from radflow.storage.sources import InputRef, discover
 from radflow.storage.tables import LEDGER_SCHEMA, read_table, write_part
 from radflow.storage.urls import normalize, zarr_store
@@ -70,7 +70,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     return rows
 
 
-_INDEX_KEYS = {"dicom": "next_index", "kspace": "next_kspace_index"}
+_INDEX_KEYS = {"dicom": "next_index", **{k: v.meta_key for k, v in KINDS.items()}}
 
 
 @task(name="plan-batches", cache_policy=NO_CACHE)
@@ -103,16 +103,18 @@ def plan_task(store: str, rows: list[dict[str, Any]], settings: Settings, storag
     for b in batches:
         if b.array in existing:
             continue
-        kind = "raw" if b.kind == "dicom" else "kspace"
-        dims = None if b.kind == "dicom" else ("slice", "coil", "ky", "kx")
+        kind = "raw" if b.kind == "dicom" else b.kind
+        dims = {"dicom": None, "kspace": ("slice", "coil", "ky", "kx"), "sinogram": ("slice", "detector", "angle")}[b.kind]
         existing[b.array] = layout.ensure_frames_array(root, b.array, dtype=b.dtype, shape=b.shape, fps=b.frames_per_shard,
                                                        zstd_level=settings.raw_zstd_level, kind=kind, dims=dims)
+        if b.array_attrs:
+            existing[b.array].attrs.update(b.array_attrs)
         if b.ref_shape:
             layout.ensure_frames_array(root, reference_path(b.array), dtype="float32", shape=b.ref_shape,
                                        fps=b.frames_per_shard, zstd_level=settings.raw_zstd_level, kind="reference",
                                        dims=("slice", "y", "x"))
     for name, pos in positions.items():
-        for path in (name, reference_path(name)) if name.startswith("kspace/") else (name,):
+        for path in (name,) if name.startswith("raw/") else (name, reference_path(name)):
             try:
                 arr = root[path]
             except KeyError:

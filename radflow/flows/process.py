@@ -8,6 +8,7 @@ done is skipped, so re-running a finished processing run does nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -26,12 +27,13 @@ from radflow.flows import _blocks
 from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
-from radflow.storage.kspace import reference_path
+from radflow.storage.acquisitions import KINDS, kind_of_array, reference_path
 from radflow.storage.models import ModelSpec, load_model
 from radflow.storage.store import open_store
 from radflow.storage.tables import write_part
 from radflow.storage.urls import normalize, zarr_store
 from radflow.tasks.features import FEATURES
+from radflow.tasks.preprocess import Enhancements
 
 __all__ = ["process_flow", "STEPS", "frame_params", "plan_ranges"]
 
@@ -78,7 +80,7 @@ def _images_da(images, lo: int, hi: int):
 
 @task(name="preprocess-range", cache_policy=NO_CACHE, retries=1)
 def preprocess_task(store: str, lo: int, hi: int, params: np.ndarray, raw_names: list[str], canvas: int, method: str,
-                    storage_options: dict[str, Any] | None) -> int:
+                    enhancements: Enhancements, storage_options: dict[str, Any] | None) -> int:
     import dask.array as da
 
     root = layout.open_root(zarr_store(store, storage_options), mode="r+")
@@ -88,7 +90,7 @@ def preprocess_task(store: str, lo: int, hi: int, params: np.ndarray, raw_names:
     imgs = p.map_blocks(
         _blocks.preprocess_block,
         store_url=store, options_json=json.dumps(storage_options or {}), raw_names=tuple(raw_names), canvas=canvas,
-        method=method, out_dtype=images.dtype.name,
+        method=method, out_dtype=images.dtype.name, enhancements=enhancements,
         chunks=(p.chunks[0], (canvas,), (canvas,)), dtype=images.dtype, meta=np.empty((0, 0, 0), images.dtype),
     )
     da.store(imgs, images, regions=(slice(lo, hi), slice(None), slice(None)), lock=False)
@@ -118,25 +120,32 @@ def features_task(store: str, lo: int, hi: int, geometry: np.ndarray, canvas: in
 
 @task(name="reconstruct-array", cache_policy=NO_CACHE, retries=1)
 def reconstruct_task(store: str, array: str, rows: pd.DataFrame, storage_options: dict[str, Any] | None) -> int:
-    """Reconstruct every slice of one k-space array into ``recon/<name>``; QC rows into ``features``."""
+    """Reconstruct every slice of one k-space or sinogram array into ``recon/<name>``; QC rows into ``features``."""
     import dask
     import dask.array as da
 
+    kind = kind_of_array(array)
     root = layout.open_root(zarr_store(store, storage_options), mode="r+")
-    k = root[array]
+    src = root[array]
     name = array.split("/", 1)[1]
     ref = root[reference_path(array)] if reference_path(array) in root else None
-    crop = tuple(ref.shape[1:]) if ref is not None else tuple(k.shape[2:])
-    fps = int(k.attrs["frames_per_shard"])
-    recon = layout.ensure_frames_array(root, f"recon/{name}", dtype="float32", shape=crop, fps=fps, zstd_level=1,
+    fps = int(src.attrs["frames_per_shard"])
+    sd = da.from_zarr(src).rechunk((fps,) + (-1,) * (src.ndim - 1))
+    if kind.kind == "kspace":
+        out_shape = tuple(ref.shape[1:]) if ref is not None else tuple(src.shape[2:])
+        img = sd.map_blocks(_blocks.recon_block, crop=out_shape if ref is not None else None, drop_axis=[1],
+                            chunks=(sd.chunks[0], (out_shape[0],), (out_shape[1],)), dtype=np.float32,
+                            meta=np.empty((0, 0, 0), np.float32))
+    else:
+        size = int(ref.shape[1]) if ref is not None else int(src.shape[1])
+        out_shape = (size, size)
+        img = sd.map_blocks(_blocks.fbp_block, theta=tuple(src.attrs["theta"]), output_size=size,
+                            chunks=(sd.chunks[0], (size,), (size,)), dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    recon = layout.ensure_frames_array(root, f"recon/{name}", dtype="float32", shape=out_shape, fps=fps, zstd_level=1,
                                        kind="recon", dims=("slice", "y", "x"))
-    if recon.shape[0] < k.shape[0]:
-        recon.resize((k.shape[0], *crop))
-    recon = recon.with_config({"write_empty_chunks": True})
-    kd = da.from_zarr(k).rechunk((fps, -1, -1, -1))
-    img = kd.map_blocks(_blocks.recon_block, crop=crop if ref is not None else None, drop_axis=[1],
-                        chunks=(kd.chunks[0], (crop[0],), (crop[1],)), dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
-    stored = da.store(img, recon, lock=False, compute=False)
+    if recon.shape[0] < src.shape[0]:
+        recon.resize((src.shape[0], *out_shape))
+    stored = da.store(img, recon.with_config({"write_empty_chunks": True}), lock=False, compute=False)
     if ref is None:
         dask.compute(stored)
         return len(rows)
@@ -145,22 +154,25 @@ def reconstruct_task(store: str, array: str, rows: pd.DataFrame, storage_options
                        meta=np.empty((0, 0), np.float64))
     _, values = dask.compute(stored, qc)
     pos = rows["position"].to_numpy()
-    df = rows[["kspace_index", "source", "slice"]].reset_index(drop=True).copy()
-    df.insert(0, "kind", "kspace")
+    df = rows[[kind.index_col, "source", "slice"]].reset_index(drop=True).copy()
+    df.insert(0, "kind", kind.kind)
     df["nmse"], df["psnr"], df["ssim"] = values[pos, 0], values[pos, 1], values[pos, 2]
-    write_part(store, "features", f"kspace-{name}", df, storage_options=storage_options)
+    write_part(store, "features", f"{kind.kind}-{name}", df, storage_options=storage_options)
     return len(rows)
 
 
 def _reconstruct(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """Run ``reconstruct`` over every k-space array whose slices changed since it was last done."""
+    """Run ``reconstruct`` over every acquisition array whose slices changed since it was last done."""
     st = open_store(url, storage_options)
-    table = st.table("kspace")
+    groups: dict[str, pd.DataFrame] = {}
+    for kind in KINDS.values():
+        table = st.table(kind.table)
+        if not table.empty:
+            groups.update({a: g for a, g in table.groupby("array")})
     t0 = time.perf_counter()
     frames = 0
-    if not table.empty:
+    if groups:
         root = layout.open_root(zarr_store(url, storage_options), mode="r+")
-        groups = {a: g for a, g in table.groupby("array")}
         todo = [a for a, g in groups.items() if dict(root[a].attrs).get("reconstructed") != len(g)]
         report("stage-start", stage="reconstruct", total=sum(len(groups[a]) for a in todo))
         futures = {reconstruct_task.submit(url, a, groups[a], storage_options): a for a in todo}
@@ -225,7 +237,7 @@ def process_flow(
     ----------
     store : store URL
     steps : any of ``preprocess``, ``infer``, ``features``, ``reconstruct`` (run in that order;
-        ``reconstruct`` turns ingested k-space into ``recon/`` images with QC against references)
+        ``reconstruct`` turns ingested k-space and sinograms into ``recon/`` images with QC against references)
     model : weights file (TorchScript, or a state_dict with ``arch``); needed for ``infer``
     arch : torchvision architecture of a state_dict model
     canvas : side of the ``images`` canvas (default: settings, 1024)
@@ -264,6 +276,12 @@ def process_flow(
     ranges = plan_ranges(n, shard, cfg.stage_frames_per_task)
     counts = {lo: int(((inst["index"] >= lo) & (inst["index"] < hi)).sum()) for lo, hi in ranges}
     stages = dict(images.attrs.get("stages") or {})
+    enhancements = Enhancements(cfg.denoise, cfg.denoise_size, cfg.enhance, cfg.clahe_clip, cfg.unsharp_amount)
+    recipe = {"method": cfg.resize_method, **dataclasses.asdict(enhancements)}
+    previous = images.attrs.get("recipe") or ({"method": "area", **dataclasses.asdict(Enhancements())} if stages else None)
+    if "preprocess" in steps and previous not in (None, recipe):
+        log.info("preprocessing settings changed; every range is preprocessed again")
+        stages = {}
     raw_names = sorted(st.raw_arrays())
     geometry = np.zeros((n, 2), dtype=np.int64)
     geometry[inst["index"].to_numpy()] = inst[["rows", "cols"]].to_numpy()
@@ -282,7 +300,7 @@ def process_flow(
                 done = stages.setdefault("preprocess", {})
                 frames = _run_stage(step, ranges, counts, done, lambda lo, hi: preprocess_task.submit(
                     url, lo, hi, frame_params(inst, lo, hi, raw_names), raw_names, cfg.canvas, cfg.resize_method,
-                    storage_options))
+                    enhancements, storage_options))
                 # a re-preprocessed range invalidates what was derived from it
                 for key, val in stages.items():
                     if key != "preprocess":
@@ -309,6 +327,8 @@ def process_flow(
                     loaded.sha256, storage_options))
             seconds = time.perf_counter() - t0
             images.attrs["stages"] = stages
+            if step == "preprocess":
+                images.attrs["recipe"] = recipe
             summary["steps"][step] = {"frames": frames, "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0}
             log.info("%s: %d frames in %.1f s", step, frames, seconds)
     table = markdown_table([{"step": k, **v} for k, v in summary["steps"].items()])

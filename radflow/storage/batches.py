@@ -49,16 +49,17 @@ class BatchPlan:
     array and the global indices ``[index, index + planned frames)`` it owns."""
 
     batch_id: str
-    kind: str  # "dicom" (frames into raw/...) or "kspace" (slices into kspace/...)
+    kind: str  # "dicom" (frames into raw/...), "kspace" or "sinogram" (slices into kspace/..., sinograms/...)
     array: str  # full array path, e.g. "raw/uint16_2560x2048" or "kspace/c4_384x384_r320x320"
     dtype: str
     shape: tuple[int, ...]  # one frame's canvas shape within the array
-    ref_shape: tuple[int, ...]  # k-space only: reference image shape (empty if none)
+    ref_shape: tuple[int, ...]  # acquisitions only: reference image shape (empty if none)
     frames_per_shard: int
     position: int
     capacity: int
     index: int
     inputs: tuple[BatchInput, ...] = field(default_factory=tuple)
+    array_attrs: dict[str, Any] = field(default_factory=dict, compare=False)  # set on the array when created
 
     @property
     def planned_frames(self) -> int:
@@ -136,6 +137,7 @@ def plan_batches(
                     capacity=capacity,
                     index=index,
                     inputs=inputs,
+                    array_attrs=dict(first.get("array_attrs") or {}),
                 )
             )
             pos += capacity
@@ -226,10 +228,10 @@ def write_batch(
     Returns a summary (counts by status and reason, frames, bytes, seconds); contains
     no identifying values.
     """
-    if plan.kind == "kspace":
-        from radflow.storage.kspace import write_kspace_batch
+    if plan.kind != "dicom":
+        from radflow.storage.acquisitions import write_acquisition_batch
 
-        return write_kspace_batch(store_url, plan, secret=secret, limits=limits, storage_options=storage_options)
+        return write_acquisition_batch(store_url, plan, secret=secret, limits=limits, storage_options=storage_options)
     t_start = time.perf_counter()
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
     arr = root[plan.array].with_config({"write_empty_chunks": True})
@@ -316,11 +318,11 @@ def index_inputs(
 
     Returns one row per input: ``uri, size, version, status`` (``candidate`` or
     ``rejected``), ``reason, detail`` and, for candidates, ``kind`` (``dicom`` or
-    ``kspace`` for fastMRI HDF5), the target ``array`` with its frame ``shape``,
+    ``kspace``/``sinogram`` for HDF5 acquisitions), the target ``array`` with its frame ``shape``,
     ``ref_shape`` and ``dtype``, and ``frames``. No identifying values.
     """
     from radflow.storage.dicom import read_header
-    from radflow.storage.kspace import HDF5_SIGNATURE, kspace_index_row
+    from radflow.storage.acquisitions import HDF5_SIGNATURE, acquisition_index_row
     from radflow.storage.urls import filesystem
 
     out = []
@@ -337,14 +339,14 @@ def index_inputs(
             with fh:
                 if fh.read(8) == HDF5_SIGNATURE:
                     fh.seek(0)
-                    row.update(status="candidate", reason=None, detail="", **kspace_index_row(fh, limits))
+                    row.update(status="candidate", reason=None, detail="", **acquisition_index_row(fh, limits))
                 else:
                     fh.seek(0)
                     h = read_header(fh, limits)
                     shape = [layout.size_class(h.rows), layout.size_class(h.cols)] + ([h.samples] if h.samples > 1 else [])
                     row.update(status="candidate", reason=None, detail="", kind="dicom", frames=h.frames, dtype=h.dtype,
                                array="raw/" + layout.raw_array_name(h.dtype, h.rows, h.cols, h.samples), shape=shape,
-                               ref_shape=[])
+                               ref_shape=[], array_attrs={})
         except InputRejected as exc:
             row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
         except Exception as exc:  # never fail the run for one input

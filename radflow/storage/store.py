@@ -61,17 +61,37 @@ class Store:
 
     def kspace(self) -> pd.DataFrame:
         """One row per ingested k-space slice: ``kspace_index, source, slice, array, position`` ..."""
-        df = self.table("kspace")
-        return df.sort_values("kspace_index").reset_index(drop=True) if "kspace_index" in df else df
+        return self._acquisitions("kspace")
+
+    def sinograms(self) -> pd.DataFrame:
+        """One row per ingested sinogram slice: ``sinogram_index, source, slice, array, position`` ..."""
+        return self._acquisitions("sinogram")
+
+    def _acquisitions(self, kind: str) -> pd.DataFrame:
+        from radflow.storage.acquisitions import KINDS
+
+        k = KINDS[kind]
+        df = self.table(k.table)
+        return df.sort_values(k.index_col).reset_index(drop=True) if k.index_col in df else df
 
     def kspace_slice(self, kspace_index: int, *, recon: bool = False) -> np.ndarray:
         """Stored k-space ``(coils, ky, kx)`` complex64 of one slice, or with ``recon=True`` its
         reconstruction ``(h, w)`` float32 from ``recon/``."""
-        table = self.kspace().set_index("kspace_index")
+        return self._slice("kspace", kspace_index, recon)
+
+    def sinogram_slice(self, sinogram_index: int, *, recon: bool = False) -> np.ndarray:
+        """Stored sinogram ``(n_det, n_angles)`` float32 of one slice, or with ``recon=True`` its FBP image."""
+        return self._slice("sinogram", sinogram_index, recon)
+
+    def _slice(self, kind: str, index: int, recon: bool) -> np.ndarray:
+        from radflow.storage.acquisitions import KINDS
+
+        k = KINDS[kind]
+        table = self._acquisitions(kind).set_index(k.index_col)
         try:
-            row = table.loc[int(kspace_index)]
+            row = table.loc[int(index)]
         except KeyError:
-            raise IndexError(f"no k-space slice {kspace_index} in {self.url}") from None
+            raise IndexError(f"no {kind} slice {index} in {self.url}") from None
         path = row["array"] if not recon else "recon/" + row["array"].split("/", 1)[1]
         arr = self.root[path]
         layout.require_chunk(arr, int(row["position"]))

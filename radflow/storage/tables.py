@@ -75,7 +75,7 @@ INSTANCES_SCHEMA = pa.schema(
 )
 
 TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "features": None, "predictions": None, "errors": None,
-          "kspace": None}
+          "kspace": None, "sinograms": None}
 
 
 def table_url(store_url: str, name: str) -> str:

@@ -17,6 +17,8 @@ from radflow.tasks._xp import device, from_host, namespace, quantiles
 
 __all__ = [
     "FrameParams",
+    "Enhancements",
+    "enhance",
     "apply_modality_lut",
     "invert",
     "window",
@@ -29,6 +31,17 @@ __all__ = [
 ]
 
 Method = Literal["area", "bilinear", "bicubic"]
+
+
+@dataclass(frozen=True)
+class Enhancements:
+    """Optional steps applied to the normalized, resized frame (before padding)."""
+
+    denoise: Literal["none", "gaussian", "median"] = "none"
+    denoise_size: float = 1.0
+    enhance: Literal["none", "equalize", "clahe"] = "none"
+    clahe_clip: float = 0.01
+    unsharp_amount: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -173,12 +186,31 @@ def to_grayscale(x: Any) -> Any:
     return xp.mean(x, axis=-1)
 
 
-def prepare_frame(frame: Any, params: FrameParams, canvas: int, method: Method = "area") -> Any:
+def enhance(x: Any, opts: Enhancements) -> Any:
+    """Denoise, then enhance contrast, then sharpen a [0, 1] frame, as ``opts`` says."""
+    from radflow.tasks import contrast, filters
+
+    xp = namespace(x)
+    if opts.denoise == "gaussian":
+        x = filters.gaussian(x, opts.denoise_size)
+    elif opts.denoise == "median":
+        x = filters.median(x, int(opts.denoise_size) | 1)
+    if opts.enhance == "equalize":
+        x = contrast.equalize_hist(x)
+    elif opts.enhance == "clahe":
+        x = contrast.clahe(x, clip_limit=opts.clahe_clip)
+    if opts.unsharp_amount > 0:
+        x = filters.unsharp_mask(x, 2.0, opts.unsharp_amount, clip=(0.0, 1.0))
+    return xp.astype(x, xp.float32)
+
+
+def prepare_frame(frame: Any, params: FrameParams, canvas: int, method: Method = "area",
+                  enhancements: Enhancements | None = None) -> Any:
     """Stored frame → analysis-ready canvas.
 
     Steps: crop to native size, modality LUT, aspect-preserving resize, window (the
     header's first VOI window, if any) or 0.5–99.5 percentile normalization,
-    MONOCHROME1 inversion, zero padding.
+    MONOCHROME1 inversion, optional :class:`Enhancements`, zero padding.
 
     Parameters
     ----------
@@ -201,4 +233,6 @@ def prepare_frame(frame: Any, params: FrameParams, canvas: int, method: Method =
         x = percentile_normalize(x)
     if params.monochrome1:
         x = invert(x)
+    if enhancements is not None and enhancements != Enhancements():
+        x = enhance(x, enhancements)
     return pad_to_canvas(x, canvas, top, left)

@@ -113,6 +113,11 @@ def test_process_preprocess_infer_features(ingested, tmp_path):
     # a second run has nothing left to do
     again = radflow.process(store, steps=["preprocess", "infer", "features"], model=model_path)
     assert all(v["frames"] == 0 for v in again["steps"].values())
+    # changed preprocessing settings redo preprocessing and what derives from it
+    before = np.asarray(st.images[0], np.float32)
+    changed = radflow.process(store, steps=["preprocess", "features"], settings={"enhance": "clahe"})
+    assert changed["steps"]["preprocess"]["frames"] == n and changed["steps"]["features"]["frames"] == n
+    assert not np.allclose(np.asarray(st.images[0], np.float32), before)
 
 
 def test_incremental_ingest_appends_new_inputs(tmp_path, small_archive, prefect_api, dask_client):

@@ -39,3 +39,27 @@ def test_kspace_ingest_reconstruct_qc(tmp_path, prefect_api, dask_client):
     assert len(qc) == 6 and (qc["nmse"] < 1e-6).all() and (qc["ssim"] > 0.999).all()
     again = radflow.process(store, steps=["reconstruct"])
     assert again["steps"]["reconstruct"]["frames"] == 0
+
+
+def test_sinogram_ingest_fbp_stage(tmp_path, prefect_api, dask_client):
+    from radflow.synth.sinograms import write_sinograms
+    from radflow.tasks.recon import fbp
+
+    paths = write_sinograms(tmp_path / "ct", 2, slices=2, size=64, angles=90, seed=2)
+    store = str(tmp_path / "ct.zarr")
+    radflow.ingest(str(tmp_path / "ct"), store)
+    st = radflow.open_store(store)
+    table = st.sinograms()
+    assert len(table) == 4 and "SYNTH-CT" not in table.to_csv()
+    out = radflow.process(store, steps=["reconstruct"])
+    assert out["steps"]["reconstruct"]["frames"] == 4
+    with h5py.File(paths[0]) as h5:
+        expected = fbp(h5["sinogram"][1], h5["theta"][()], output_size=64)
+        phantom = h5["reference"][1]
+    row = table[(table["source"] == paths[0]) & (table["slice"] == 1)].iloc[0]
+    got = st.sinogram_slice(int(row["sinogram_index"]), recon=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    qc = st.features()
+    qc = qc[qc["kind"] == "sinogram"]
+    assert len(qc) == 4 and (qc["ssim"] > 0.3).all() and (qc["nmse"] < 0.2).all()
+    assert np.corrcoef(got.ravel(), phantom.ravel())[0, 1] > 0.9

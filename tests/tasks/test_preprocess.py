@@ -101,3 +101,18 @@ def test_mixed_namespaces_are_refused():
 
     with pytest.raises(TypeError):
         namespace(np.zeros(2), torch.zeros(2))
+
+
+def test_enhancements_run_on_numpy_and_torch():
+    from radflow.tasks.preprocess import Enhancements, enhance
+
+    frame = (RNG.random((300, 260)) * 1000).astype(np.uint16)
+    opts = Enhancements(denoise="median", denoise_size=3, enhance="clahe", unsharp_amount=0.5)
+    a = prepare_frame(frame, FrameParams(rows=300, cols=260), 96, enhancements=opts)
+    b = prepare_frame(torch.from_numpy(frame.astype(np.int32)), FrameParams(rows=300, cols=260), 96, enhancements=opts)
+    np.testing.assert_allclose(a, b.numpy(), atol=1e-4)
+    plain = prepare_frame(frame, FrameParams(rows=300, cols=260), 96)
+    assert not np.allclose(a, plain) and 0.0 <= a.min() and a.max() <= 1.0
+    x = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    np.testing.assert_allclose(enhance(x, Enhancements(denoise="gaussian", denoise_size=1.5)),
+                               __import__("scipy.ndimage", fromlist=["x"]).gaussian_filter(x, 1.5), atol=1e-6)
