@@ -27,18 +27,23 @@ def _objects(fs, prefix):
     return {p: info.get("ETag") for p, info in fs.find(prefix, detail=True).items()}
 
 
-def test_ingest_s3_to_s3_and_read_back(s3, small_archive, prefect_api, dask_client):
+def test_ingest_s3_to_s3_and_read_back(s3, small_archive, prefect_api, dask_client, tmp_path):
     fs, opts = s3
     local = sorted(os.path.join(d, f) for d, _, files in os.walk(small_archive.dicom) for f in files)[:10]
     for p in local:
         fs.put_file(p, "radflow-test/archive/" + os.path.relpath(p, small_archive.dicom))
+    from radflow.synth.kspace import write_fastmri
+
+    (h5,) = write_fastmri(tmp_path / "mr", 1, slices=2, coils=2, shape=(64, 64), crop=(48, 48))
+    fs.put_file(h5, "radflow-test/archive/mr/file0000.h5")
     summary = radflow.ingest("s3://radflow-test/archive", "s3://radflow-test/store.zarr", storage_options=opts)
-    assert summary["discovered"] == 10
+    assert summary["discovered"] == 11
     st = radflow.open_store("s3://radflow-test/store.zarr", storage_options=opts)
     ledger = st.ledger()
-    assert len(ledger) == 10 and ledger["source"].str.startswith("s3://radflow-test/archive/").all()
+    assert len(ledger) == 11 and ledger["source"].str.startswith("s3://radflow-test/archive/").all()
     inst = st.instances()
-    assert len(inst) == summary["frames"] == summary["ok"] > 0
+    assert len(inst) + 2 == summary["frames"] and len(st.kspace()) == 2
+    assert summary["ok"] == len(set(inst["source"])) + 1
     for _, row in inst.iterrows():
         rel = row["source"].split("/archive/", 1)[1]
         ref = pydicom.dcmread(os.path.join(small_archive.dicom, rel)).pixel_array
@@ -49,9 +54,11 @@ def test_ingest_s3_to_s3_and_read_back(s3, small_archive, prefect_api, dask_clie
     before = _objects(fs, "radflow-test/store.zarr")
     again = radflow.ingest("s3://radflow-test/archive", "s3://radflow-test/store.zarr", storage_options=opts)
     assert again["new"] == 0 and _objects(fs, "radflow-test/store.zarr") == before
-    out = radflow.process("s3://radflow-test/store.zarr", steps=["preprocess", "features"], canvas=64, storage_options=opts)
-    assert out["steps"]["preprocess"]["frames"] == len(inst)
-    assert len(st.features()) == len(inst)
+    out = radflow.process("s3://radflow-test/store.zarr", steps=["preprocess", "features", "reconstruct"], canvas=64,
+                          storage_options=opts)
+    assert out["steps"]["preprocess"]["frames"] == len(inst) and out["steps"]["reconstruct"]["frames"] == 2
+    feats = st.features()
+    assert (feats["kind"] == "image").sum() == len(inst) and (feats["kind"] == "kspace").sum() == 2
 
 
 def test_local_source_to_s3_store_with_environment_endpoint(s3, small_archive, prefect_api, dask_client, tmp_path):
