@@ -145,9 +145,15 @@ def _steps(text: str) -> list[str]:
 def cmd_process(args: argparse.Namespace) -> int:
     import radflow
 
+    card = None
+    if args.card:
+        from radflow.storage.models import read_card_file
+
+        card = read_card_file(args.card)
     s = _with_progress(lambda: radflow.process(args.store, steps=_steps(args.steps), model=args.model, arch=args.arch,
                                                canvas=args.canvas, cluster=args.cluster,
-                                               storage_options=_storage_options(args), settings=_settings(args)))
+                                               storage_options=_storage_options(args), settings=_settings(args),
+                                               embeddings=args.embeddings, card=card))
     _print_process(s)
     return 0
 
@@ -296,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", help="model weights: a TorchScript file, or a state_dict with --arch")
         sp.add_argument("--arch", help="torchvision architecture of a state_dict model (e.g. densenet121, resnet50)")
         sp.add_argument("--canvas", type=int, help="side of the analysis canvas of `images` (default 1024)")
+        sp.add_argument("--card", help="model card (JSON or YAML) overriding the one beside the weights")
+        sp.add_argument("--embeddings", action="store_true", help="also store penultimate-layer embeddings")
 
     sp = sub.add_parser("process", help="preprocess, infer and extract features over a store")
     sp.add_argument("store")

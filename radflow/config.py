@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     unsharp_amount: float = Field(0.0, ge=0, description="unsharp-mask amount (0 = off), radius = 2 px")
     image_dtype: Literal["float16", "uint16"] = "float16"
     infer_batch: int = Field(32, ge=1, description="frames per inference batch (= `images` chunk)")
+    infer_autocast: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision for inference on GPUs")
     header_files_per_task: int = Field(256, ge=1, description="files per header-index Dask task")
     max_files_per_batch: int = Field(4096, ge=1, description="upper bound of inputs in one ingest batch")
     stage_frames_per_task: int = Field(8192, ge=1, description="frames per processing Prefect task")

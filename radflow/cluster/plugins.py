@@ -47,6 +47,7 @@ class ModelCache(WorkerPlugin):
             if model is None:
                 model = load_model(spec)
                 _configure_threads(self.worker)
+                _to_device(model)
                 self.models[spec.key] = model
                 log.info("loaded model %s (%s, sha256 %s)", model.card.name, model.kind, model.sha256[:12])
             return model
@@ -59,6 +60,19 @@ def _configure_threads(worker: Any) -> None:
     nthreads = getattr(worker, "nthreads", None) if worker is not None else None
     if nthreads:
         torch.set_num_threads(int(nthreads))
+
+
+def _to_device(model: Any) -> None:
+    """Move a torch module to this worker's GPU when it has one (channels-last if the card asks)."""
+    import torch
+
+    module = model.module
+    if not hasattr(module, "to"):
+        return
+    if torch.cuda.is_available():
+        module.to("cuda")
+    if model.card.channels_last and hasattr(module, "to"):
+        module.to(memory_format=torch.channels_last)
 
 
 _CLIENT_SIDE = ModelCache()

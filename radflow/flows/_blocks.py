@@ -81,8 +81,12 @@ def features_block(block: np.ndarray, rows: np.ndarray, cols: np.ndarray, *, can
     return block_features(x, geometry, canvas=canvas, cutoff=cutoff)
 
 
-def infer_block(block: np.ndarray, *, spec: Any) -> np.ndarray:
-    """Model scores for a block of canvases (model loaded once per worker)."""
+def infer_block(block: np.ndarray, *, spec: Any, autocast: str | None = None, embedding_dim: int = 0,
+                micro_batch: int | None = None) -> np.ndarray:
+    """Model outputs for a block of canvases (model loaded once per worker).
+
+    Returns ``(n, outputs + embedding_dim)`` float32: scores, then the embedding when asked.
+    """
     from radflow.cluster.plugins import cached_model
     from radflow.tasks.infer import predict
 
@@ -90,7 +94,10 @@ def infer_block(block: np.ndarray, *, spec: Any) -> np.ndarray:
     x = block.astype(np.float32)
     if block.dtype == np.uint16:
         x /= 65535.0
-    return predict(model.module, x, model.card)
+    if embedding_dim:
+        out = predict(model.module, x, model.card, autocast=autocast, embeddings=True, micro_batch=micro_batch)
+        return np.concatenate([out.scores, out.embeddings], axis=1).astype(np.float32)
+    return predict(model.module, x, model.card, autocast=autocast, micro_batch=micro_batch)
 
 
 def recon_block(kspace: np.ndarray, *, crop: tuple[int, int] | None) -> np.ndarray:

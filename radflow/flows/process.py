@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -186,23 +187,65 @@ def _reconstruct(url: str, storage_options: dict[str, Any] | None) -> dict[str, 
     return {"frames": frames, "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0}
 
 
+@dataclasses.dataclass(frozen=True)
+class InferPlan:
+    """What every inference range needs: the model reference and the output layout."""
+
+    spec: ModelSpec
+    labels: tuple[str, ...]
+    model_name: str
+    sha256: str
+    embedding_dim: int = 0
+    autocast: str | None = None
+    gpu: bool = False
+
+
+def plan_inference(spec: ModelSpec, canvas: int, *, embeddings: bool, autocast: str | None, gpu: bool) -> InferPlan:
+    """Load the model once here (fail fast before cluster time) and probe its output layout."""
+    from radflow.tasks.infer import predict
+
+    loaded = load_model(spec)
+    probe = predict(loaded.module, np.zeros((1, canvas, canvas), np.float32), loaded.card, embeddings=embeddings)
+    scores = probe.scores if embeddings else probe
+    n_out = scores.shape[1]
+    labels = tuple(loaded.card.labels) or tuple(str(i) for i in range(n_out))
+    if len(labels) != n_out:
+        raise ConfigError(f"model card names {len(labels)} labels but the model has {n_out} outputs")
+    return InferPlan(spec, labels, loaded.card.name, loaded.sha256,
+                     probe.embeddings.shape[1] if embeddings else 0, autocast, gpu)
+
+
 @task(name="infer-range", cache_policy=NO_CACHE, retries=1)
-def infer_task(store: str, lo: int, hi: int, keys: pd.DataFrame, spec: ModelSpec, labels: list[str], model_name: str,
-               sha256: str, storage_options: dict[str, Any] | None) -> int:
+def infer_task(store: str, lo: int, hi: int, keys: pd.DataFrame, plan: InferPlan,
+               storage_options: dict[str, Any] | None) -> int:
+    import dask
+
     root = layout.open_root(zarr_store(store, storage_options), mode="r")
     imgs = _images_da(root["images"], lo, hi)
-    scores = imgs.map_blocks(
-        _blocks.infer_block, spec=spec, drop_axis=[2], chunks=(imgs.chunks[0], (len(labels),)),
-        dtype=np.float32, meta=np.empty((0, 0), np.float32),
-    ).compute()
+    width = len(plan.labels) + plan.embedding_dim
+    with dask.annotate(resources={"GPU": 1} if plan.gpu else {}):
+        out = imgs.map_blocks(
+            _blocks.infer_block, spec=plan.spec, autocast=plan.autocast, embedding_dim=plan.embedding_dim,
+            drop_axis=[2], chunks=(imgs.chunks[0], (width,)), dtype=np.float32, meta=np.empty((0, 0), np.float32),
+        )
+    scores = out.compute(optimize_graph=not plan.gpu)
     idx = keys["index"].to_numpy() - lo
     df = keys.reset_index(drop=True).copy()
-    for j, label in enumerate(labels):
+    for j, label in enumerate(plan.labels):
         df[f"p_{label}"] = scores[idx, j]
-    df["model"] = model_name
-    df["model_sha256"] = sha256
-    write_part(store, "predictions", f"{sha256[:12]}-{lo:012d}", df, storage_options=storage_options)
+    df["model"] = plan.model_name
+    df["model_sha256"] = plan.sha256
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if plan.embedding_dim:  # a fixed-size list column: (n, embedding_dim) float32
+        emb = np.ascontiguousarray(scores[idx, len(plan.labels):], dtype=np.float32)
+        values = pa.array(emb.reshape(-1), type=pa.float32())
+        table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(values, plan.embedding_dim))
+    write_part(store, "predictions", f"{plan.sha256[:12]}-{lo:012d}", table, storage_options=storage_options)
     return len(df)
+
+
+def _has_gpu_workers(client) -> bool:
+    return any("GPU" in (w.get("resources") or {}) for w in client.scheduler_info().get("workers", {}).values())
 
 
 def _run_stage(name: str, ranges: list[tuple[int, int]], counts: dict[int, int], done: dict[str, int], submit) -> int:
@@ -230,6 +273,8 @@ def process_flow(
     cluster: str | None = None,
     storage_options: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
+    embeddings: bool = False,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run processing steps over a store.
 
@@ -238,8 +283,10 @@ def process_flow(
     store : store URL
     steps : any of ``preprocess``, ``infer``, ``features``, ``reconstruct`` (run in that order;
         ``reconstruct`` turns ingested k-space and sinograms into ``recon/`` images with QC against references)
-    model : weights file (TorchScript, or a state_dict with ``arch``); needed for ``infer``
+    model : weights file (TorchScript, ONNX, a state_dict with ``arch``, or a registered format); needed for ``infer``
     arch : torchvision architecture of a state_dict model
+    embeddings : also store the penultimate-layer embedding (``embedding_layer`` in the model card)
+    card : model-card fields overriding the card beside the weights (labels, activation, input_size ...)
     canvas : side of the ``images`` canvas (default: settings, 1024)
     """
     log = run_logger()
@@ -314,17 +361,16 @@ def process_flow(
             else:
                 if not model:
                     raise ConfigError("step 'infer' needs a model: --model PATH (TorchScript, or a state_dict with --arch)")
-                spec = ModelSpec(normalize(model), arch=arch or "", storage_options=storage_options)
-                loaded = load_model(spec)  # fail fast here, before any cluster time
+                spec = ModelSpec(normalize(model), arch=arch or "", card=card, storage_options=storage_options)
+                plan = plan_inference(spec, cfg.canvas, embeddings=embeddings, gpu=_has_gpu_workers(client),
+                                      autocast=None if cfg.infer_autocast == "none" else cfg.infer_autocast)
                 from radflow.cluster.plugins import ModelCache
 
                 client.register_plugin(ModelCache(), name=ModelCache.name)
-                labels = list(loaded.card.labels)
                 keys = inst[["index", "patient_key", "study_key", "sop_uid"]]
-                done = stages.setdefault(f"infer-{loaded.sha256[:12]}", {})
+                done = stages.setdefault(f"infer-{plan.sha256[:12]}{'-emb' if embeddings else ''}", {})
                 frames = _run_stage(step, ranges, counts, done, lambda lo, hi: infer_task.submit(
-                    url, lo, hi, keys[(keys["index"] >= lo) & (keys["index"] < hi)], spec, labels, loaded.card.name,
-                    loaded.sha256, storage_options))
+                    url, lo, hi, keys[(keys["index"] >= lo) & (keys["index"] < hi)], plan, storage_options))
             seconds = time.perf_counter() - t0
             images.attrs["stages"] = stages
             if step == "preprocess":

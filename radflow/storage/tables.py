@@ -86,7 +86,7 @@ def write_part(
     store_url: str,
     name: str,
     part: str,
-    rows: list[dict[str, Any]] | pd.DataFrame,
+    rows: list[dict[str, Any]] | pd.DataFrame | pa.Table,
     *,
     schema: pa.Schema | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -96,7 +96,9 @@ def write_part(
     Local parts are written to a temporary name and renamed; an S3 PUT is atomic.
     """
     schema = schema if schema is not None else TABLES.get(name)
-    if isinstance(rows, pd.DataFrame):
+    if isinstance(rows, pa.Table):
+        table = rows
+    elif isinstance(rows, pd.DataFrame):
         table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
     elif schema is not None:
         table = pa.Table.from_pylist(rows, schema=schema)

@@ -23,6 +23,8 @@ def build_model(card: ModelCard):
         ctor = torchvision.models.get_model_builder(card.arch)
     except ValueError:
         raise ModelError(f"unknown torchvision architecture {card.arch!r}; see torchvision.models.list_models()") from None
+    if not card.labels:
+        raise ModelError("a model card for training or a state_dict needs 'labels' (one per output)")
     return ctor(weights=None, num_classes=len(card.labels))
 
 

@@ -1,33 +1,118 @@
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
 
 from radflow.errors import ModelError
-from radflow.storage.models import ModelSpec, load_model, save_model
+from radflow.storage.models import ModelSpec, load_model, loaders, save_model
 from radflow.tasks.infer import ModelCard, predict, to_model_input
 from radflow.tasks.metrics import calibration_table, roc_auc, sensitivity_specificity
 from radflow.tasks.train import build_model
 
 CARD = ModelCard(name="t", arch="resnet18", labels=("a", "b"), activation="sigmoid", input_size=64, channels=3,
-                 mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+                 mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), embedding_layer="fc")
+X = np.random.default_rng(0).random((5, 96, 96)).astype(np.float32)
 
 
-def test_predict_equals_direct_forward_for_state_dict_and_torchscript(tmp_path):
+@pytest.fixture(scope="module")
+def model():
     torch.manual_seed(0)
-    model = build_model(CARD).eval()
-    x = np.random.default_rng(0).random((5, 96, 96)).astype(np.float32)
+    return build_model(CARD).eval()
+
+
+@pytest.fixture(scope="module")
+def direct(model):
     with torch.inference_mode():
-        direct = torch.sigmoid(model(to_model_input(x, CARD))).numpy()
-    sd = tmp_path / "m.pt"
-    sha = save_model(model, CARD, str(sd))
-    loaded = load_model(ModelSpec(str(sd)))
-    assert loaded.kind == "state_dict" and loaded.sha256 == sha and loaded.card.labels == ("a", "b")
-    np.testing.assert_allclose(predict(loaded.module, x, loaded.card), direct, atol=1e-5)
-    ts = tmp_path / "m.ts"
-    save_model(model, CARD, str(ts), torchscript=True)
-    loaded_ts = load_model(ModelSpec(str(ts)))
-    assert loaded_ts.kind == "torchscript"
-    np.testing.assert_allclose(predict(loaded_ts.module, torch.from_numpy(x), loaded_ts.card), direct, atol=1e-5)
+        return torch.sigmoid(model(to_model_input(X, CARD))).numpy()
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "torchscript", "onnx"])
+def test_predictions_equal_direct_forward(tmp_path, model, direct, fmt):
+    path = tmp_path / f"m.{ {'state_dict': 'pt', 'torchscript': 'ts', 'onnx': 'onnx'}[fmt] }"
+    sha = save_model(model, CARD, str(path), format=fmt, example=to_model_input(X[:2], CARD))
+    loaded = load_model(ModelSpec(str(path)))
+    assert loaded.kind == fmt and loaded.sha256 == sha and loaded.card.labels == ("a", "b")
+    np.testing.assert_allclose(predict(loaded.module, X, loaded.card), direct, atol=1e-4)
+    np.testing.assert_allclose(predict(loaded.module, torch.from_numpy(X), loaded.card, micro_batch=2), direct, atol=1e-4)
+
+
+def test_yaml_card_and_no_card_defaults(tmp_path, model):
+    path = tmp_path / "m.pt"
+    torch.save(model.state_dict(), path)
+    (tmp_path / "m.pt.card.yaml").write_text("arch: resnet18\nlabels: [a, b]\nactivation: softmax\ninput_size: 64\nchannels: 3\n")
+    loaded = load_model(ModelSpec(str(path)))
+    assert loaded.card.activation == "softmax" and loaded.card.input_size == 64
+    np.testing.assert_allclose(predict(loaded.module, X, loaded.card).sum(axis=1), 1.0, rtol=1e-5)
+    # no card: the model sees `images` as stored, float32 (batch, 1, H, W), no activation change but sigmoid default
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen["x"] = x
+            return x.mean(dim=(1, 2, 3), keepdim=False)[:, None]
+
+    out = predict(Probe(), X, ModelCard())
+    assert seen["x"].shape == (5, 1, 96, 96) and seen["x"].dtype == torch.float32
+    np.testing.assert_allclose(seen["x"][:, 0].numpy(), X)
+    np.testing.assert_allclose(out[:, 0], 1 / (1 + np.exp(-X.mean(axis=(1, 2)))), rtol=1e-5)
+
+
+def test_embeddings_are_the_penultimate_features(model):
+    pred = predict(model, X, CARD, embeddings=True)
+    x = to_model_input(X, CARD)
+    with torch.inference_mode():
+        feats = torch.flatten(model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(
+            model.maxpool(model.relu(model.bn1(model.conv1(x))))))))), 1).numpy()
+    assert pred.embeddings.shape == (5, 512)
+    np.testing.assert_allclose(pred.embeddings, feats, atol=1e-5)
+
+
+def test_out_of_memory_halves_the_micro_batch():
+    calls = []
+
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return x.flatten(1).sum(1, keepdim=True)
+
+    out = predict(Picky(), X, ModelCard(activation="none"), micro_batch=8)
+    np.testing.assert_allclose(out[:, 0], X.reshape(5, -1).sum(1), rtol=1e-5)
+    assert calls == [5, 4, 2, 2, 1]  # 5 and 4 run out of memory; halved to 2 for the rest
+
+
+def test_entry_point_loader_is_found(tmp_path, monkeypatch):
+    """A site's loader, registered as a real entry point of an installed distribution."""
+    dist = tmp_path / "site_loader-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: site-loader\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[radflow.model_loaders]\nnpyscale = site_loader_mod:load\n")
+    (tmp_path / "site_loader_mod.py").write_text(textwrap.dedent('''
+        import io, numpy as np, torch
+        class Scale(torch.nn.Module):
+            def __init__(self, w):
+                super().__init__()
+                self.w = float(w)
+            def forward(self, x):
+                return self.w * x.flatten(1).mean(1, keepdim=True)
+        def load(data, card):
+            return Scale(np.load(io.BytesIO(data))[0])
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaders.cache_clear()
+    try:
+        assert "npyscale" in loaders()
+        weights = tmp_path / "w.npyscale"
+        np.save(open(weights, "wb"), np.array([3.0]))
+        loaded = load_model(ModelSpec(str(weights), card={"activation": "none"}))
+        assert loaded.kind == "npyscale"
+        np.testing.assert_allclose(predict(loaded.module, X, loaded.card)[:, 0], 3 * X.mean(axis=(1, 2)), rtol=1e-5)
+    finally:
+        loaders.cache_clear()
+        sys.modules.pop("site_loader_mod", None)
 
 
 def test_to_model_input_shapes_and_normalization():
@@ -38,15 +123,17 @@ def test_to_model_input_shapes_and_normalization():
 
 
 def test_state_dict_mismatch_names_first_key(tmp_path):
-    model = build_model(ModelCard(arch="resnet18", labels=("a",)))
+    card = ModelCard(arch="resnet18", labels=("a",))
     path = tmp_path / "wrong.pt"
-    save_model(model, ModelCard(arch="resnet18", labels=("a",)), str(path))
+    save_model(build_model(card), card, str(path))
     with pytest.raises(ModelError, match="fc.weight"):
         load_model(ModelSpec(str(path), card={"labels": ["a", "b", "c"]}))
     with pytest.raises(ModelError, match="architecture"):
         load_model(ModelSpec(str(path), card={"arch": ""}))
     with pytest.raises(ModelError, match="not found"):
         load_model(ModelSpec(str(tmp_path / "missing.pt")))
+    with pytest.raises(ModelError, match="no loader"):
+        load_model(ModelSpec(str(path), card={"format": "tensorflow"}))
 
 
 def test_metrics():

@@ -1,0 +1,74 @@
+"""Inference stage with models a site brings: ONNX, state_dict + embeddings; evaluation against labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import radflow
+from radflow.flows.evaluate import evaluate_flow
+from radflow.storage.models import ModelSpec, load_model, save_model
+from radflow.tasks.infer import ModelCard, predict, to_model_input
+from radflow.tasks.train import build_model
+
+pytestmark = pytest.mark.slow
+
+CARD = ModelCard(name="site-model", arch="resnet18", labels=("lesion", "other"), input_size=64, channels=3,
+                 mean=(0.5,) * 3, std=(0.25,) * 3, embedding_layer="fc")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, small_archive, prefect_api, dask_client):
+    url = str(tmp_path_factory.mktemp("inf") / "store.zarr")
+    radflow.ingest(small_archive.dicom, url)
+    radflow.process(url, steps=["preprocess"], canvas=64)
+    return url
+
+
+@pytest.fixture(scope="module")
+def module():
+    torch.manual_seed(1)
+    return build_model(CARD).eval()
+
+
+def test_onnx_predictions_equal_direct_forward(store, module, tmp_path):
+    path = str(tmp_path / "site.onnx")
+    sha = save_model(module, CARD, path, format="onnx", example=torch.zeros(2, 3, 64, 64))
+    radflow.process(store, steps=["infer"], model=path)
+    st = radflow.open_store(store)
+    preds = st.predictions()
+    preds = preds[preds["model_sha256"] == sha].sort_values("index")
+    ds = st.dataset()
+    x = np.asarray(ds["images"].values, np.float32)
+    with torch.inference_mode():
+        direct = torch.sigmoid(module(to_model_input(x, CARD))).numpy()
+    assert list(preds["index"]) == list(ds["index"].values)
+    np.testing.assert_allclose(preds[["p_lesion", "p_other"]].to_numpy(), direct, atol=1e-4)
+
+
+def test_state_dict_with_embeddings_and_evaluation(store, module, tmp_path, small_archive):
+    path = str(tmp_path / "site.pt")
+    sha = save_model(module, CARD, path)
+    radflow.process(store, steps=["infer"], model=path, embeddings=True)
+    st = radflow.open_store(store)
+    preds = st.predictions()
+    preds = preds[preds["model_sha256"] == sha].sort_values("index")
+    (part,) = [p for p in st.parts("predictions") if sha[:12] in p]
+    emb_type = pq.read_schema(part).field("embedding").type
+    emb = np.stack(preds["embedding"].to_numpy())
+    assert emb.shape == (len(preds), 512) and emb_type.list_size == 512 and str(emb_type.value_type) == "float"
+    x = np.asarray(st.images.oindex[preds["index"].to_numpy()], np.float32)
+    ref = predict(load_model(ModelSpec(path)).module, x, CARD, embeddings=True)
+    np.testing.assert_allclose(emb, ref.embeddings, atol=1e-4)
+    np.testing.assert_allclose(preds[["p_lesion", "p_other"]].to_numpy(), ref.scores, atol=1e-5)
+    joined = preds.merge(st.instances(), on=["index", "sop_uid", "patient_key", "study_key"])
+    assert len(joined) == len(preds)
+    out = evaluate_flow(store, small_archive.labels, threshold=0.5)
+    rows = [r for r in out["evaluation"] if r["model_sha256"] == sha]
+    assert len(rows) == 1 and rows[0]["label"] == "lesion" and rows[0]["n"] == len(preds)
+    assert 0.0 <= rows[0]["auc"] <= 1.0
+    assert rows[0]["positives"] == int(__import__("pandas").read_csv(small_archive.labels)["lesion"].sum())
+    calib = st.table("calibration")
+    assert set(calib["label"]) == {"lesion"} and calib["n"].sum() >= len(preds)
