@@ -37,6 +37,12 @@ class ClusterSettings(BaseModel):
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:0"
+    worker_env: dict[str, str] = Field(
+        default_factory=lambda: {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20)},
+        description="environment of local worker processes, added to Dask's; glibc serves allocations under "
+        "256 MiB from its heap, so torch reuses activation buffers instead of faulting in fresh pages "
+        "under Dask's MALLOC_TRIM_THRESHOLD_ (measured: ResNet-18 forward 0.64 s → 0.48 s per 32 images)",
+    )
 
 
 class Settings(BaseSettings):

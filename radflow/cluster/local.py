@@ -38,7 +38,7 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     If a client is already current in this process (one made by the caller), it is
     reused and left open.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
     from distributed.client import _get_global_client
 
     settings = settings or ClusterSettings()
@@ -54,25 +54,7 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     if current is not None and current.status == "running":
         yield current
         return
-    if settings.kind == "local-cuda":
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError as exc:
-            raise MissingDependencyError("cluster kind 'local-cuda' needs dask-cuda; pip install 'radflow[gpu]'") from exc
-        cluster = LocalCUDACluster(dashboard_address=settings.dashboard_address, ip="127.0.0.1")
-    elif settings.kind == "local":
-        n = settings.n_workers or max(1, (os.cpu_count() or 1) // max(1, settings.threads_per_worker))
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=settings.threads_per_worker,
-            processes=True,
-            memory_limit=settings.memory_limit,
-            host="127.0.0.1",
-            dashboard_address=settings.dashboard_address,
-            silence_logs=logging.WARNING,
-        )
-    else:  # pragma: no cover - guarded by the settings model
-        raise ConfigError(f"unknown cluster kind {settings.kind!r}")
+    cluster = _start_local(settings)
     client = Client(cluster, set_as_default=True)
     log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
     try:
@@ -80,3 +62,30 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     finally:
         client.close()
         cluster.close()
+
+
+def _start_local(settings: ClusterSettings):
+    """Start a local CPU or CUDA cluster whose worker processes get ``settings.worker_env``."""
+    import dask
+    from distributed import LocalCluster
+
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # read by each nanny at start
+        if settings.kind == "local-cuda":
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError as exc:
+                raise MissingDependencyError("cluster kind 'local-cuda' needs dask-cuda; pip install 'radflow[gpu]'") from exc
+            return LocalCUDACluster(dashboard_address=settings.dashboard_address, ip="127.0.0.1")
+        if settings.kind == "local":
+            n = settings.n_workers or max(1, (os.cpu_count() or 1) // max(1, settings.threads_per_worker))
+            return LocalCluster(
+                n_workers=n,
+                threads_per_worker=settings.threads_per_worker,
+                processes=True,
+                memory_limit=settings.memory_limit,
+                host="127.0.0.1",
+                dashboard_address=settings.dashboard_address,
+                silence_logs=logging.WARNING,
+            )
+    raise ConfigError(f"unknown cluster kind {settings.kind!r}")  # pragma: no cover - guarded by the settings model

@@ -37,6 +37,8 @@ class ModelCache(WorkerPlugin):
         self.worker = worker
 
     def teardown(self, worker: Any) -> None:  # WorkerPlugin API
+        for model in self.models.values():
+            model.runner.shutdown(wait=False)
         self.models.clear()
 
     def get(self, spec: Any) -> Any:
@@ -46,20 +48,38 @@ class ModelCache(WorkerPlugin):
             model = self.models.get(spec.key)
             if model is None:
                 model = load_model(spec)
-                _configure_threads(self.worker)
                 _to_device(model)
+                model.runner = _runner(_worker_threads(self.worker))
                 self.models[spec.key] = model
                 log.info("loaded model %s (%s, sha256 %s)", model.card.name, model.kind, model.sha256[:12])
             return model
 
 
-def _configure_threads(worker: Any) -> None:
-    """Match torch's intra-op threads to the worker's threads on a CPU worker."""
-    import torch
+def _runner(threads: int):
+    """A one-thread executor for a model's forward passes.
 
-    nthreads = getattr(worker, "nthreads", None) if worker is not None else None
-    if nthreads:
-        torch.set_num_threads(int(nthreads))
+    Forward passes run one at a time on one thread that owns the intra-op thread pool
+    (OpenMP's thread count is per calling thread, and its warm-up is paid once), using
+    all of the worker's threads, while the worker's task threads read and decode the
+    next blocks.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def init() -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="radflow-infer", initializer=init)
+
+
+def _worker_threads(worker: Any) -> int:
+    """Threads of this Dask worker (its executor's size), or this process's cores without a worker."""
+    import os
+
+    state = getattr(worker, "state", None)
+    n = getattr(state, "nthreads", None) or getattr(worker, "nthreads", None)
+    return int(n) if n else (os.cpu_count() or 1)
 
 
 def _to_device(model: Any) -> None:

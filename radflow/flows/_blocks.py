@@ -94,10 +94,14 @@ def infer_block(block: np.ndarray, *, spec: Any, autocast: str | None = None, em
     x = block.astype(np.float32)
     if block.dtype == np.uint16:
         x /= 65535.0
-    if embedding_dim:
-        out = predict(model.module, x, model.card, autocast=autocast, embeddings=True, micro_batch=micro_batch)
-        return np.concatenate([out.scores, out.embeddings], axis=1).astype(np.float32)
-    return predict(model.module, x, model.card, autocast=autocast, micro_batch=micro_batch)
+
+    def run() -> np.ndarray:
+        if embedding_dim:
+            out = predict(model.module, x, model.card, autocast=autocast, embeddings=True, micro_batch=micro_batch)
+            return np.concatenate([out.scores, out.embeddings], axis=1).astype(np.float32)
+        return predict(model.module, x, model.card, autocast=autocast, micro_batch=micro_batch)
+
+    return model.runner.submit(run).result()  # the model's own inference thread (see cluster.plugins)
 
 
 def recon_block(kspace: np.ndarray, *, crop: tuple[int, int] | None) -> np.ndarray:
