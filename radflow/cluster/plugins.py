@@ -87,11 +87,13 @@ def _to_device(model: Any) -> None:
     import torch
 
     module = model.module
+    model.device = "cpu"
     if not hasattr(module, "to"):
         return
     if torch.cuda.is_available():
         module.to("cuda")
-    if model.card.channels_last and hasattr(module, "to"):
+        model.device = "cuda"
+    if model.card.channels_last:
         module.to(memory_format=torch.channels_last)
 
 

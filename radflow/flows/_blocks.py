@@ -88,18 +88,23 @@ def infer_block(block: np.ndarray, *, spec: Any, autocast: str | None = None, em
     Returns ``(n, outputs + embedding_dim)`` float32: scores, then the embedding when asked.
     """
     from radflow.cluster.plugins import cached_model
-    from radflow.tasks.infer import predict
+    from radflow.tasks.infer import predict, to_model_input
 
     model = cached_model(spec)
     x = block.astype(np.float32)
     if block.dtype == np.uint16:
         x /= 65535.0
+    # Input preparation runs here, on the task thread, overlapping the previous block's forward pass.
+    x = to_model_input(x, model.card)
+    if x.device.type == "cpu" and getattr(model, "device", "cpu") != "cpu":
+        x = x.pin_memory()
 
     def run() -> np.ndarray:
+        kw = {"autocast": autocast, "micro_batch": micro_batch, "prepared": True, "device": getattr(model, "device", None)}
         if embedding_dim:
-            out = predict(model.module, x, model.card, autocast=autocast, embeddings=True, micro_batch=micro_batch)
+            out = predict(model.module, x, model.card, embeddings=True, **kw)
             return np.concatenate([out.scores, out.embeddings], axis=1).astype(np.float32)
-        return predict(model.module, x, model.card, autocast=autocast, micro_batch=micro_batch)
+        return predict(model.module, x, model.card, **kw)
 
     return model.runner.submit(run).result()  # the model's own inference thread (see cluster.plugins)
 

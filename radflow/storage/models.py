@@ -115,7 +115,8 @@ class OnnxModule:
     def __call__(self, x: Any) -> Any:
         import torch
 
-        out = self.session.run(None, {self.input_name: x.detach().to("cpu", torch.float32).numpy()})[0]
+        host = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        out = self.session.run(None, {self.input_name: host})[0]
         return torch.from_numpy(out).to(x.device)
 
 
