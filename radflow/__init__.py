@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "ingest", "process", "open_store", "Settings"]
+__all__ = ["__version__", "ingest", "process", "verify", "open_store", "Settings"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -41,6 +41,13 @@ def process(store: str, steps: tuple[str, ...] | list[str] | str = ("preprocess"
     if isinstance(steps, str):
         steps = [s.strip() for s in steps.split(",") if s.strip()]
     return process_flow(store, steps=list(steps), **options)
+
+
+def verify(store: str, **options: Any) -> dict[str, Any]:
+    """Re-read every stored frame and check it; see :func:`radflow.flows.verify.verify_flow`."""
+    from radflow.flows.verify import verify_flow
+
+    return verify_flow(store, **options)
 
 
 def __getattr__(name: str):

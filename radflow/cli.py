@@ -208,6 +208,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from radflow.flows.verify import verify_flow
+
+    res = _with_progress(lambda: verify_flow(args.store, cluster=args.cluster, storage_options=_storage_options(args)))
+    print(f"checked {res['checked']} frames and slices of {res['store']}")
+    if not res["problems"]:
+        print("all match their recorded CRC32; no chunk is missing")
+        return 0
+    print("problems: " + ", ".join(f"{k} {v}" for k, v in sorted(res["counts"].items())))
+    for p in res["problems"][:50]:
+        ident = ", ".join(f"{k} {p[k]}" for k in ("index", "kspace_index", "sinogram_index") if k in p)
+        print(f"  {p['problem']:<14} {p['array']} position {p['position']} ({ident}): {p['detail']}")
+    if len(res["problems"]) > 50:
+        print(f"  ... and {len(res['problems']) - 50} more")
+    return 1
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from importlib import metadata
 
@@ -334,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--canvas", type=int, default=256, help="analysis canvas (default 256 for the demo)")
     sp.add_argument("--cluster", help="Dask scheduler address; default: a local cluster")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("verify", help="re-read every stored frame; check CRC32 and chunk presence (exit 1 on problems)")
+    sp.add_argument("store")
+    common(sp)
+    sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("info", help="versions, pixel decoders available, GPUs")
     sp.set_defaults(func=cmd_info)

@@ -26,6 +26,7 @@ import numpy as np
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.storage import layout
+from radflow.storage.batches import batch_summary, frame_crc32, ledger_row
 from radflow.storage.pseudonym import keyed_hash
 from radflow.storage.sources import read_bytes
 from radflow.storage.tables import write_part
@@ -138,8 +139,6 @@ def _header_fields(h5) -> dict[str, Any]:
 def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limits,
                             storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write every slice of a batch of HDF5 acquisition files (one shard region); never raises per input."""
-    from radflow.storage.batches import batch_summary, ledger_row
-
     t_start = time.perf_counter()
     kind = KINDS[plan.kind]
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
@@ -174,7 +173,7 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
                     kind.index_col: plan.index + used + s, "source": item.uri, "slice": s, "array": plan.array,
                     "position": plan.position + used + s, "shape": "x".join(map(str, d["shape"])),
                     "ref_rows": d["ref"][0] if d["ref"] else 0, "ref_cols": d["ref"][1] if d["ref"] else 0,
-                    "patient_key": patient, "batch": plan.batch_id, **info,
+                    "patient_key": patient, "crc32": frame_crc32(values[s]), "batch": plan.batch_id, **info,
                 })
             used += n
             ledger.append(ledger_row(item.uri, item.size, item.version, status="ok", sha256=sha, frames=n,
