@@ -94,7 +94,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def _print_ingest(s: dict[str, Any]) -> None:
     rej = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "none"
-    print(f"inputs: {s['discovered']} discovered, {s['new']} new, {s['ok']} ok; rejected: {rej}")
+    dup = ", ".join(f"{k} {v}" for k, v in s.get("duplicates", {}).items()) or "none"
+    print(f"inputs: {s['discovered']} discovered, {s['new']} new, {s['ok']} ok; duplicates: {dup}; rejected: {rej}")
     print(f"frames: {s['frames']} in {s['batches']} batches; {s['bytes_in'] / 1e6:.1f} MB read in {s['seconds']:.1f} s "
           f"({s['mb_per_s']:.1f} MB/s, {s['images_per_s']:.1f} images/s)")
 

@@ -24,6 +24,7 @@ from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.batches import BatchPlan, index_inputs, ledger_row, plan_batches, write_batch
+from radflow.storage.duplicates import check_duplicates, split_duplicates
 from radflow.storage.acquisitions import KINDS, reference_path
 from radflow.storage.sources import InputRef, discover
 from radflow.storage.tables import LEDGER_SCHEMA, read_table, write_part
@@ -57,7 +58,8 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     n = max(1, min(settings.header_files_per_task, -(-len(new) // (4 * threads))))  # several tasks per thread
     chunks = [[(r.uri, r.size, r.version) for r in new[i : i + n]] for i in range(0, len(new), n)]
     report("stage-start", stage="index headers", total=len(new))
-    futures = client.map(index_inputs, chunks, limits=settings.limits, storage_options=storage_options, pure=False)
+    futures = client.map(index_inputs, chunks, limits=settings.limits, storage_options=storage_options,
+                         secret=resolve_secret_key(settings), pure=False)
     rows: list[dict[str, Any]] = []
     from distributed import as_completed as dask_completed
 
@@ -74,11 +76,11 @@ _INDEX_KEYS = {"dicom": "next_index", **{k: v.meta_key for k, v in KINDS.items()
 
 
 @task(name="plan-batches", cache_policy=NO_CACHE)
-def plan_task(store: str, rows: list[dict[str, Any]], settings: Settings, storage_options: dict[str, Any] | None) -> list[BatchPlan]:
+def plan_task(store: str, candidates: list[dict[str, Any]], settings: Settings,
+              storage_options: dict[str, Any] | None) -> list[BatchPlan]:
     """Plan batches and reserve their regions (the flow is the only writer of array shapes)."""
     root = layout.open_root(zarr_store(store, storage_options), mode="r+")
     meta = dict(root.attrs["radflow"])
-    candidates = [r for r in rows if r["status"] == "candidate"]
     names = sorted({r["array"] for r in candidates})
     existing = {}
     for name in names:
@@ -126,6 +128,26 @@ def plan_task(store: str, rows: list[dict[str, Any]], settings: Settings, storag
     return batches
 
 
+@task(name="check-duplicates", cache_policy=NO_CACHE)
+def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Settings,
+                    storage_options: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Compare duplicate candidates with the stored copy; return those whose first copy was not stored."""
+    from distributed import get_client
+
+    inst = read_table(store, "instances", storage_options).sort_values(["sop_uid", "frame"])
+    expected = {k: list(zip(g["index"].astype(int), g["crc32"].astype(int))) for k, g in inst.groupby("sop_uid")}
+    unresolved = [d for d in duplicates if d["sop_key"] not in expected]
+    todo = [d for d in duplicates if d["sop_key"] in expected]
+    chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]
+    futures = [get_client().submit(check_duplicates, store, c, {d["sop_key"]: expected[d["sop_key"]] for d in c},
+                                   limits=settings.limits, storage_options=storage_options, pure=False) for c in chunks]
+    results = [f.result() for f in futures]
+    reasons: Counter[str] = Counter()
+    for r in results:
+        reasons.update(r["reasons"])
+    return unresolved, {"inputs": sum(r["inputs"] for r in results), "reasons": dict(reasons)}
+
+
 @task(name="ingest-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     from distributed import get_client
@@ -137,11 +159,14 @@ def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options:
     return fut.result()
 
 
-def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]], discovered: int, new: int, seconds: float) -> dict[str, Any]:
+def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]], discovered: int, new: int,
+              seconds: float, duplicates: Counter[str] | None = None) -> dict[str, Any]:
     """Run summary from batch results (counts only; nothing identifying)."""
     reasons: Counter[str] = Counter(r["reason"] for r in index_rejects)
     for r in results:
         reasons.update(r["rejected"])
+    dup = Counter({k: v for k, v in (duplicates or {}).items() if k.startswith("DUPLICATE")})
+    reasons.update({k: v for k, v in (duplicates or {}).items() if not k.startswith("DUPLICATE")})
     ok = sum(r["ok"] for r in results)
     frames = sum(r["frames"] for r in results)
     bytes_in = sum(r["bytes_in"] for r in results)
@@ -151,6 +176,7 @@ def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]]
         "new": new,
         "ok": ok,
         "rejected": dict(sorted(reasons.items())),
+        "duplicates": dict(sorted(dup.items())),
         "frames": frames,
         "batches": len(results),
         "bytes_in": bytes_in,
@@ -210,22 +236,33 @@ def ingest_flow(
             report("dashboard", url=link)
         rows = index_task(new, cfg, storage_options)
         rejects = [r for r in rows if r["status"] == "rejected"]
-        plans = plan_task(dst, rows, cfg, storage_options)
+        stored = set(read_table(dst, "instances", storage_options)["sop_uid"])
+        pending, duplicates = split_duplicates([r for r in rows if r["status"] == "candidate"], stored)
         if rejects:
             part = hashlib.sha256("\0".join(f"{r['uri']}\0{r['size']}\0{r['version']}" for r in rejects).encode()).hexdigest()[:16]
             write_part(dst, "ledger", f"index-{part}",
                        [ledger_row(r["uri"], r["size"], r["version"], status="rejected", reason=r["reason"],
                                    detail=r["detail"], batch=f"index-{part}") for r in rejects],
                        schema=LEDGER_SCHEMA, storage_options=storage_options)
-        report("stage-start", stage="ingest", total=sum(len(p.inputs) for p in plans))
-        futures = [batch_task.submit(dst, p, cfg, storage_options) for p in plans]
-        results = []
-        for fut in as_completed(futures):
-            res = fut.result()
-            results.append(res)
-            report("stage-advance", stage="ingest", advance=res["inputs"])
+        results: list[dict[str, Any]] = []
+        dup_reasons: Counter[str] = Counter()
+        report("stage-start", stage="ingest", total=len(rows) - len(rejects))
+        while pending or duplicates:  # a duplicate whose first copy failed to store becomes the next round's primary
+            if pending:
+                plans = plan_task(dst, pending, cfg, storage_options)
+                futures = [batch_task.submit(dst, p, cfg, storage_options) for p in plans]
+                for fut in as_completed(futures):
+                    res = fut.result()
+                    results.append(res)
+                    report("stage-advance", stage="ingest", advance=res["inputs"])
+            if not duplicates:
+                break
+            unresolved, checked = duplicates_task(dst, duplicates, cfg, storage_options)
+            dup_reasons.update(checked["reasons"])
+            report("stage-advance", stage="ingest", advance=checked["inputs"])
+            pending, duplicates = split_duplicates(unresolved, set())
         report("stage-end", stage="ingest")
-    summary = summarize(results, rejects, len(inputs), len(new), time.perf_counter() - t0)
+    summary = summarize(results, rejects, len(inputs), len(new), time.perf_counter() - t0, dup_reasons)
     log.info("ingested %d of %d new inputs (%d frames) at %.1f MB/s", summary["ok"], summary["new"], summary["frames"], summary["mb_per_s"])
     _artifact(dst, summary)
     return summary

@@ -312,14 +312,16 @@ def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, by
 
 
 def index_inputs(
-    refs: list[tuple[str, int, str]], limits: Limits, storage_options: dict[str, Any] | None = None
+    refs: list[tuple[str, int, str]], limits: Limits, storage_options: dict[str, Any] | None = None,
+    secret: bytes | None = None,
 ) -> list[dict[str, Any]]:
     """Read the headers of ``refs`` (``(uri, size, version)``) for planning; never raises per input.
 
     Returns one row per input: ``uri, size, version, status`` (``candidate`` or
     ``rejected``), ``reason, detail`` and, for candidates, ``kind`` (``dicom`` or
     ``kspace``/``sinogram`` for HDF5 acquisitions), the target ``array`` with its frame ``shape``,
-    ``ref_shape`` and ``dtype``, and ``frames``. No identifying values.
+    ``ref_shape`` and ``dtype``, ``frames``, and for DICOM the remapped SOP Instance UID
+    ``sop_key`` (with ``secret``) to find duplicates. No identifying values.
     """
     from radflow.storage.dicom import read_header
     from radflow.storage.acquisitions import HDF5_SIGNATURE, acquisition_index_row
@@ -346,7 +348,8 @@ def index_inputs(
                     shape = [layout.size_class(h.rows), layout.size_class(h.cols)] + ([h.samples] if h.samples > 1 else [])
                     row.update(status="candidate", reason=None, detail="", kind="dicom", frames=h.frames, dtype=h.dtype,
                                array="raw/" + layout.raw_array_name(h.dtype, h.rows, h.cols, h.samples), shape=shape,
-                               ref_shape=[], array_attrs={})
+                               ref_shape=[], array_attrs={},
+                               sop_key=remap_uid(secret, h.identity.sop_uid) if secret else "")
         except InputRejected as exc:
             row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
         except Exception as exc:  # never fail the run for one input

@@ -136,3 +136,41 @@ def test_incremental_ingest_appends_new_inputs(tmp_path, small_archive, prefect_
     assert len(inst) == 10 and inst["index"].is_unique and len(st.ledger()) == 10
     for i in inst["index"]:
         assert st.raw_frame(int(i)).shape[0] > 0
+
+
+def test_duplicates_identical_and_conflicting(tmp_path, prefect_api, dask_client):
+    """The same instance again (in another transfer syntax) and a different image under the same UID."""
+    import pydicom
+    from pydicom.pixels.utils import compress
+    from pydicom.uid import RLELossless
+
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 3, seed=8, sizes=((512, 512),), broken=False)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(a.dicom) for f in fs)
+    ds = pydicom.dcmread(files[0])
+    compress(ds, RLELossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    ds.save_as(os.path.join(a.dicom, "zz_same_as_first_rle.dcm"))
+    other = pydicom.dcmread(files[1])
+    other.SOPInstanceUID = ds.SOPInstanceUID
+    other.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    other.save_as(os.path.join(a.dicom, "zz_conflict.dcm"))
+    store = str(tmp_path / "dup.zarr")
+    summary = radflow.ingest(a.dicom, store)
+    st = radflow.open_store(store)
+    ledger = st.ledger().set_index("source")
+    assert ledger.loc[os.path.join(a.dicom, "zz_same_as_first_rle.dcm"), "reason"] == "DUPLICATE_IDENTICAL"
+    assert ledger.loc[os.path.join(a.dicom, "zz_conflict.dcm"), "reason"] == "DUPLICATE_CONFLICT"
+    assert (ledger.loc[files, "status"] == "ok").all() and len(ledger) == 5
+    assert summary["duplicates"] == {"DUPLICATE_CONFLICT": 1, "DUPLICATE_IDENTICAL": 1}
+    inst = st.instances()
+    assert len(inst) == 3 and inst["sop_uid"].is_unique
+    first = inst[inst["source"] == files[0]].iloc[0]
+    np.testing.assert_array_equal(st.raw_frame(int(first["index"])), pydicom.dcmread(files[0]).pixel_array)
+    # a later copy arriving in another run is compared with the stored one too
+    extra = tmp_path / "b"
+    extra.mkdir()
+    pydicom.dcmread(files[2]).save_as(extra / "copy.dcm")
+    os.rename(extra / "copy.dcm", os.path.join(a.dicom, "zzz_late_copy.dcm"))
+    again = radflow.ingest(a.dicom, store)
+    assert again["new"] == 1 and again["duplicates"] == {"DUPLICATE_IDENTICAL": 1} and again["frames"] == 0

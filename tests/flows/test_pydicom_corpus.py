@@ -14,23 +14,39 @@ pytestmark = pytest.mark.slow
 
 
 def test_bundled_corpus(tmp_path, pydicom_test_files, prefect_api, dask_client):
+    from radflow.config import Settings, resolve_secret_key
+    from radflow.storage.pseudonym import remap_uid
+
+    key = resolve_secret_key(Settings())
     store = str(tmp_path / "corpus.zarr")
     summary = radflow.ingest(pydicom_test_files, store)
     st = radflow.open_store(store)
     ledger = st.ledger()
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(pydicom_test_files) for f in fs if not f.startswith("."))
     assert sorted(ledger["source"]) == files
-    assert ledger["status"].isin(["ok", "rejected"]).all()
+    assert ledger["status"].isin(["ok", "rejected", "duplicate"]).all()
     assert ledger.loc[ledger["status"] != "ok", "reason"].notna().all()
     inst = st.instances()
+    assert inst["sop_uid"].is_unique or inst.groupby("sop_uid")["source"].nunique().max() == 1
     ok_sources = set(ledger.loc[ledger["status"] == "ok", "source"])
-    decodable = 0
+    dups = ledger[ledger["status"] == "duplicate"].set_index("source")
+    assert dups["reason"].isin(["DUPLICATE_IDENTICAL", "DUPLICATE_CONFLICT"]).all()
+    decodable = duplicates = 0
     for path in files:
         try:
             ref = pydicom.dcmread(path).pixel_array
         except Exception:
             continue
         decodable += 1
+        if path in dups.index:  # a later copy of a stored instance: the first copy is kept
+            duplicates += 1
+            sop = remap_uid(key, str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+            stored = inst[inst["sop_uid"] == sop].sort_values("frame")
+            assert len(stored) > 0 and path not in set(stored["source"])
+            if dups.loc[path, "reason"] == "DUPLICATE_IDENTICAL":
+                pixels = np.stack([st.raw_frame(int(i)) for i in stored["index"]])
+                np.testing.assert_array_equal(pixels.reshape(ref.shape), ref, err_msg=path)
+            continue
         assert path in ok_sources, f"{os.path.basename(path)} decodes in pydicom but was rejected"
         rows = inst[inst["source"] == path].sort_values("frame")
         nframes = int(pydicom.dcmread(path, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
@@ -38,4 +54,4 @@ def test_bundled_corpus(tmp_path, pydicom_test_files, prefect_api, dask_client):
         frames = ref.reshape((nframes, *rows.iloc[0][["rows", "cols"]].astype(int))) if rows.iloc[0]["samples"] == 1 else ref.reshape((nframes, *ref.shape[-3:]))
         for (_, row), expected in zip(rows.iterrows(), frames):
             np.testing.assert_array_equal(st.raw_frame(int(row["index"])), expected, err_msg=path)
-    assert decodable >= 40 and summary["ok"] == len(ok_sources)
+    assert decodable >= 40 and summary["ok"] == len(ok_sources) and duplicates == len(dups) > 0
