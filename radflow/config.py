@@ -26,6 +26,7 @@ class Limits(BaseModel):
     max_frames: int = Field(10_000, description="frames in one object")
     max_object_bytes: int = Field(4 * 2**30, description="declared decoded size of one object")
     max_file_bytes: int = Field(8 * 2**30, description="size of one input file")
+    max_compression_ratio: float = Field(200.0, description="uncompressed/compressed size above which an archive member is unsafe")
 
 
 class ClusterSettings(BaseModel):

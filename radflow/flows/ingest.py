@@ -40,8 +40,9 @@ def select_new(inputs: list[InputRef], ledger_rows: list[tuple[str, int, str]]) 
 
 
 @task(name="discover", cache_policy=NO_CACHE)
-def discover_task(source: str, store: str, storage_options: dict[str, Any] | None) -> tuple[list[InputRef], list[InputRef]]:
-    inputs = discover(source, storage_options)
+def discover_task(source: str, store: str, storage_options: dict[str, Any] | None,
+                  settings: Settings) -> tuple[list[InputRef], list[InputRef]]:
+    inputs = discover(source, storage_options, settings.limits)
     ledger = read_table(store, "ledger", storage_options)
     done = list(zip(ledger["source"], ledger["size"].astype(int), ledger["version"]))
     new = select_new(inputs, done)
@@ -56,7 +57,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     client = get_client()
     threads = max(1, sum(client.nthreads().values()))
     n = max(1, min(settings.header_files_per_task, -(-len(new) // (4 * threads))))  # several tasks per thread
-    chunks = [[(r.uri, r.size, r.version) for r in new[i : i + n]] for i in range(0, len(new), n)]
+    chunks = [[(r.uri, r.size, r.version, r.unsafe) for r in new[i : i + n]] for i in range(0, len(new), n)]
     report("stage-start", stage="index headers", total=len(new))
     futures = client.map(index_inputs, chunks, limits=settings.limits, storage_options=storage_options,
                          secret=resolve_secret_key(settings), pure=False)
@@ -221,7 +222,7 @@ def ingest_flow(
     cfg = build_settings(settings, cluster)
     src, dst = normalize(source), normalize(store)
     key = resolve_secret_key(cfg)
-    inputs, new = discover_task(src, dst, storage_options)
+    inputs, new = discover_task(src, dst, storage_options, cfg)
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
                        radflow_version=radflow.__version__)
     if not new:

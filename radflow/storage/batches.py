@@ -11,6 +11,7 @@ objects.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import time
@@ -312,10 +313,10 @@ def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, by
 
 
 def index_inputs(
-    refs: list[tuple[str, int, str]], limits: Limits, storage_options: dict[str, Any] | None = None,
+    refs: list[tuple], limits: Limits, storage_options: dict[str, Any] | None = None,
     secret: bytes | None = None,
 ) -> list[dict[str, Any]]:
-    """Read the headers of ``refs`` (``(uri, size, version)``) for planning; never raises per input.
+    """Read the headers of ``refs`` (``(uri, size, version[, unsafe])``) for planning; never raises per input.
 
     Returns one row per input: ``uri, size, version, status`` (``candidate`` or
     ``rejected``), ``reason, detail`` and, for candidates, ``kind`` (``dicom`` or
@@ -323,21 +324,29 @@ def index_inputs(
     ``ref_shape`` and ``dtype``, ``frames``, and for DICOM the remapped SOP Instance UID
     ``sop_key`` (with ``secret``) to find duplicates. No identifying values.
     """
-    from radflow.storage.dicom import read_header
     from radflow.storage.acquisitions import HDF5_SIGNATURE, acquisition_index_row
+    from radflow.storage.archives import is_member_uri
+    from radflow.storage.dicom import read_header
     from radflow.storage.urls import filesystem
 
     out = []
-    for uri, size, version in refs:
+    for ref in refs:
+        uri, size, version = ref[:3]
+        unsafe = ref[3] if len(ref) > 3 else None
         row: dict[str, Any] = {"uri": uri, "size": size, "version": version}
         try:
+            if unsafe:
+                raise InputRejected(Reason.ARCHIVE_UNSAFE_MEMBER, unsafe)
             if size > limits.max_file_bytes:
                 raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
-            fs, path = filesystem(uri, storage_options)
-            try:
-                fh = fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
-            except OSError as exc:
-                raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
+            if is_member_uri(uri):
+                fh = io.BytesIO(read_bytes(uri, storage_options, limits.max_file_bytes))
+            else:
+                fs, path = filesystem(uri, storage_options)
+                try:
+                    fh = fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
+                except OSError as exc:
+                    raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
             with fh:
                 if fh.read(8) == HDF5_SIGNATURE:
                     fh.seek(0)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
 from typing import Any
 
+from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.storage.urls import filesystem, is_remote, normalize
 
@@ -16,26 +19,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, order=True)
 class InputRef:
-    """One discovered input file.
+    """One discovered input file (or archive member).
 
-    ``version`` changes when the object changes (local mtime in ns, S3 ETag); together
-    with ``size`` it decides whether a later run sees the input as new.
+    ``version`` changes when the object changes (local mtime in ns, S3 ETag, member
+    CRC); together with ``size`` it decides whether a later run sees the input as new.
+    ``unsafe`` holds why an archive member must not be opened (then it is rejected as
+    ``ARCHIVE_UNSAFE_MEMBER`` without being read).
     """
 
     uri: str
     size: int
     version: str
+    unsafe: str | None = field(default=None, compare=False)
 
 
 def _uri(fs, path: str, remote: bool) -> str:
     return fs.unstrip_protocol(path) if remote else path
 
 
-def discover(source: str, storage_options: dict[str, Any] | None = None) -> list[InputRef]:
+def discover(source: str, storage_options: dict[str, Any] | None = None, limits: Limits | None = None) -> list[InputRef]:
     """List every regular file under ``source`` (recursively), sorted by URI.
 
-    Hidden files and folders (name starting with ``.``) are skipped.
+    Zip and tar archives (by suffix) are listed member by member instead of as files
+    (see :mod:`radflow.storage.archives`). Hidden files and folders (name starting
+    with ``.``) are skipped.
     """
+    from radflow.storage.archives import is_archive, list_members
+
+    limits = limits or Limits()
     url = normalize(source)
     fs, root = filesystem(url, storage_options)
     remote = is_remote(url)
@@ -55,14 +66,26 @@ def discover(source: str, storage_options: dict[str, Any] | None = None) -> list
         version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
         if isinstance(version, float):
             version = str(int(version * 1e9))
-        refs.append(InputRef(_uri(fs, path, remote), int(info.get("size") or 0), str(version).strip('"')))
+        uri, size, version = _uri(fs, path, remote), int(info.get("size") or 0), str(version).strip('"')
+        if is_archive(path):
+            try:
+                for m_uri, m_size, m_version, unsafe in list_members(uri, size, limits, storage_options):
+                    refs.append(InputRef(m_uri, m_size, f"{version}:{m_version}", unsafe))
+                continue
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError):
+                pass  # not a readable archive: ingest it as a plain file (it will be rejected with its reason)
+        refs.append(InputRef(uri, size, version))
     refs.sort()
     log.info("discovered %d inputs under %s", len(refs), url)
     return refs
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None) -> bytes:
-    """Read one input whole; I/O failures become ``IO_ERROR`` rejections."""
+    """Read one input (a file or an archive member) whole; I/O failures become ``IO_ERROR`` rejections."""
+    from radflow.storage.archives import is_member_uri, read_member
+
+    if is_member_uri(uri):
+        return read_member(uri, storage_options, max_bytes)
     try:
         fs, path = filesystem(uri, storage_options)
         if max_bytes is not None:

@@ -122,6 +122,7 @@ def write_part(
 
 def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     fs, path = filesystem(table_url(store_url, name), storage_options)
+    fs.invalidate_cache(path)  # parts are written by other processes while a run goes on
     try:
         found = fs.find(path)
     except FileNotFoundError:
