@@ -182,6 +182,9 @@ def _transfer_syntax(ds: pydicom.Dataset) -> str:
 def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
     """Build a :class:`Header` and check declared sizes against ``limits``."""
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
+        meta = getattr(ds, "file_meta", None)
+        if "SOPClassUID" not in ds and (meta is None or "MediaStorageSOPClassUID" not in meta):
+            raise InputRejected(Reason.NOT_DICOM, "no SOP Class UID in the dataset or its file meta: not a DICOM object")
         raise InputRejected(Reason.NON_IMAGE, "object has no pixel data (e.g. a structured report or presentation state)")
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)

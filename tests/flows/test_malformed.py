@@ -1,0 +1,68 @@
+"""A generated malformed corpus: every class rejected with its reason, before any large allocation,
+and the run completes with one ledger row per file."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pydicom
+import pytest
+
+import radflow
+from tests.storage.test_dicom import BASIC_SR, make_dicom, truncated_encapsulated, unknown_syntax
+
+pytestmark = pytest.mark.slow
+
+
+def _resave(data: bytes, edit) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    edit(ds)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def _lying_syntax() -> bytes:
+    """Native (unencapsulated) pixel bytes under a file meta that claims RLE Lossless (same UID length)."""
+    data = make_dicom(rows=64, cols=64)
+    return data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.5\x00", 1)
+
+
+def _short_pixels(ds):
+    ds.PixelData = ds.PixelData[:100]
+
+
+CASES = {
+    "empty.dcm": (lambda: b"", "NOT_DICOM"),
+    "random.dcm": (lambda: os.urandom(5000), "NOT_DICOM"),
+    "text.txt": (lambda: b"patient list\n" * 50, "NOT_DICOM"),
+    "prefix_then_garbage.dcm": (lambda: b"\0" * 128 + b"DICM" + os.urandom(300), "NOT_DICOM"),
+    "truncated_pixels.dcm": (lambda: make_dicom(rows=128, cols=128)[:-5000], "TRUNCATED"),
+    "truncated_encapsulated.dcm": (truncated_encapsulated, "TRUNCATED"),
+    "short_pixel_data.dcm": (lambda: _resave(make_dicom(rows=64, cols=64), _short_pixels), "PIXEL_LENGTH_MISMATCH"),
+    "absurd_dimensions.dcm": (lambda: _resave(make_dicom(rows=16, cols=16), lambda ds: (setattr(ds, "Rows", 65535), setattr(ds, "Columns", 65535), setattr(ds, "NumberOfFrames", 9999))), "DIMENSION_LIMIT"),
+    "unknown_syntax.dcm": (unknown_syntax, "NO_DECODER"),
+    "lying_syntax.dcm": (_lying_syntax, "DECODE_ERROR"),
+    "structured_report.dcm": (lambda: make_dicom(pixels=False, sop_class=BASIC_SR), "NON_IMAGE"),
+    "no_rows.dcm": (lambda: _resave(make_dicom(), lambda ds: delattr(ds, "Rows")), "DECODE_ERROR"),
+    "bad_bits.dcm": (lambda: _resave(make_dicom(), lambda ds: setattr(ds, "BitsAllocated", 13)), "DECODE_ERROR"),
+}
+
+
+def test_malformed_corpus(tmp_path, prefect_api, dask_client):
+    src = tmp_path / "bad"
+    src.mkdir()
+    for name, (make, _) in CASES.items():
+        (src / name).write_bytes(make())
+    (src / "good.dcm").write_bytes(make_dicom(rows=32, cols=32))
+    store = str(tmp_path / "bad.zarr")
+    summary = radflow.ingest(str(src), store)
+    ledger = radflow.open_store(store).ledger().set_index("source")
+    assert len(ledger) == len(CASES) + 1 == summary["discovered"]
+    got = {os.path.basename(s): r for s, r in ledger["reason"].items()}
+    expected = {name: reason for name, (_, reason) in CASES.items()}
+    assert {k: got[k] for k in expected} == expected
+    assert ledger.loc[str(src / "good.dcm"), "status"] == "ok"
+    assert len(set(expected.values())) >= 7 and len(expected) >= 10
+    assert "CANARY" not in ledger.to_csv()
