@@ -32,13 +32,15 @@ from radflow.storage.acquisitions import KINDS, kind_of_array, reference_path
 from radflow.storage.models import ModelSpec, load_model
 from radflow.storage.store import open_store
 from radflow.storage.tables import write_part
+from radflow.storage.volumes import write_volume
 from radflow.storage.urls import normalize, zarr_store
 from radflow.tasks.features import FEATURES
 from radflow.tasks.preprocess import Enhancements
+from radflow.tasks.volumes import VolumePlan, plan_volumes
 
 __all__ = ["process_flow", "STEPS", "frame_params", "plan_ranges"]
 
-STEPS = ("preprocess", "infer", "features", "reconstruct")
+STEPS = ("preprocess", "infer", "features", "reconstruct", "volumes")
 
 
 def frame_params(instances: pd.DataFrame, lo: int, hi: int, raw_names: list[str]) -> np.ndarray:
@@ -187,6 +189,32 @@ def _reconstruct(url: str, storage_options: dict[str, Any] | None) -> dict[str, 
     return {"frames": frames, "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0}
 
 
+@task(name="assemble-volume", cache_policy=NO_CACHE, retries=1)
+def volume_task(store: str, plan: VolumePlan, inst: pd.DataFrame, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    from distributed import get_client
+
+    return get_client().submit(write_volume, store, plan, inst, storage_options=storage_options, pure=False).result()
+
+
+def _volumes(url: str, inst: pd.DataFrame, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Assemble every CT/MR series into ``volumes/<key>``; one ``volumes`` table row per volume."""
+    t0 = time.perf_counter()
+    plans = plan_volumes(inst)
+    report("stage-start", stage="volumes", total=len(plans))
+    cols = ["index", "raw_array", "raw_position", "rows", "cols"]
+    futures = [volume_task.submit(url, p, inst[inst["index"].isin(p.indices)][cols], storage_options) for p in plans]
+    records = []
+    for fut in as_completed(futures):
+        records.append(fut.result())
+        report("stage-advance", stage="volumes", advance=1)
+    report("stage-end", stage="volumes")
+    if records:
+        write_part(url, "volumes", "all", pd.DataFrame(records).sort_values("key"), storage_options=storage_options)
+    seconds = time.perf_counter() - t0
+    return {"frames": sum(r["slices"] for r in records), "volumes": len(records), "seconds": seconds,
+            "images_per_s": sum(r["slices"] for r in records) / seconds if seconds else 0.0}
+
+
 @dataclasses.dataclass(frozen=True)
 class InferPlan:
     """What every inference range needs: the model reference and the output layout."""
@@ -281,8 +309,9 @@ def process_flow(
     Parameters
     ----------
     store : store URL
-    steps : any of ``preprocess``, ``infer``, ``features``, ``reconstruct`` (run in that order;
-        ``reconstruct`` turns ingested k-space and sinograms into ``recon/`` images with QC against references)
+    steps : any of ``preprocess``, ``infer``, ``features``, ``reconstruct``, ``volumes`` (run in that order;
+        ``reconstruct`` turns ingested k-space and sinograms into ``recon/`` images with QC against references;
+        ``volumes`` assembles CT/MR series into ``volumes/<key>``)
     model : weights file (TorchScript, ONNX, a state_dict with ``arch``, or a registered format); needed for ``infer``
     arch : torchvision architecture of a state_dict model
     embeddings : also store the penultimate-layer embedding (``embedding_layer`` in the model card)
@@ -301,13 +330,15 @@ def process_flow(
     st = open_store(url, storage_options)
     inst = st.instances()
     summary: dict[str, Any] = {"store": url, "frames": int(len(inst)), "steps": {}}
-    image_steps = [s for s in STEPS if s in steps and s != "reconstruct"]
+    image_steps = [s for s in STEPS if s in steps and s not in ("reconstruct", "volumes")]
     if inst.empty or not image_steps:
         if image_steps:
             log.info("store has no image frames; skipping %s", ", ".join(image_steps))
-        if "reconstruct" in steps:
-            with connect(cfg.cluster):
+        with connect(cfg.cluster):
+            if "reconstruct" in steps:
                 summary["steps"]["reconstruct"] = _reconstruct(url, storage_options)
+            if "volumes" in steps and not inst.empty:
+                summary["steps"]["volumes"] = _volumes(url, inst, storage_options)
         return summary
     n = int(inst["index"].max()) + 1
     root = layout.open_root(zarr_store(url, storage_options), mode="r+")
@@ -342,6 +373,9 @@ def process_flow(
             t0 = time.perf_counter()
             if step == "reconstruct":
                 summary["steps"][step] = _reconstruct(url, storage_options)
+                continue
+            if step == "volumes":
+                summary["steps"][step] = _volumes(url, inst, storage_options)
                 continue
             if step == "preprocess":
                 done = stages.setdefault("preprocess", {})

@@ -204,11 +204,21 @@ def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame
         "window_width": h.window_width,
         "spacing_row": h.spacing_row,
         "spacing_col": h.spacing_col,
+        **_geometry_columns(h, frame),
+        "acquisition_number": h.acquisition_number,
+        "frame_of_reference": remap_uid(key, h.frame_of_reference),
         "transfer_syntax": h.transfer_syntax,
         "decoder": decoder,
         "crc32": crc,
         "batch": plan.batch_id,
     }
+
+
+def _geometry_columns(h: Header, frame: int) -> dict[str, float]:
+    nan = float("nan")
+    pos = h.positions[frame] if frame < len(h.positions) else (nan, nan, nan)
+    iop = h.orientation if len(h.orientation) == 6 else (nan,) * 6
+    return {"ipp_x": pos[0], "ipp_y": pos[1], "ipp_z": pos[2], **{f"iop_{i}": iop[i] for i in range(6)}}
 
 
 def frame_crc32(frame: np.ndarray) -> int:

@@ -85,6 +85,10 @@ class Header:
     window_width: float = float("nan")
     spacing_row: float = float("nan")
     spacing_col: float = float("nan")
+    orientation: tuple[float, ...] = ()  # ImageOrientationPatient: row direction then column direction
+    positions: tuple[tuple[float, float, float], ...] = ()  # ImagePositionPatient per frame (mm)
+    acquisition_number: int = -1
+    frame_of_reference: str = field(default="", compare=False)  # identifying: remapped before writing
     identity: Identity = field(default_factory=Identity, compare=False)
 
     @property
@@ -92,9 +96,10 @@ class Header:
         return self.rows * self.cols * self.samples * np.dtype(self.dtype).itemsize
 
     def public(self) -> dict[str, Any]:
-        """The header's fields without the identity."""
+        """The header's fields without identifying values."""
         d = asdict(self)
         d.pop("identity")
+        d.pop("frame_of_reference")
         return d
 
 
@@ -179,6 +184,42 @@ def _transfer_syntax(ds: pydicom.Dataset) -> str:
     return str(ts)
 
 
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _geometry(ds: pydicom.Dataset, frames: int) -> tuple[tuple[float, ...], tuple[tuple[float, float, float], ...], tuple[float, float] | None]:
+    """Orientation, per-frame positions and (enhanced objects) pixel spacing from the image plane
+    module or the functional groups of an enhanced multi-frame object."""
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6) or ()
+    position = _floats(ds.get("ImagePositionPatient"), 3)
+    spacing = None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) == frames:
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+        positions = []
+        for item in per_frame:
+            pos = None
+            groups = [g for g in (item, shared) if g is not None]
+            for g in groups:
+                if pos is None and "PlanePositionSequence" in g:
+                    pos = _floats(g.PlanePositionSequence[0].get("ImagePositionPatient"), 3)
+                if not orientation and "PlaneOrientationSequence" in g:
+                    orientation = _floats(g.PlaneOrientationSequence[0].get("ImageOrientationPatient"), 6) or ()
+                if spacing is None and "PixelMeasuresSequence" in g:
+                    sp = _floats(g.PixelMeasuresSequence[0].get("PixelSpacing"), 2)
+                    spacing = (sp[0], sp[1]) if sp else None
+            if pos is None:
+                return orientation, (), spacing
+            positions.append(pos)
+        return orientation, tuple(positions), spacing
+    return orientation, ((position,) if position and frames == 1 else ()), spacing
+
+
 def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
     """Build a :class:`Header` and check declared sizes against ``limits``."""
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
@@ -216,6 +257,9 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
     if total > limits.max_object_bytes:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"declared decoded size {total} bytes exceeds limit {limits.max_object_bytes}")
     spacing = _spacing(ds)
+    orientation, positions, enhanced_spacing = _geometry(ds, frames)
+    if enhanced_spacing is not None and spacing[0] != spacing[0]:
+        spacing = enhanced_spacing
     return Header(
         rows=rows,
         cols=cols,
@@ -237,6 +281,10 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
         window_width=_first_float(ds.get("WindowWidth")),
         spacing_row=spacing[0],
         spacing_col=spacing[1],
+        orientation=orientation,
+        positions=positions,
+        acquisition_number=int(_first_float(ds.get("AcquisitionNumber"), -1)),
+        frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or ""),
         identity=Identity(
             patient_id=str(ds.get("PatientID", "") or ""),
             study_uid=str(ds.get("StudyInstanceUID", "") or ""),

@@ -97,6 +97,19 @@ class Store:
         layout.require_chunk(arr, int(row["position"]))
         return np.asarray(arr[int(row["position"])])
 
+    def volumes(self) -> pd.DataFrame:
+        """One row per assembled volume: ``key``, series, shape, spacing, uneven spacing, tilt, affine."""
+        df = self.table("volumes")
+        return df.sort_values("key").reset_index(drop=True) if "key" in df else df
+
+    def volume(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Volume ``key`` as ``(array (z, y, x), affine (4, 4))``; the affine maps ``(z, y, x, 1)`` to mm (LPS)."""
+        try:
+            arr = self.root[f"volumes/{key}"]
+        except KeyError:
+            raise KeyError(f"no volume {key!r} in {self.url}; see open_store(...).volumes()") from None
+        return np.asarray(arr[:]), np.asarray(arr.attrs["affine"], dtype=np.float64)
+
     def errors(self) -> pd.DataFrame:
         return self.table("errors")
 

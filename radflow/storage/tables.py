@@ -67,6 +67,12 @@ INSTANCES_SCHEMA = pa.schema(
         ("window_width", pa.float64()),
         ("spacing_row", pa.float64()),
         ("spacing_col", pa.float64()),
+        ("ipp_x", pa.float64()),
+        ("ipp_y", pa.float64()),
+        ("ipp_z", pa.float64()),
+        *[(f"iop_{i}", pa.float64()) for i in range(6)],
+        ("acquisition_number", pa.int32()),
+        ("frame_of_reference", pa.string()),
         ("transfer_syntax", pa.string()),
         ("decoder", pa.string()),
         ("crc32", pa.int64()),
@@ -75,7 +81,7 @@ INSTANCES_SCHEMA = pa.schema(
 )
 
 TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "features": None, "predictions": None, "errors": None,
-          "kspace": None, "sinograms": None}
+          "kspace": None, "sinograms": None, "volumes": None}
 
 
 def table_url(store_url: str, name: str) -> str:
