@@ -195,6 +195,8 @@ def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame
         "view": h.view,
         "body_part": h.body_part,
         "photometric": h.photometric,
+        # pixel_array converts YBR colour to RGB; palette colour stays as indices (LUT recorded, not applied)
+        "color_space": "RGB" if h.samples == 3 else h.photometric,
         "bits_allocated": h.bits_allocated,
         "bits_stored": h.bits_stored,
         "pixel_representation": h.pixel_representation,

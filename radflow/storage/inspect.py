@@ -30,6 +30,9 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[st
     named = {f"raw/{k}": v for k, v in st.raw_arrays().items()}
     if "images" in st.root:
         named["images"] = st.images
+    for group in ("kspace", "sinograms", "reference", "recon", "volumes"):
+        if group in st.root:
+            named.update({f"{group}/{k}": st.root[f"{group}/{k}"] for k in sorted(st.root[group].array_keys())})
     for name, arr in named.items():
         try:
             stored = fs.du(f"{root}/{name}")

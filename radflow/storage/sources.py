@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
@@ -41,8 +42,9 @@ def discover(source: str, storage_options: dict[str, Any] | None = None, limits:
     """List every regular file under ``source`` (recursively), sorted by URI.
 
     Zip and tar archives (by suffix) are listed member by member instead of as files
-    (see :mod:`radflow.storage.archives`). Hidden files and folders (name starting
-    with ``.``) are skipped.
+    (see :mod:`radflow.storage.archives`). A ``source`` that is a DICOMDIR file lists
+    the files that DICOM media directory references. Hidden files and folders (name
+    starting with ``.``) are skipped.
     """
     from radflow.storage.archives import is_archive, list_members
 
@@ -52,7 +54,10 @@ def discover(source: str, storage_options: dict[str, Any] | None = None, limits:
     remote = is_remote(url)
     if not fs.exists(root):
         raise FileNotFoundError(f"source {url!r} does not exist")
-    if fs.isfile(root):
+    if fs.isfile(root) and not remote and os.path.basename(root).upper() == "DICOMDIR":
+        found = _dicomdir_members(fs, root)
+        root = os.path.dirname(root)
+    elif fs.isfile(root):
         found = {root: fs.info(root)}
     else:
         found = fs.find(root, withdirs=False, detail=True)
@@ -78,6 +83,23 @@ def discover(source: str, storage_options: dict[str, Any] | None = None, limits:
     refs.sort()
     log.info("discovered %d inputs under %s", len(refs), url)
     return refs
+
+
+def _dicomdir_members(fs, path: str) -> dict[str, dict[str, Any]]:
+    """The files a DICOMDIR (DICOM media directory) references, with their info (the DICOMDIR too)."""
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    try:
+        fileset = FileSet(pydicom.dcmread(path))
+    except Exception as exc:  # a broken DICOMDIR is an error of the source, not of one input
+        raise ValueError(f"{path!r} is not a readable DICOMDIR ({type(exc).__name__})") from None
+    found = {path: fs.info(path)}
+    for instance in fileset:
+        member = os.path.normpath(instance.path)
+        if fs.exists(member):
+            found[member] = fs.info(member)
+    return found
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None) -> bytes:

@@ -58,6 +58,7 @@ INSTANCES_SCHEMA = pa.schema(
         ("view", pa.string()),
         ("body_part", pa.string()),
         ("photometric", pa.string()),
+        ("color_space", pa.string()),
         ("bits_allocated", pa.int32()),
         ("bits_stored", pa.int32()),
         ("pixel_representation", pa.int32()),

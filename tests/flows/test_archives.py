@@ -82,3 +82,19 @@ def test_archive_members_ingested_and_unsafe_rejected(tmp_path, prefect_api, das
         np.testing.assert_array_equal(st.raw_frame(int(row["index"])), ref)
     again = radflow.ingest(str(drop), store)
     assert again["new"] == 0
+
+
+def test_dicomdir_source_lists_referenced_files(tmp_path, pydicom_test_files, prefect_api, dask_client):
+    import shutil
+
+    from pydicom.fileset import FileSet
+
+    media = tmp_path / "media"
+    shutil.copytree(os.path.join(pydicom_test_files, "dicomdirtests"), media)
+    (media / "unreferenced.dcm").write_bytes(b"not part of the media")
+    referenced = sorted(os.path.normpath(i.path) for i in FileSet(pydicom.dcmread(media / "DICOMDIR")))
+    store = str(tmp_path / "media.zarr")
+    summary = radflow.ingest(str(media / "DICOMDIR"), store)
+    ledger = radflow.open_store(store).ledger()
+    assert sorted(ledger["source"]) == sorted(referenced + [str(media / "DICOMDIR")])
+    assert summary["discovered"] == len(referenced) + 1
