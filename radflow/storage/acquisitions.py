@@ -26,7 +26,7 @@ import numpy as np
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.storage import layout
-from radflow.storage.batches import batch_summary, frame_crc32, ledger_row
+from radflow.storage.batches import batch_summary, each_input, frame_crc32
 from radflow.storage.pseudonym import keyed_hash
 from radflow.storage.sources import read_bytes
 from radflow.storage.tables import write_part
@@ -146,45 +146,34 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
     ref_arr = root[reference_path(plan.array)].with_config({"write_empty_chunks": True}) if plan.ref_shape else None
     block = np.zeros((plan.planned_frames, *plan.shape), np.dtype(kind.dtype))
     ref_block = np.zeros((plan.planned_frames, *plan.ref_shape), np.float32) if ref_arr is not None else None
-    ledger: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    used = bytes_in = 0
-    for item in plan.inputs:
-        t0 = time.perf_counter()
-        sha = ""
-        try:
-            data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
-            bytes_in += len(data)
-            sha = hashlib.sha256(data).hexdigest()
-            with _open(data) as h5:
-                d = _describe(h5, limits)
-                if d["array"] != plan.array or used + d["slices"] > plan.planned_frames:
-                    raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
-                values = np.asarray(h5[kind.dataset][()], dtype=kind.dtype).reshape(d["slices"], *d["shape"])
-                ref = np.asarray(h5[kind.reference][()], np.float32) if d["ref"] else None
-                info = _header_fields(h5)
-                patient = keyed_hash(secret, str(h5.attrs.get("patient_id", "")), purpose="patient")
-            n = d["slices"]
-            block[used : used + n] = values
-            if ref is not None and ref_block is not None:
-                ref_block[used : used + n] = ref
-            for s in range(n):
-                rows.append({
-                    kind.index_col: plan.index + used + s, "source": item.uri, "slice": s, "array": plan.array,
-                    "position": plan.position + used + s, "shape": "x".join(map(str, d["shape"])),
-                    "ref_rows": d["ref"][0] if d["ref"] else 0, "ref_cols": d["ref"][1] if d["ref"] else 0,
-                    "patient_key": patient, "crc32": frame_crc32(values[s]), "batch": plan.batch_id, **info,
-                })
-            used += n
-            ledger.append(ledger_row(item.uri, item.size, item.version, status="ok", sha256=sha, frames=n,
-                                     batch=plan.batch_id, seconds=time.perf_counter() - t0))
-        except InputRejected as exc:
-            ledger.append(ledger_row(item.uri, item.size, item.version, status="rejected", reason=exc.reason,
-                                     detail=exc.detail, sha256=sha, batch=plan.batch_id, seconds=time.perf_counter() - t0))
-        except Exception as exc:  # a bad file never fails the batch
-            ledger.append(ledger_row(item.uri, item.size, item.version, status="rejected", reason=Reason.DECODE_ERROR,
-                                     detail=f"unexpected {type(exc).__name__} while reading {kind.kind}", sha256=sha,
-                                     batch=plan.batch_id, seconds=time.perf_counter() - t0))
+    used = 0
+
+    def store(item, data: bytes) -> int:
+        nonlocal used
+        with _open(data) as h5:
+            d = _describe(h5, limits)
+            if d["array"] != plan.array or used + d["slices"] > plan.planned_frames:
+                raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
+            values = np.asarray(h5[kind.dataset][()], dtype=kind.dtype).reshape(d["slices"], *d["shape"])
+            ref = np.asarray(h5[kind.reference][()], np.float32) if d["ref"] else None
+            info = _header_fields(h5)
+            patient = keyed_hash(secret, str(h5.attrs.get("patient_id", "")), purpose="patient")
+        n = d["slices"]
+        block[used : used + n] = values
+        if ref is not None and ref_block is not None:
+            ref_block[used : used + n] = ref
+        for s in range(n):
+            rows.append({
+                kind.index_col: plan.index + used + s, "source": item.uri, "slice": s, "array": plan.array,
+                "position": plan.position + used + s, "shape": "x".join(map(str, d["shape"])),
+                "ref_rows": d["ref"][0] if d["ref"] else 0, "ref_cols": d["ref"][1] if d["ref"] else 0,
+                "patient_key": patient, "crc32": frame_crc32(values[s]), "batch": plan.batch_id, **info,
+            })
+        used += n
+        return n
+
+    ledger, bytes_in = each_input(plan, limits, storage_options, store)
     t_write = time.perf_counter()
     if used:
         arr[plan.position : plan.position + used] = block[:used]

@@ -18,7 +18,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from radflow.storage.sources import read_bytes
 from radflow.storage.tables import INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
 from radflow.storage.urls import zarr_store
 
-__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary"]
+__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary", "each_input"]
 
 log = logging.getLogger(__name__)
 
@@ -250,51 +250,31 @@ def write_batch(
     arr = root[plan.array].with_config({"write_empty_chunks": True})
     frame_shape = arr.shape[1:]
     block = np.zeros((plan.planned_frames, *frame_shape), dtype=arr.dtype)
-    ledger: list[dict[str, Any]] = []
     instances: list[dict[str, Any]] = []
     used = 0
-    bytes_in = 0
-    for item in plan.inputs:
-        t0 = time.perf_counter()
-        sha = ""
-        try:
-            data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
-            bytes_in += len(data)
-            sha = hashlib.sha256(data).hexdigest()
-            ds = read_dataset(data)
-            header = header_from_dataset(ds, limits)
-            name = "raw/" + layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
-            if name != plan.array or used + header.frames > plan.planned_frames:
-                raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
-            frames, decoder = decode_frames(ds, header)
-            del ds
-            if frames.dtype.newbyteorder("=") == arr.dtype and frames.dtype != arr.dtype:
-                frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
-            if frames.dtype != arr.dtype:
-                raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
-            ident = header.identity
-            for f in range(frames.shape[0]):
-                fr = frames[f]
-                block[used, : header.rows, : header.cols] = fr
-                instances.append(
-                    _instance_row(plan, secret, header, ident, item.uri, f, plan.index + used, plan.position + used, frame_crc32(fr), decoder)
-                )
-                used += 1
-            ledger.append(
-                ledger_row(item.uri, item.size, item.version, status="ok", sha256=sha, frames=frames.shape[0],
-                           batch=plan.batch_id, seconds=time.perf_counter() - t0)
-            )
-        except InputRejected as exc:
-            ledger.append(
-                ledger_row(item.uri, item.size, item.version, status="rejected", reason=exc.reason, detail=exc.detail,
-                           sha256=sha, batch=plan.batch_id, seconds=time.perf_counter() - t0)
-            )
-        except Exception as exc:  # a bad file never fails the batch
-            ledger.append(
-                ledger_row(item.uri, item.size, item.version, status="rejected", reason=Reason.DECODE_ERROR,
-                           detail=f"unexpected {type(exc).__name__} while decoding", sha256=sha,
-                           batch=plan.batch_id, seconds=time.perf_counter() - t0)
-            )
+
+    def store(item: BatchInput, data: bytes) -> int:
+        nonlocal used
+        ds = read_dataset(data)
+        header = header_from_dataset(ds, limits)
+        name = "raw/" + layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
+        if name != plan.array or used + header.frames > plan.planned_frames:
+            raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
+        frames, decoder = decode_frames(ds, header)
+        del ds
+        if frames.dtype.newbyteorder("=") == arr.dtype and frames.dtype != arr.dtype:
+            frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
+        if frames.dtype != arr.dtype:
+            raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
+        for f in range(frames.shape[0]):
+            fr = frames[f]
+            block[used, : header.rows, : header.cols] = fr
+            instances.append(_instance_row(plan, secret, header, header.identity, item.uri, f, plan.index + used,
+                                           plan.position + used, frame_crc32(fr), decoder))
+            used += 1
+        return frames.shape[0]
+
+    ledger, bytes_in = each_input(plan, limits, storage_options, store)
     t_write = time.perf_counter()
     if used:
         arr[plan.position : plan.position + used] = block[:used]
@@ -304,6 +284,32 @@ def write_batch(
     # The ledger part is written last: its presence marks the batch as complete.
     write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
     return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start)
+
+
+def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
+               store: Callable[[BatchInput, bytes], int]) -> tuple[list[dict[str, Any]], int]:
+    """Read every input of a batch and hand its bytes to ``store`` (which returns the frames it
+    kept); one ledger row per input, whatever happens. Never raises for a bad input.
+
+    Returns the ledger rows and the bytes read.
+    """
+    ledger: list[dict[str, Any]] = []
+    bytes_in = 0
+    for item in plan.inputs:
+        t0 = time.perf_counter()
+        sha = ""
+        try:
+            data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
+            bytes_in += len(data)
+            sha = hashlib.sha256(data).hexdigest()
+            outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data)}
+        except InputRejected as exc:
+            outcome = {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
+        except Exception as exc:  # a bad file never fails the batch
+            outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
+        ledger.append(ledger_row(item.uri, item.size, item.version, sha256=sha, batch=plan.batch_id,
+                                 seconds=time.perf_counter() - t0, **outcome))
+    return ledger, bytes_in
 
 
 def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, bytes_in: int, pixel_bytes: int,
