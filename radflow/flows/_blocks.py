@@ -20,7 +20,7 @@ __all__ = ["PARAM_COLUMNS", "preprocess_block", "features_block", "infer_block",
 
 #: Columns of the per-frame parameter array handed to :func:`preprocess_block`.
 PARAM_COLUMNS = (
-    "valid", "raw_id", "raw_position", "rows", "cols", "rescale_slope", "rescale_intercept",
+    "valid", "index", "raw_id", "raw_position", "rows", "cols", "rescale_slope", "rescale_intercept",
     "window_center", "window_width", "monochrome1",
 )
 
@@ -35,12 +35,14 @@ def _raw_arrays(store_url: str, options_json: str) -> dict[str, Any]:
 def preprocess_block(
     params: np.ndarray, *, store_url: str, options_json: str, raw_names: tuple[str, ...], canvas: int,
     method: str, out_dtype: str, enhancements: Enhancements | None = None,
+    luts: dict[int, dict[str, Any]] | None = None,
 ) -> np.ndarray:
     """Prepare one block of frames.
 
     Parameters
     ----------
     params : (n, 1, len(PARAM_COLUMNS)) float64, one row per global index (``valid`` 0 = empty slot)
+    luts : global index → ``{"modality": (first, data), "voi": (first, bits, data)}`` for frames with LUT sequences
 
     Returns
     -------
@@ -64,6 +66,7 @@ def preprocess_block(
             window_center=float(row[col["window_center"]]),
             window_width=float(row[col["window_width"]]),
             monochrome1=bool(row[col["monochrome1"]]),
+            **(luts or {}).get(int(row[col["index"]]), {}),
         )
         img = prepare_frame(frame, fp, canvas, method, enhancements)  # type: ignore[arg-type]
         if np.dtype(out_dtype) == np.uint16:

@@ -54,6 +54,7 @@ def frame_params(instances: pd.DataFrame, lo: int, hi: int, raw_names: list[str]
     name_id = {n: i for i, n in enumerate(raw_names)}
     values = {
         "valid": np.ones(len(sel)),
+        "index": sel["index"].to_numpy(dtype=float),
         "raw_id": sel["raw_array"].map(name_id).to_numpy(dtype=float),
         "raw_position": sel["raw_position"].to_numpy(dtype=float),
         "rows": sel["rows"].to_numpy(dtype=float),
@@ -67,6 +68,19 @@ def frame_params(instances: pd.DataFrame, lo: int, hi: int, raw_names: list[str]
     for j, c in enumerate(cols):
         out[pos, j] = values[c]
     return out
+
+
+def frame_luts(instances: pd.DataFrame, luts: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    """Global frame index → LUT-sequence parameters for :class:`~radflow.tasks.preprocess.FrameParams`."""
+    if luts.empty:
+        return {}
+    by_sop: dict[str, dict[str, Any]] = {}
+    for row in luts.itertuples(index=False):
+        data = np.asarray(row.data, dtype=np.float32)
+        value = (int(row.first_mapped), data) if row.kind == "modality" else (int(row.first_mapped), int(row.bits), data)
+        by_sop.setdefault(row.sop_uid, {})[f"{row.kind}_lut"] = value
+    sel = instances[instances["sop_uid"].isin(by_sop)]
+    return {int(i): by_sop[s] for i, s in zip(sel["index"], sel["sop_uid"])}
 
 
 def plan_ranges(n: int, shard_frames: int, frames_per_task: int) -> list[tuple[int, int]]:
@@ -83,7 +97,8 @@ def _images_da(images, lo: int, hi: int):
 
 @task(name="preprocess-range", cache_policy=NO_CACHE, retries=1)
 def preprocess_task(store: str, lo: int, hi: int, params: np.ndarray, raw_names: list[str], canvas: int, method: str,
-                    enhancements: Enhancements, storage_options: dict[str, Any] | None) -> int:
+                    enhancements: Enhancements, luts: dict[int, dict[str, Any]],
+                    storage_options: dict[str, Any] | None) -> int:
     import dask.array as da
 
     root = layout.open_root(zarr_store(store, storage_options), mode="r+")
@@ -93,7 +108,7 @@ def preprocess_task(store: str, lo: int, hi: int, params: np.ndarray, raw_names:
     imgs = p.map_blocks(
         _blocks.preprocess_block,
         store_url=store, options_json=json.dumps(storage_options or {}), raw_names=tuple(raw_names), canvas=canvas,
-        method=method, out_dtype=images.dtype.name, enhancements=enhancements,
+        method=method, out_dtype=images.dtype.name, enhancements=enhancements, luts=luts,
         chunks=(p.chunks[0], (canvas,), (canvas,)), dtype=images.dtype, meta=np.empty((0, 0, 0), images.dtype),
     )
     da.store(imgs, images, regions=(slice(lo, hi), slice(None), slice(None)), lock=False)
@@ -364,6 +379,7 @@ def process_flow(
     geometry = np.zeros((n, 2), dtype=np.int64)
     geometry[inst["index"].to_numpy()] = inst[["rows", "cols"]].to_numpy()
     ordered = [s for s in STEPS if s in steps]
+    luts = frame_luts(inst, st.table("luts")) if "preprocess" in steps else {}
     with connect(cfg.cluster) as client:
         link = dashboard_link(client)
         if link:
@@ -381,7 +397,7 @@ def process_flow(
                 done = stages.setdefault("preprocess", {})
                 frames = _run_stage(step, ranges, counts, done, lambda lo, hi: preprocess_task.submit(
                     url, lo, hi, frame_params(inst, lo, hi, raw_names), raw_names, cfg.canvas, cfg.resize_method,
-                    enhancements, storage_options))
+                    enhancements, {i: v for i, v in luts.items() if lo <= i < hi}, storage_options))
                 # a re-preprocessed range invalidates what was derived from it
                 for key, val in stages.items():
                     if key != "preprocess":

@@ -197,6 +197,8 @@ def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame
         "photometric": h.photometric,
         # pixel_array converts YBR colour to RGB; palette colour stays as indices (LUT recorded, not applied)
         "color_space": "RGB" if h.samples == 3 else h.photometric,
+        "modality_lut": h.modality_lut is not None,
+        "voi_lut": h.voi_lut is not None,
         "bits_allocated": h.bits_allocated,
         "bits_stored": h.bits_stored,
         "pixel_representation": h.pixel_representation,
@@ -251,6 +253,7 @@ def write_batch(
     frame_shape = arr.shape[1:]
     block = np.zeros((plan.planned_frames, *frame_shape), dtype=arr.dtype)
     instances: list[dict[str, Any]] = []
+    luts: list[dict[str, Any]] = []
     used = 0
 
     def store(item: BatchInput, data: bytes) -> int:
@@ -272,6 +275,10 @@ def write_batch(
             instances.append(_instance_row(plan, secret, header, header.identity, item.uri, f, plan.index + used,
                                            plan.position + used, frame_crc32(fr), decoder))
             used += 1
+        for kind, lut in (("modality", header.modality_lut), ("voi", header.voi_lut)):
+            if lut is not None:
+                luts.append({"sop_uid": instances[-1]["sop_uid"], "kind": kind, "first_mapped": lut[0], "bits": lut[1],
+                             "data": list(lut[2])})
         return frames.shape[0]
 
     ledger, bytes_in = each_input(plan, limits, storage_options, store)
@@ -281,6 +288,8 @@ def write_batch(
     write_seconds = time.perf_counter() - t_write
     if instances:
         write_part(store_url, "instances", plan.batch_id, instances, schema=INSTANCES_SCHEMA, storage_options=storage_options)
+    if luts:
+        write_part(store_url, "luts", plan.batch_id, luts, storage_options=storage_options)
     # The ledger part is written last: its presence marks the batch as complete.
     write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
     return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start)

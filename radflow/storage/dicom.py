@@ -89,6 +89,8 @@ class Header:
     positions: tuple[tuple[float, float, float], ...] = ()  # ImagePositionPatient per frame (mm)
     acquisition_number: int = -1
     frame_of_reference: str = field(default="", compare=False)  # identifying: remapped before writing
+    modality_lut: tuple[int, int, tuple[int, ...]] | None = field(default=None, repr=False)  # (first mapped, bits, data)
+    voi_lut: tuple[int, int, tuple[int, ...]] | None = field(default=None, repr=False)
     identity: Identity = field(default_factory=Identity, compare=False)
 
     @property
@@ -98,8 +100,8 @@ class Header:
     def public(self) -> dict[str, Any]:
         """The header's fields without identifying values."""
         d = asdict(self)
-        d.pop("identity")
-        d.pop("frame_of_reference")
+        for k in ("identity", "frame_of_reference", "modality_lut", "voi_lut"):
+            d.pop(k)
         return d
 
 
@@ -182,6 +184,20 @@ def _transfer_syntax(ds: pydicom.Dataset) -> str:
         # No file meta: pydicom decided from the bytes.
         return pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else pydicom.uid.ExplicitVRLittleEndian
     return str(ts)
+
+
+def _lut(ds: pydicom.Dataset, keyword: str) -> tuple[int, int, tuple[int, ...]] | None:
+    """The first LUT of a Modality or VOI LUT Sequence: ``(first stored value mapped, bits, data)``."""
+    seq = ds.get(keyword)
+    if not seq or "LUTDescriptor" not in seq[0] or "LUTData" not in seq[0]:
+        return None
+    desc = seq[0].LUTDescriptor
+    data = seq[0].LUTData
+    if isinstance(data, (bytes, bytearray)):
+        data = np.frombuffer(data, dtype="<u2" if int(desc[2]) > 8 else "u1").tolist()
+    elif not isinstance(data, (list, tuple, pydicom.multival.MultiValue)):
+        data = [data]
+    return int(desc[1]), int(desc[2]), tuple(int(v) for v in data)
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -285,6 +301,8 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
         positions=positions,
         acquisition_number=int(_first_float(ds.get("AcquisitionNumber"), -1)),
         frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or ""),
+        modality_lut=_lut(ds, "ModalityLUTSequence"),
+        voi_lut=_lut(ds, "VOILUTSequence"),
         identity=Identity(
             patient_id=str(ds.get("PatientID", "") or ""),
             study_uid=str(ds.get("StudyInstanceUID", "") or ""),

@@ -59,6 +59,8 @@ INSTANCES_SCHEMA = pa.schema(
         ("body_part", pa.string()),
         ("photometric", pa.string()),
         ("color_space", pa.string()),
+        ("modality_lut", pa.bool_()),
+        ("voi_lut", pa.bool_()),
         ("bits_allocated", pa.int32()),
         ("bits_stored", pa.int32()),
         ("pixel_representation", pa.int32()),
@@ -82,7 +84,8 @@ INSTANCES_SCHEMA = pa.schema(
 )
 
 TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "features": None, "predictions": None, "errors": None,
-          "kspace": None, "sinograms": None, "volumes": None}
+          "kspace": None, "sinograms": None, "volumes": None,
+          "luts": None}
 
 
 def table_url(store_url: str, name: str) -> str:

@@ -55,6 +55,8 @@ class FrameParams:
     window_center: float = float("nan")
     window_width: float = float("nan")
     monochrome1: bool = False
+    modality_lut: tuple[int, Any] | None = None  # (first stored value mapped, LUT data): replaces the rescale
+    voi_lut: tuple[int, int, Any] | None = None  # (first mapped, bits, data): replaces window/percentiles
 
 
 def apply_modality_lut(x: Any, slope: float, intercept: float) -> Any:
@@ -208,8 +210,9 @@ def prepare_frame(frame: Any, params: FrameParams, canvas: int, method: Method =
                   enhancements: Enhancements | None = None) -> Any:
     """Stored frame → analysis-ready canvas.
 
-    Steps: crop to native size, modality LUT, aspect-preserving resize, window (the
-    header's first VOI window, if any) or 0.5–99.5 percentile normalization,
+    Steps: crop to native size, modality LUT (LUT sequence or rescale), VOI LUT sequence
+    if any, aspect-preserving resize, window (the header's first VOI window, if any) or
+    0.5–99.5 percentile normalization,
     MONOCHROME1 inversion, optional :class:`Enhancements`, zero padding.
 
     Parameters
@@ -222,12 +225,23 @@ def prepare_frame(frame: Any, params: FrameParams, canvas: int, method: Method =
     -------
     (canvas, canvas) float32 in [0, 1], same library and device as ``frame``.
     """
+    from radflow.tasks.contrast import apply_lut
+
+    xp = namespace(frame)
     x = frame[: params.rows, : params.cols]
     x = to_grayscale(x)
-    x = apply_modality_lut(x, params.rescale_slope, params.rescale_intercept)
+    if params.modality_lut is not None:
+        x = xp.astype(apply_lut(x, params.modality_lut[1], params.modality_lut[0]), xp.float32)
+    else:
+        x = apply_modality_lut(x, params.rescale_slope, params.rescale_intercept)
+    if params.voi_lut is not None:  # a VOI LUT is non-linear: applied at full resolution, output scaled to [0, 1]
+        first, bits, data = params.voi_lut
+        x = xp.astype(apply_lut(xp.floor(x), data, first), xp.float32) / float(2**bits - 1)
     h, w, top, left = fit_geometry(params.rows, params.cols, canvas)
     x = resize(x, (h, w), method)
-    if params.window_width == params.window_width and params.window_width > 1:
+    if params.voi_lut is not None:
+        x = xp.clip(x, 0.0, 1.0)
+    elif params.window_width == params.window_width and params.window_width > 1:
         x = window(x, params.window_center, params.window_width)
     else:
         x = percentile_normalize(x)

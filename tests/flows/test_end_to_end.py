@@ -174,3 +174,33 @@ def test_duplicates_identical_and_conflicting(tmp_path, prefect_api, dask_client
     os.rename(extra / "copy.dcm", os.path.join(a.dicom, "zzz_late_copy.dcm"))
     again = radflow.ingest(a.dicom, store)
     assert again["new"] == 1 and again["duplicates"] == {"DUPLICATE_IDENTICAL": 1} and again["frames"] == 0
+
+
+def test_lut_sequences_recorded_and_applied(tmp_path, prefect_api, dask_client):
+    import shutil
+
+    import data_store
+    from pydicom.pixels import apply_modality_lut
+
+    from radflow.tasks.preprocess import FrameParams, prepare_frame
+
+    data = os.path.join(os.path.dirname(data_store.__file__), "data")
+    src = tmp_path / "luts"
+    src.mkdir()
+    for name in ("mlut_18.dcm", "vlut_04.dcm"):
+        shutil.copy(os.path.join(data, name), src / name)
+    store = str(tmp_path / "luts.zarr")
+    radflow.ingest(str(src), store)
+    radflow.process(store, steps=["preprocess"], canvas=64)
+    st = radflow.open_store(store)
+    inst = st.instances().set_index("source")
+    m, v = inst.loc[str(src / "mlut_18.dcm")], inst.loc[str(src / "vlut_04.dcm")]
+    assert m["modality_lut"] and not m["voi_lut"] and v["voi_lut"]
+    luts = st.table("luts")
+    ds = pydicom.dcmread(src / "mlut_18.dcm")
+    row = luts[(luts["sop_uid"] == m["sop_uid"]) & (luts["kind"] == "modality")].iloc[0]
+    assert list(row["data"]) == list(ds.ModalityLUTSequence[0].LUTData) and row["first_mapped"] == -2048
+    # preprocessing used the LUT: the stored image equals the pipeline on pydicom's own modality-LUT output
+    expected = prepare_frame(apply_modality_lut(ds.pixel_array, ds).astype(np.float32),
+                             FrameParams(rows=ds.Rows, cols=ds.Columns), 64)
+    np.testing.assert_allclose(np.asarray(st.images[int(m["index"])], np.float32), expected, atol=2e-3)
