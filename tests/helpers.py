@@ -25,8 +25,6 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-requires_cupy = pytest.mark.skipif(not has_module("cupy"), reason="needs cupy")
-
 
 def tree_digest(root: str) -> dict[str, str]:
     """sha256 of every file under ``root`` (relative path → digest)."""
