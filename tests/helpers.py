@@ -6,7 +6,6 @@ import functools
 import hashlib
 import os
 
-import pytest
 
 
 @functools.lru_cache(maxsize=1)
