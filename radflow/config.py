@@ -38,6 +38,8 @@ class ClusterSettings(BaseModel):
     threads_per_worker: int = 1
     memory_limit: str = "auto"
     dashboard_address: str = "127.0.0.1:0"
+    allowed_failures: int = Field(1, ge=0, description="worker deaths a task may cause before it is given up "
+                                  "(then a batch is probed input by input and the culprit recorded as WORKER_LOST)")
     worker_env: dict[str, str] = Field(
         default_factory=lambda: {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20)},
         description="environment of local worker processes, added to Dask's; glibc serves allocations under "

@@ -46,7 +46,8 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
         client = Client(settings.address, set_as_default=True)
         log.info("connected to scheduler %s", settings.address)
         try:
-            yield client
+            with client.as_current():  # tasks' get_client() finds this client, not an older current one
+                yield client
         finally:
             client.close()
         return
@@ -58,7 +59,8 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     client = Client(cluster, set_as_default=True)
     log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
     try:
-        yield client
+        with client.as_current():
+            yield client
     finally:
         client.close()
         cluster.close()
@@ -70,7 +72,8 @@ def _start_local(settings: ClusterSettings):
     from distributed import LocalCluster
 
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):  # read by each nanny at start
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,  # read by each nanny at start
+                          "distributed.scheduler.allowed-failures": settings.allowed_failures}):
         if settings.kind == "local-cuda":
             try:
                 from dask_cuda import LocalCUDACluster

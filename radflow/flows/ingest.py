@@ -6,7 +6,9 @@ inputs); Dask runs the per-batch work on the cluster's workers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -20,10 +22,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 import radflow
 from radflow.cluster import connect, dashboard_link
 from radflow.config import Settings, key_fingerprint, resolve_secret_key
+from radflow.errors import Reason
 from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
-from radflow.storage.batches import BatchPlan, index_inputs, ledger_row, plan_batches, write_batch
+from radflow.storage.batches import BatchInput, BatchPlan, index_inputs, ledger_row, plan_batches, probe_input, write_batch
 from radflow.storage.duplicates import check_duplicates, split_duplicates
 from radflow.storage.acquisitions import KINDS, reference_path
 from radflow.storage.sources import InputRef, discover
@@ -31,6 +34,23 @@ from radflow.storage.tables import LEDGER_SCHEMA, read_table, write_part
 from radflow.storage.urls import normalize, zarr_store
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
+
+
+_PROBE_LOCK = threading.Lock()
+
+
+def _alone(client, fn, *args, attempts: int = 2, **kwargs) -> tuple[bool, Any]:
+    """Run ``fn`` as the only probe in flight from this process; ``(True, None)`` if it killed its
+    worker on every attempt (an input is blamed only when it dies again on its own)."""
+    from distributed.scheduler import KilledWorker
+
+    with _PROBE_LOCK:
+        for _ in range(attempts):
+            try:
+                return False, client.submit(fn, *args, pure=False, **kwargs).result()
+            except KilledWorker:
+                continue
+    return True, None
 
 
 def select_new(inputs: list[InputRef], ledger_rows: list[tuple[str, int, str]]) -> list[InputRef]:
@@ -52,20 +72,28 @@ def discover_task(source: str, store: str, storage_options: dict[str, Any] | Non
 
 @task(name="index-headers", cache_policy=NO_CACHE)
 def index_task(new: list[InputRef], settings: Settings, storage_options: dict[str, Any] | None) -> list[dict[str, Any]]:
+    from distributed import as_completed as dask_completed
     from distributed import get_client
+    from distributed.scheduler import KilledWorker
 
     client = get_client()
     threads = max(1, sum(client.nthreads().values()))
     n = max(1, min(settings.header_files_per_task, -(-len(new) // (4 * threads))))  # several tasks per thread
     chunks = [[(r.uri, r.size, r.version, r.unsafe) for r in new[i : i + n]] for i in range(0, len(new), n)]
     report("stage-start", stage="index headers", total=len(new))
-    futures = client.map(index_inputs, chunks, limits=settings.limits, storage_options=storage_options,
-                         secret=resolve_secret_key(settings), pure=False)
+    kwargs = {"limits": settings.limits, "storage_options": storage_options, "secret": resolve_secret_key(settings)}
+    futures = {client.submit(index_inputs, c, pure=False, **kwargs): c for c in chunks}
     rows: list[dict[str, Any]] = []
-    from distributed import as_completed as dask_completed
-
-    for fut in dask_completed(futures):
-        part = fut.result()
+    for fut in dask_completed(list(futures)):
+        try:
+            part = fut.result()
+        except KilledWorker:  # one of these headers kills its worker: read them one by one
+            part = []
+            for ref in futures[fut]:
+                killed, result = _alone(client, index_inputs, [ref], **kwargs)
+                part += result if not killed else [{
+                    "uri": ref[0], "size": ref[1], "version": ref[2], "status": "rejected", "reason": Reason.WORKER_LOST.value,
+                    "detail": "reading this header killed the worker every time it was tried"}]
         rows.extend(part)
         report("stage-advance", stage="index headers", advance=len(part))
     report("stage-end", stage="index headers")
@@ -151,13 +179,31 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
 
 @task(name="ingest-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """Run one batch on the cluster. If it kills its worker (a decoder crash, an out-of-memory
+    kill), each input is probed alone, and the batch runs again without the inputs that kill
+    workers; those get ``WORKER_LOST`` rows and every other input is stored as usual."""
     from distributed import get_client
+    from distributed.scheduler import KilledWorker
 
-    fut = get_client().submit(
-        write_batch, store, plan, secret=resolve_secret_key(settings), limits=settings.limits,
-        storage_options=storage_options, key=f"ingest-batch-{plan.batch_id}", pure=False, retries=1,
-    )
-    return fut.result()
+    client = get_client()
+    secret = resolve_secret_key(settings)
+
+    def run(p: BatchPlan, lost: tuple[BatchInput, ...] = (), attempt: int = 0) -> dict[str, Any]:
+        return client.submit(write_batch, store, p, secret=secret, limits=settings.limits, storage_options=storage_options,
+                             lost=lost, key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False).result()
+
+    try:
+        return run(plan)
+    except KilledWorker:  # this batch, or one running beside it on the same worker, killed the worker
+        run_logger().warning("batch %s lost its worker; probing its %d inputs one by one", plan.batch_id, len(plan.inputs))
+    lost = [i for i in plan.inputs if _alone(client, probe_input, i.uri, settings.limits, storage_options)[0]]
+    keep = dataclasses.replace(plan, inputs=tuple(i for i in plan.inputs if i not in lost))
+    for attempt in range(1, 4):  # every remaining input decoded on its own: a death now is a neighbour's
+        try:
+            return run(keep, tuple(lost), attempt)
+        except KilledWorker:
+            continue
+    return run(keep, tuple(lost), 4)
 
 
 def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]], discovered: int, new: int,

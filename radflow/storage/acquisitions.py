@@ -26,7 +26,7 @@ import numpy as np
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.storage import layout
-from radflow.storage.batches import batch_summary, each_input, frame_crc32
+from radflow.storage.batches import batch_summary, each_input, frame_crc32, ledger_row
 from radflow.storage.pseudonym import keyed_hash
 from radflow.storage.sources import read_bytes
 from radflow.storage.tables import write_part
@@ -137,7 +137,7 @@ def _header_fields(h5) -> dict[str, Any]:
 
 
 def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limits,
-                            storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                            storage_options: dict[str, Any] | None = None, lost: tuple = ()) -> dict[str, Any]:
     """Write every slice of a batch of HDF5 acquisition files (one shard region); never raises per input."""
     t_start = time.perf_counter()
     kind = KINDS[plan.kind]
@@ -174,6 +174,9 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
         return n
 
     ledger, bytes_in = each_input(plan, limits, storage_options, store)
+    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason.WORKER_LOST,
+                          detail="reading this input killed the worker every time it was tried", batch=plan.batch_id)
+               for i in lost]
     t_write = time.perf_counter()
     if used:
         arr[plan.position : plan.position + used] = block[:used]

@@ -31,7 +31,7 @@ from radflow.storage.sources import read_bytes
 from radflow.storage.tables import INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
 from radflow.storage.urls import zarr_store
 
-__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary", "each_input"]
+__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary", "each_input", "probe_input"]
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,12 @@ def write_batch(
     secret: bytes,
     limits: Limits,
     storage_options: dict[str, Any] | None = None,
+    lost: tuple[BatchInput, ...] = (),
 ) -> dict[str, Any]:
     """Decode, write and record every input of one batch. Never raises for a bad input.
+
+    ``lost`` are inputs left out of ``plan`` because decoding them killed the worker
+    (found by :func:`probe_input`); they get ``WORKER_LOST`` rows in this batch's ledger part.
 
     Returns a summary (counts by status and reason, frames, bytes, seconds); contains
     no identifying values.
@@ -246,7 +250,8 @@ def write_batch(
     if plan.kind != "dicom":
         from radflow.storage.acquisitions import write_acquisition_batch
 
-        return write_acquisition_batch(store_url, plan, secret=secret, limits=limits, storage_options=storage_options)
+        return write_acquisition_batch(store_url, plan, secret=secret, limits=limits, storage_options=storage_options,
+                                       lost=lost)
     t_start = time.perf_counter()
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
     arr = root[plan.array].with_config({"write_empty_chunks": True})
@@ -282,6 +287,9 @@ def write_batch(
         return frames.shape[0]
 
     ledger, bytes_in = each_input(plan, limits, storage_options, store)
+    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason.WORKER_LOST,
+                          detail="decoding this input killed the worker every time it was tried", batch=plan.batch_id)
+               for i in lost]
     t_write = time.perf_counter()
     if used:
         arr[plan.position : plan.position + used] = block[:used]
@@ -293,6 +301,20 @@ def write_batch(
     # The ledger part is written last: its presence marks the batch as complete.
     write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
     return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start)
+
+
+def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None = None) -> bool:
+    """Decode one input and discard the result (finds inputs that kill their worker). Never raises
+    for a bad input; a crash of the process is the signal."""
+    try:
+        data = read_bytes(uri, storage_options, max_bytes=limits.max_file_bytes)
+        if data[:8] == b"\x89HDF\r\n\x1a\n":
+            return True
+        ds = read_dataset(data)
+        decode_frames(ds, header_from_dataset(ds, limits))
+    except Exception:  # rejected for an ordinary reason: the batch records it
+        pass
+    return True
 
 
 def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,

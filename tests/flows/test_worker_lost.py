@@ -1,0 +1,66 @@
+"""A file that kills its worker every time ends as WORKER_LOST; every other file succeeds; the run completes."""
+
+from __future__ import annotations
+
+import os
+
+import dask
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+import radflow
+
+pytestmark = pytest.mark.slow
+
+
+def _inflation_bomb(path: str, side: int = 14000, syntax=DeflatedExplicitVRLittleEndian) -> None:
+    """A small object whose pixels decode to side² × 2 bytes: a deflated dataset (kills the worker
+    while its header is read) or RLE pixel data (header fine, kills the worker while decoding)."""
+    from pydicom.pixels.utils import compress
+    from pydicom.uid import RLELossless
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if syntax != RLELossless else "1.2.840.10008.1.2.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if syntax == RLELossless:
+        compress(ds, RLELossless, np.zeros((side, side), np.uint16), encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    else:
+        ds.PixelData = np.zeros((side, side), np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_input_that_kills_its_worker_is_worker_lost(tmp_path, prefect_api, dask_client):
+    from distributed import Client, LocalCluster
+    from distributed.client import _set_global_client
+
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 4, seed=13, sizes=((512, 512),), broken=False)
+    from pydicom.uid import RLELossless
+
+    _inflation_bomb(os.path.join(a.dicom, "bomb.dcm"))
+    _inflation_bomb(os.path.join(a.dicom, "p00001", "rle_bomb.dcm"), syntax=RLELossless)
+    store = str(tmp_path / "lost.zarr")
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+                LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="450MB", processes=True,
+                             host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+            summary = radflow.ingest(a.dicom, store, cluster=cluster.scheduler_address,
+                                     settings={"limits": {"max_frame_pixels": 10**9}})
+    finally:
+        _set_global_client(dask_client)
+    ledger = radflow.open_store(store).ledger().set_index("source")
+    bombs = [os.path.join(a.dicom, "bomb.dcm"), os.path.join(a.dicom, "p00001", "rle_bomb.dcm")]
+    assert list(ledger.loc[bombs, "reason"]) == ["WORKER_LOST", "WORKER_LOST"]  # at header reading, at decoding
+    assert "header" in ledger.loc[bombs[0], "detail"] and "decoding" in ledger.loc[bombs[1], "detail"]
+    assert (ledger.drop(index=bombs)["status"] == "ok").all()
+    assert summary["ok"] == 4 and summary["rejected"] == {"WORKER_LOST": 2} and len(ledger) == 6
+    st = radflow.open_store(store)
+    assert len(st.instances()) == 4 and radflow.verify(store)["problems"] == []
