@@ -21,11 +21,11 @@ def _quiet_orchestration(verbose: bool) -> None:
     """Defaults for the orchestration stack, set before it is imported (never overriding the user's)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    if not verbose:
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if not verbose:  # progress bars, the summary and a one-line reason on failure say what matters
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
 
 
 class _Progress:
@@ -380,8 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one-line reason; the traceback with --verbose
         if args.verbose:
             raise
-        print(f"radflow: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"radflow: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """A one-line reason for ``exc`` (settings errors name the environment variable)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        errors = exc.errors()
+        first = errors[0]
+        var = "RADFLOW_" + "__".join(str(p).upper() for p in first.get("loc", ()))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"invalid setting {var}={first.get('input')!r}: {first.get('msg')}{more}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 if __name__ == "__main__":  # pragma: no cover

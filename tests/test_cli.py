@@ -10,8 +10,8 @@ import sys
 import pytest
 
 
-def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+def run(*args: str, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra_env}
     env.pop("PREFECT_API_URL", None)  # the command starts its own local API
     return subprocess.run([sys.executable, "-m", "radflow", *args], capture_output=True, text=True, timeout=timeout,
                           env=env, stdin=subprocess.DEVNULL)
@@ -31,6 +31,12 @@ def test_missing_store_fails_with_one_line_reason(tmp_path):
     assert out.returncode == 1
     lines = [l for l in out.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "StoreNotFoundError" in lines[0] and "radflow ingest" in lines[0]
+
+
+def test_bad_setting_fails_with_one_line_naming_the_variable(tmp_path):
+    out = run("process", str(tmp_path / "nope.zarr"), "--steps", "features", RADFLOW_CANVAS="abc")
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert out.returncode == 1 and len(lines) == 1 and "invalid setting RADFLOW_CANVAS='abc'" in lines[0]
 
 
 @pytest.mark.slow
