@@ -26,7 +26,7 @@ import numpy as np
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.storage import layout
-from radflow.storage.batches import batch_summary, each_input, frame_crc32, ledger_row
+from radflow.storage.batches import batch_summary, each_input, frame_crc32
 from radflow.storage.pseudonym import keyed_hash
 from radflow.storage.sources import read_bytes
 from radflow.storage.tables import write_part
@@ -173,10 +173,7 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
         used += n
         return n
 
-    ledger, bytes_in = each_input(plan, limits, storage_options, store)
-    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason.WORKER_LOST,
-                          detail="reading this input killed the worker every time it was tried", batch=plan.batch_id)
-               for i in lost]
+    ledger, bytes_in = each_input(plan, limits, storage_options, store, lost)
     t_write = time.perf_counter()
     if used:
         arr[plan.position : plan.position + used] = block[:used]

@@ -286,10 +286,7 @@ def write_batch(
                              "data": list(lut[2])})
         return frames.shape[0]
 
-    ledger, bytes_in = each_input(plan, limits, storage_options, store)
-    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason.WORKER_LOST,
-                          detail="decoding this input killed the worker every time it was tried", batch=plan.batch_id)
-               for i in lost]
+    ledger, bytes_in = each_input(plan, limits, storage_options, store, lost)
     t_write = time.perf_counter()
     if used:
         arr[plan.position : plan.position + used] = block[:used]
@@ -318,9 +315,11 @@ def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None
 
 
 def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
-               store: Callable[[BatchInput, bytes], int]) -> tuple[list[dict[str, Any]], int]:
+               store: Callable[[BatchInput, bytes], int],
+               lost: tuple[BatchInput, ...] = ()) -> tuple[list[dict[str, Any]], int]:
     """Read every input of a batch and hand its bytes to ``store`` (which returns the frames it
-    kept); one ledger row per input, whatever happens. Never raises for a bad input.
+    kept); one ledger row per input, whatever happens, plus a ``WORKER_LOST`` row for each of
+    ``lost`` (inputs left out because reading them killed the worker). Never raises for a bad input.
 
     Returns the ledger rows and the bytes read.
     """
@@ -340,6 +339,9 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
             outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
         ledger.append(ledger_row(item.uri, item.size, item.version, sha256=sha, batch=plan.batch_id,
                                  seconds=time.perf_counter() - t0, **outcome))
+    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason.WORKER_LOST,
+                          detail="decoding this input killed the worker every time it was tried", batch=plan.batch_id)
+               for i in lost]
     return ledger, bytes_in
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "ensure_frames_array",
     "ensure_images_array",
     "chunk_present",
+    "present_frames",
 ]
 
 FORMAT_VERSION = 1
@@ -176,25 +177,32 @@ def ensure_images_array(root: zarr.Group, *, n: int, canvas: int, dtype: str, ch
     return arr
 
 
-def chunk_present(arr: zarr.Array, frame: int) -> bool:
-    """Whether the inner chunk holding ``frame`` was written (reads only the shard index)."""
-    shard_frames = arr.shards[0] if arr.shards else arr.chunks[0]
-    chunk_frames = arr.chunks[0]
-    shard = frame // shard_frames
-    key = "c/" + "/".join([str(shard)] + ["0"] * (arr.ndim - 1))
-    store = arr.store_path.store
-    prefix = arr.store_path.path
-    from zarr.core.buffer import default_buffer_prototype
+def present_frames(arr: zarr.Array, positions: np.ndarray) -> np.ndarray:
+    """Whether the inner chunk of each frame position was written, reading each shard's index once."""
     from zarr.abc.store import SuffixByteRequest
+    from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    n_inner = shard_frames // chunk_frames
-    buf = sync(store.get(f"{prefix}/{key}", default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
-    if buf is None:
-        return False
-    index = np.frombuffer(buf.to_bytes()[:-4], dtype="<u8").reshape(n_inner, 2)
-    inner = (frame % shard_frames) // chunk_frames
-    return not (index[inner, 0] == _EMPTY and index[inner, 1] == _EMPTY)
+    positions = np.asarray(positions, dtype=np.int64)
+    shard_frames = arr.shards[0] if arr.shards else arr.chunks[0]
+    n_inner = shard_frames // arr.chunks[0]
+    out = np.zeros(len(positions), bool)
+    prefix = arr.store_path.path
+    for shard in np.unique(positions // shard_frames):
+        key = f"{prefix}/c/" + "/".join([str(int(shard))] + ["0"] * (arr.ndim - 1))
+        buf = sync(arr.store_path.store.get(key, default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
+        if buf is None:
+            continue
+        sel = positions // shard_frames == shard
+        index = np.frombuffer(buf.to_bytes()[:-4], dtype="<u8").reshape(n_inner, 2)
+        inner = (positions[sel] % shard_frames) // arr.chunks[0]
+        out[sel] = ~((index[inner, 0] == _EMPTY) & (index[inner, 1] == _EMPTY))
+    return out
+
+
+def chunk_present(arr: zarr.Array, frame: int) -> bool:
+    """Whether the inner chunk holding ``frame`` was written (reads only the shard index)."""
+    return bool(present_frames(arr, np.array([frame]))[0])
 
 
 def require_chunk(arr: zarr.Array, frame: int) -> None:
