@@ -27,6 +27,12 @@ class Limits(BaseModel):
     max_object_bytes: int = Field(4 * 2**30, description="declared decoded size of one object")
     max_file_bytes: int = Field(8 * 2**30, description="size of one input file")
     max_compression_ratio: float = Field(200.0, description="uncompressed/compressed size above which an archive member is unsafe")
+    input_timeout_s: float = Field(
+        900.0, ge=0, description="seconds one input may take to read and decode on a worker; past it the worker "
+        "process is restarted and the input, probed alone, is recorded as TIMEOUT (0 = no deadline)")
+    validation: Literal["raise", "warn"] = Field(
+        "raise", description="pydicom's reading validation: `raise` rejects values that break the standard's VR rules "
+        "(INVALID_VALUE) and encodings that contradict the transfer syntax (SYNTAX_MISMATCH); `warn` reads them leniently")
 
 
 class ClusterSettings(BaseModel):

@@ -39,18 +39,24 @@ __all__ = ["ingest_flow", "select_new", "summarize"]
 _PROBE_LOCK = threading.Lock()
 
 
-def _alone(client, fn, *args, attempts: int = 2, **kwargs) -> tuple[bool, Any]:
-    """Run ``fn`` as the only probe in flight from this process; ``(True, None)`` if it killed its
-    worker on every attempt (an input is blamed only when it dies again on its own)."""
+def _alone(client, fn, *args, timeout_s: float = 0.0, attempts: int = 2, **kwargs) -> tuple[str | None, Any]:
+    """Run ``fn`` as the only probe in flight from this process.
+
+    Returns ``(None, result)``, or ``(reason, None)`` if it killed its worker on every attempt
+    (an input is blamed only when it dies again on its own): ``TIMEOUT`` when each death came
+    after the input's deadline (the worker's watchdog ended it), else ``WORKER_LOST``.
+    """
     from distributed.scheduler import KilledWorker
 
+    slow = 0
     with _PROBE_LOCK:
         for _ in range(attempts):
+            t0 = time.monotonic()
             try:
-                return False, client.submit(fn, *args, pure=False, **kwargs).result()
+                return None, client.submit(fn, *args, pure=False, **kwargs).result()
             except KilledWorker:
-                continue
-    return True, None
+                slow += bool(timeout_s) and time.monotonic() - t0 >= timeout_s
+    return (Reason.TIMEOUT.value if slow == attempts else Reason.WORKER_LOST.value), None
 
 
 def select_new(inputs: list[InputRef], ledger_rows: list[tuple[str, int, str]]) -> list[InputRef]:
@@ -90,10 +96,10 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
         except KilledWorker:  # one of these headers kills its worker: read them one by one
             part = []
             for ref in futures[fut]:
-                killed, result = _alone(client, index_inputs, [ref], **kwargs)
-                part += result if not killed else [{
-                    "uri": ref[0], "size": ref[1], "version": ref[2], "status": "rejected", "reason": Reason.WORKER_LOST.value,
-                    "detail": "reading this header killed the worker every time it was tried"}]
+                lost, result = _alone(client, index_inputs, [ref], timeout_s=settings.limits.input_timeout_s, **kwargs)
+                part += result if not lost else [{
+                    "uri": ref[0], "size": ref[1], "version": ref[2], "status": "rejected", "reason": lost,
+                    "detail": _LOST_HEADER[lost]}]
         rows.extend(part)
         report("stage-advance", stage="index headers", advance=len(part))
     report("stage-end", stage="index headers")
@@ -101,6 +107,10 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     return rows
 
 
+_LOST_HEADER = {
+    Reason.WORKER_LOST.value: "reading this header killed the worker every time it was tried",
+    Reason.TIMEOUT.value: "reading this header ran past limits.input_timeout_s every time it was tried",
+}
 _INDEX_KEYS = {"dicom": "next_index", **{k: v.meta_key for k, v in KINDS.items()}}
 
 
@@ -180,15 +190,16 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
 @task(name="ingest-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """Run one batch on the cluster. If it kills its worker (a decoder crash, an out-of-memory
-    kill), each input is probed alone, and the batch runs again without the inputs that kill
-    workers; those get ``WORKER_LOST`` rows and every other input is stored as usual."""
+    kill, or a decoder hang ended by the worker's deadline), each input is probed alone, and the
+    batch runs again without the inputs that kill workers; those get ``WORKER_LOST`` or
+    ``TIMEOUT`` rows and every other input is stored as usual."""
     from distributed import get_client
     from distributed.scheduler import KilledWorker
 
     client = get_client()
     secret = resolve_secret_key(settings)
 
-    def run(p: BatchPlan, lost: tuple[BatchInput, ...] = (), attempt: int = 0) -> dict[str, Any]:
+    def run(p: BatchPlan, lost: tuple[tuple[BatchInput, str], ...] = (), attempt: int = 0) -> dict[str, Any]:
         return client.submit(write_batch, store, p, secret=secret, limits=settings.limits, storage_options=storage_options,
                              lost=lost, key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False).result()
 
@@ -196,8 +207,10 @@ def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options:
         return run(plan)
     except KilledWorker:  # this batch, or one running beside it on the same worker, killed the worker
         run_logger().warning("batch %s lost its worker; probing its %d inputs one by one", plan.batch_id, len(plan.inputs))
-    lost = [i for i in plan.inputs if _alone(client, probe_input, i.uri, settings.limits, storage_options)[0]]
-    keep = dataclasses.replace(plan, inputs=tuple(i for i in plan.inputs if i not in lost))
+    probes = [(i, _alone(client, probe_input, i.uri, settings.limits, storage_options,
+                         timeout_s=settings.limits.input_timeout_s)[0]) for i in plan.inputs]
+    lost = [(i, reason) for i, reason in probes if reason]
+    keep = dataclasses.replace(plan, inputs=tuple(i for i, reason in probes if not reason))
     for attempt in range(1, 4):  # every remaining input decoded on its own: a death now is a neighbour's
         try:
             return run(keep, tuple(lost), attempt)

@@ -30,6 +30,12 @@ from radflow.storage.pseudonym import keyed_hash, remap_uid
 from radflow.storage.sources import read_bytes
 from radflow.storage.tables import INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
 from radflow.storage.urls import zarr_store
+from radflow.watchdog import deadline
+
+LOST_DETAIL = {
+    Reason.WORKER_LOST.value: "decoding this input killed the worker every time it was tried",
+    Reason.TIMEOUT.value: "decoding this input alone ran past limits.input_timeout_s every time it was tried",
+}
 
 __all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary", "each_input", "probe_input"]
 
@@ -237,7 +243,7 @@ def write_batch(
     secret: bytes,
     limits: Limits,
     storage_options: dict[str, Any] | None = None,
-    lost: tuple[BatchInput, ...] = (),
+    lost: tuple[tuple[BatchInput, str], ...] = (),
 ) -> dict[str, Any]:
     """Decode, write and record every input of one batch. Never raises for a bad input.
 
@@ -263,7 +269,7 @@ def write_batch(
 
     def store(item: BatchInput, data: bytes) -> int:
         nonlocal used
-        ds = read_dataset(data)
+        ds = read_dataset(data, validation=limits.validation)
         header = header_from_dataset(ds, limits)
         name = "raw/" + layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
         if name != plan.array or used + header.frames > plan.planned_frames:
@@ -307,8 +313,9 @@ def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None
         data = read_bytes(uri, storage_options, max_bytes=limits.max_file_bytes)
         if data[:8] == b"\x89HDF\r\n\x1a\n":
             return True
-        ds = read_dataset(data)
-        decode_frames(ds, header_from_dataset(ds, limits))
+        with deadline(limits.input_timeout_s, "decoding one input alone"):
+            ds = read_dataset(data, validation=limits.validation)
+            decode_frames(ds, header_from_dataset(ds, limits))
     except Exception:  # rejected for an ordinary reason: the batch records it
         pass
     return True
@@ -316,10 +323,12 @@ def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None
 
 def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
                store: Callable[[BatchInput, bytes], int],
-               lost: tuple[BatchInput, ...] = ()) -> tuple[list[dict[str, Any]], int]:
+               lost: tuple[tuple[BatchInput, str], ...] = ()) -> tuple[list[dict[str, Any]], int]:
     """Read every input of a batch and hand its bytes to ``store`` (which returns the frames it
-    kept); one ledger row per input, whatever happens, plus a ``WORKER_LOST`` row for each of
-    ``lost`` (inputs left out because reading them killed the worker). Never raises for a bad input.
+    kept); one ledger row per input, whatever happens, plus a row for each ``(input, reason)`` of
+    ``lost`` (inputs left out because reading them killed the worker, ``WORKER_LOST``, or hung
+    past ``limits.input_timeout_s``, ``TIMEOUT``). Never raises for a bad input; each input runs
+    under the deadline.
 
     Returns the ledger rows and the bytes read.
     """
@@ -329,19 +338,19 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
         t0 = time.perf_counter()
         sha = ""
         try:
-            data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
-            bytes_in += len(data)
-            sha = hashlib.sha256(data).hexdigest()
-            outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data)}
+            with deadline(limits.input_timeout_s, "reading and decoding one input"):
+                data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
+                bytes_in += len(data)
+                sha = hashlib.sha256(data).hexdigest()
+                outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data)}
         except InputRejected as exc:
             outcome = {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
         except Exception as exc:  # a bad file never fails the batch
             outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
         ledger.append(ledger_row(item.uri, item.size, item.version, sha256=sha, batch=plan.batch_id,
                                  seconds=time.perf_counter() - t0, **outcome))
-    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason.WORKER_LOST,
-                          detail="decoding this input killed the worker every time it was tried", batch=plan.batch_id)
-               for i in lost]
+    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason(reason), detail=LOST_DETAIL[reason],
+                          batch=plan.batch_id) for i, reason in lost]
     return ledger, bytes_in
 
 
@@ -373,46 +382,53 @@ def index_inputs(
     ``rejected``), ``reason, detail`` and, for candidates, ``kind`` (``dicom`` or
     ``kspace``/``sinogram`` for HDF5 acquisitions), the target ``array`` with its frame ``shape``,
     ``ref_shape`` and ``dtype``, ``frames``, and for DICOM the remapped SOP Instance UID
-    ``sop_key`` (with ``secret``) to find duplicates. No identifying values.
+    ``sop_key`` (with ``secret``) to find duplicates. No identifying values. Each header is
+    read under ``limits.input_timeout_s``.
     """
-    from radflow.storage.acquisitions import HDF5_SIGNATURE, acquisition_index_row
-    from radflow.storage.archives import is_member_uri
-    from radflow.storage.dicom import read_header
-    from radflow.storage.urls import filesystem
-
     out = []
     for ref in refs:
         uri, size, version = ref[:3]
         unsafe = ref[3] if len(ref) > 3 else None
         row: dict[str, Any] = {"uri": uri, "size": size, "version": version}
         try:
-            if unsafe:
-                raise InputRejected(Reason.ARCHIVE_UNSAFE_MEMBER, unsafe)
-            if size > limits.max_file_bytes:
-                raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
-            if is_member_uri(uri):
-                fh = io.BytesIO(read_bytes(uri, storage_options, limits.max_file_bytes))
-            else:
-                fs, path = filesystem(uri, storage_options)
-                try:
-                    fh = fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
-                except OSError as exc:
-                    raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
-            with fh:
-                if fh.read(8) == HDF5_SIGNATURE:
-                    fh.seek(0)
-                    row.update(status="candidate", reason=None, detail="", **acquisition_index_row(fh, limits))
-                else:
-                    fh.seek(0)
-                    h = read_header(fh, limits)
-                    shape = [layout.size_class(h.rows), layout.size_class(h.cols)] + ([h.samples] if h.samples > 1 else [])
-                    row.update(status="candidate", reason=None, detail="", kind="dicom", frames=h.frames, dtype=h.dtype,
-                               array="raw/" + layout.raw_array_name(h.dtype, h.rows, h.cols, h.samples), shape=shape,
-                               ref_shape=[], array_attrs={},
-                               sop_key=remap_uid(secret, h.identity.sop_uid) if secret else "")
+            with deadline(limits.input_timeout_s, "reading one header"):
+                _index_one(row, uri, size, unsafe, limits, storage_options, secret)
         except InputRejected as exc:
             row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
         except Exception as exc:  # never fail the run for one input
             row.update(status="rejected", reason=Reason.DECODE_ERROR.value, detail=f"unexpected {type(exc).__name__} reading header")
         out.append(row)
     return out
+
+
+def _index_one(row: dict[str, Any], uri: str, size: int, unsafe: str | None, limits: Limits,
+               storage_options: dict[str, Any] | None, secret: bytes | None) -> None:
+    """Fill ``row`` with the planning facts of one input's header (raises ``InputRejected``)."""
+    from radflow.storage.acquisitions import HDF5_SIGNATURE, acquisition_index_row
+    from radflow.storage.archives import is_member_uri
+    from radflow.storage.dicom import read_header
+    from radflow.storage.urls import filesystem
+
+    if unsafe:
+        raise InputRejected(Reason.ARCHIVE_UNSAFE_MEMBER, unsafe)
+    if size > limits.max_file_bytes:
+        raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
+    if is_member_uri(uri):
+        fh = io.BytesIO(read_bytes(uri, storage_options, limits.max_file_bytes))
+    else:
+        fs, path = filesystem(uri, storage_options)
+        try:
+            fh = fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
+        except OSError as exc:
+            raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
+    with fh:
+        if fh.read(8) == HDF5_SIGNATURE:
+            fh.seek(0)
+            row.update(status="candidate", reason=None, detail="", **acquisition_index_row(fh, limits))
+            return
+        fh.seek(0)
+        h = read_header(fh, limits)
+    shape = [layout.size_class(h.rows), layout.size_class(h.cols)] + ([h.samples] if h.samples > 1 else [])
+    row.update(status="candidate", reason=None, detail="", kind="dicom", frames=h.frames, dtype=h.dtype,
+               array="raw/" + layout.raw_array_name(h.dtype, h.rows, h.cols, h.samples), shape=shape,
+               ref_shape=[], array_attrs={}, sop_key=remap_uid(secret, h.identity.sop_uid) if secret else "")

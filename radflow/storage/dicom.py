@@ -12,8 +12,10 @@ Two steps, both bounded:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
@@ -21,6 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import get_expected_length, get_nr_frames, pixel_dtype
 from pydicom.uid import UID
@@ -131,6 +134,8 @@ def _spacing(ds: pydicom.Dataset) -> tuple[float, float]:
 
 def _classify_read_error(exc: BaseException) -> InputRejected:
     msg = str(exc).lower()
+    if isinstance(exc, InvalidDicomError) and "expected explicit vr" in msg:
+        return InputRejected(Reason.SYNTAX_MISMATCH, "dataset is encoded with implicit VR under an explicit-VR transfer syntax")
     if isinstance(exc, InvalidDicomError):
         return InputRejected(Reason.NOT_DICOM, "no DICOM preamble/prefix and not parseable as DICOM")
     if isinstance(exc, EOFError) or "eof" in msg or "end of file" in msg or "truncat" in msg:
@@ -138,23 +143,71 @@ def _classify_read_error(exc: BaseException) -> InputRejected:
     return InputRejected(Reason.NOT_DICOM, f"unparseable DICOM header ({type(exc).__name__})")
 
 
-def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False) -> pydicom.Dataset:
-    """Parse a DICOM object; failures become ``NOT_DICOM``/``TRUNCATED`` rejections.
+_VALIDATION_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _validation(mode: str):
+    """pydicom's reading validation mode for the duration of one read.
+
+    pydicom keeps the mode in a process-wide setting, so reads that change it are
+    serialized; decoding (the slow part) runs outside.
+    """
+    wanted = pydicom.config.RAISE if mode == "raise" else pydicom.config.WARN
+    with _VALIDATION_LOCK:
+        before = pydicom.config.settings.reading_validation_mode
+        pydicom.config.settings.reading_validation_mode = wanted
+        try:
+            yield
+        finally:
+            pydicom.config.settings.reading_validation_mode = before
+
+
+def _element_name(tag: BaseTag) -> str:
+    keyword = pydicom.datadict.keyword_for_tag(tag)
+    return f"{keyword} {tag}" if keyword else f"{tag}" + (" (private)" if tag.is_private else "")
+
+
+def _convert_all(ds: pydicom.Dataset) -> None:
+    """Convert every element (recursing into sequences) so value errors surface now, naming the
+    element but never its value. Deferred values (pixel bytes of a header-only read) are skipped."""
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if getattr(raw, "value", b"") is None and getattr(raw, "length", 0):
+            continue  # deferred: left in the file
+        try:
+            elem = ds[tag]
+        except ValueError as exc:
+            vr = getattr(raw, "VR", None) or "??"
+            what = "too long" if "length" in str(exc).lower() else "malformed"
+            raise InputRejected(
+                Reason.INVALID_VALUE,
+                f"{_element_name(tag)} has a {what} {vr} value (pydicom validation set to raise; "
+                "RADFLOW_LIMITS__VALIDATION=warn reads it leniently)",
+            ) from None
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _convert_all(item)
+
+
+def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False, validation: str = "raise") -> pydicom.Dataset:
+    """Parse a DICOM object; failures become ``NOT_DICOM``/``TRUNCATED``/``INVALID_VALUE`` rejections.
 
     ``header_only`` defers every value larger than 1 KiB, so pixel bytes are never read.
+    ``validation="raise"`` reads with pydicom's validation set to raise (values that break
+    the standard's VR rules, or an encoding that contradicts the transfer syntax, reject the
+    input); ``"warn"`` is pydicom's lenient default.
     """
     fobj = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _validation(validation):
             warnings.simplefilter("always")
             if header_only:
                 ds = pydicom.dcmread(fobj, defer_size="1 KB")
             else:
                 ds = pydicom.dcmread(fobj)
                 _check_complete(ds)
-            # Force parsing of every top-level element now, inside the guard.
-            for _ in ds:
-                pass
+            _convert_all(ds)  # parse every element now, inside the guard
     except InputRejected:
         raise
     except Exception as exc:  # pydicom raises many types for malformed input
@@ -314,7 +367,7 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
 
 def read_header(src: bytes | BinaryIO | str, limits: Limits) -> Header:
     """Read and check one object's header without reading its pixel data."""
-    return header_from_dataset(read_dataset(src, header_only=True), limits)
+    return header_from_dataset(read_dataset(src, header_only=True, validation=limits.validation), limits)
 
 
 def _decoder_for(ts: UID):

@@ -58,7 +58,7 @@ def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict
         try:
             data = read_bytes(item["uri"], storage_options, max_bytes=limits.max_file_bytes)
             sha = hashlib.sha256(data).hexdigest()
-            ds = read_dataset(data)
+            ds = read_dataset(data, validation=limits.validation)
             frames, _ = decode_frames(ds, header_from_dataset(ds, limits))
             crcs = [frame_crc32(f) for f in frames]
             same = crcs == [c for _, c in stored]

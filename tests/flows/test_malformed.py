@@ -29,6 +29,27 @@ def _lying_syntax() -> bytes:
     return data.replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.5\x00", 1)
 
 
+def _invalid_value() -> bytes:
+    """A Patient's Name over the PN component limit of 64 characters (pydicom raises on reading it strictly)."""
+    data = make_dicom(rows=16, cols=16, PatientName="A")
+    return data.replace(b"\x10\x00\x10\x00PN\x02\x00A ", b"\x10\x00\x10\x00PN\x50\x00" + b"CANARY" * 13 + b"XY", 1)
+
+
+def _implicit_under_explicit() -> bytes:
+    """File meta says explicit VR little endian; the dataset after it is encoded implicit VR."""
+    explicit = make_dicom(rows=16, cols=16)
+    ds = pydicom.dcmread(io.BytesIO(explicit))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    implicit = buf.getvalue()
+
+    def body_start(data: bytes) -> int:
+        return 132 + 12 + int.from_bytes(data[140:144], "little")
+
+    return explicit[: body_start(explicit)] + implicit[body_start(implicit):]
+
+
 def _short_pixels(ds):
     ds.PixelData = ds.PixelData[:100]
 
@@ -44,6 +65,8 @@ CASES = {
     "absurd_dimensions.dcm": (lambda: _resave(make_dicom(rows=16, cols=16), lambda ds: (setattr(ds, "Rows", 65535), setattr(ds, "Columns", 65535), setattr(ds, "NumberOfFrames", 9999))), "DIMENSION_LIMIT"),
     "unknown_syntax.dcm": (unknown_syntax, "NO_DECODER"),
     "lying_syntax.dcm": (_lying_syntax, "DECODE_ERROR"),
+    "invalid_value.dcm": (_invalid_value, "INVALID_VALUE"),
+    "implicit_under_explicit.dcm": (_implicit_under_explicit, "SYNTAX_MISMATCH"),
     "structured_report.dcm": (lambda: make_dicom(pixels=False, sop_class=BASIC_SR), "NON_IMAGE"),
     "no_rows.dcm": (lambda: _resave(make_dicom(), lambda ds: delattr(ds, "Rows")), "DECODE_ERROR"),
     "bad_bits.dcm": (lambda: _resave(make_dicom(), lambda ds: setattr(ds, "BitsAllocated", 13)), "DECODE_ERROR"),

@@ -1,7 +1,9 @@
 """pydicom's bundled test files and the pydicom-data package, ingested together.
 
-Every frame that pydicom decodes is stored bit-exact or reported as a duplicate of a
-stored instance; every file has exactly one ledger row, and every non-ok row a reason.
+Every frame that pydicom decodes (with its validation set to raise, as radflow reads) is
+stored bit-exact or reported as a duplicate of a stored instance; every file has exactly one
+ledger row, and every non-ok row a reason. Files that only pydicom's lenient mode reads are
+rejected as ``INVALID_VALUE``/``SYNTAX_MISMATCH``/``TRUNCATED`` and stored under ``validation=warn``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pydicom
 import pytest
 
 import radflow
+from radflow.config import Limits
+from radflow.storage.dicom import decode_frames, header_from_dataset, read_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +50,20 @@ def test_real_world_corpus(tmp_path, pydicom_test_files, prefect_api, dask_clien
     dups = ledger[ledger["status"] == "duplicate"].set_index("source")
     assert dups["reason"].isin(["DUPLICATE_IDENTICAL", "DUPLICATE_CONFLICT"]).all()
     decodable = duplicates = 0
+    lenient_only = []
     for path in files:
         try:
-            ref = pydicom.dcmread(path).pixel_array
+            with pydicom.config.strict_reading():
+                ds = pydicom.dcmread(path)
+                for _ in ds.iterall():
+                    pass
+            ref = ds.pixel_array
         except Exception:
+            try:
+                pydicom.dcmread(path).pixel_array
+                lenient_only.append(path)
+            except Exception:
+                pass
             continue
         decodable += 1
         if path in dups.index:  # a later copy of a stored instance: the first copy is kept
@@ -71,6 +85,14 @@ def test_real_world_corpus(tmp_path, pydicom_test_files, prefect_api, dask_clien
             np.testing.assert_array_equal(st.raw_frame(int(row["index"])), expected, err_msg=path)
     assert decodable >= 90 and summary["ok"] == len(ok_sources) and duplicates == len(dups) > 0
     assert radflow.verify(store)["problems"] == []
+    strict = ledger.set_index("source").loc[lenient_only]
+    assert strict["reason"].isin(["INVALID_VALUE", "SYNTAX_MISMATCH", "TRUNCATED", "DUPLICATE_CONFLICT"]).all(), strict
+    assert (strict["reason"] == "INVALID_VALUE").sum() >= 5
+    # pydicom's lenient mode reads them: so does radflow's
+    for path in lenient_only:
+        ds = read_dataset(open(path, "rb").read(), validation="warn")
+        if path not in dups.index:
+            decode_frames(ds, header_from_dataset(ds, Limits(validation="warn")))
     table = Counter(f"{s}:{r}" if s != "ok" else "ok" for s, r in zip(ledger["status"], ledger["reason"].fillna("")))
     print(f"\ncorpus: {len(files)} files, {decodable} decodable by pydicom, {len(ok_sources)} stored bit-exact "
-          f"({len(inst)} frames), {len(dups)} duplicates; " + ", ".join(f"{k} {v}" for k, v in sorted(table.items())))
+          f"({len(inst)} frames), {len(dups)} duplicates, {len(lenient_only)} read only leniently; " + ", ".join(f"{k} {v}" for k, v in sorted(table.items())))
