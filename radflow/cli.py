@@ -266,6 +266,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"store {info['url']}  (radflow format {m.get('format_version')}, written by radflow {m.get('radflow_version')}, "
           f"created {m.get('created')})")
     print(f"source {m.get('source')}")
+    pv = info["privacy"]
+    if pv["mode"] == "keep-identifiers":
+        print("privacy  IDENTIFIERS KEPT (keep-identifiers): headers hold patient names, IDs, dates and UIDs unchanged")
+    else:
+        print(f"privacy  {pv['mode']}: {pv.get('detail') or ''}")
+    print(f"         dates {pv.get('dates')}; source paths {pv.get('source_paths')}"
+          f"{'; masked regions for ' + ', '.join(pv['masks']) if pv.get('masks') else ''}; "
+          f"{info['burned_in_risk']} frames flagged for burned-in text risk")
     print("inputs by status/reason:")
     for row in info["ledger"]:
         print(f"  {row['status']:<10} {row['reason'] or '':<24} {row['inputs']}")

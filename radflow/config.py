@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "ClusterSettings", "Limits", "resolve_secret_key", "key_fingerprint"]
+__all__ = ["Settings", "ClusterSettings", "PrivacySettings", "Limits", "resolve_secret_key", "key_fingerprint"]
 
 
 class Limits(BaseModel):
@@ -46,12 +46,38 @@ class ClusterSettings(BaseModel):
     dashboard_address: str = "127.0.0.1:0"
     allowed_failures: int = Field(1, ge=0, description="worker deaths a task may cause before it is given up "
                                   "(then a batch is probed input by input and the culprit recorded as WORKER_LOST)")
+    spill_to_disk: bool = Field(
+        False, description="let local workers spill task data to disk; off by default: radflow's task results are "
+        "small, pixel data goes straight to the store, and spilled results (which hold input paths) would be "
+        "temporary files outside the store's privacy controls")
     worker_env: dict[str, str] = Field(
         default_factory=lambda: {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20)},
         description="environment of local worker processes, added to Dask's; glibc serves allocations under "
         "256 MiB from its heap, so torch reuses activation buffers instead of faulting in fresh pages "
         "under Dask's MALLOC_TRIM_THRESHOLD_ (measured: ResNet-18 forward 0.64 s → 0.48 s per 32 images)",
     )
+
+
+class PrivacySettings(BaseModel):
+    """What radflow does with identifying values (DICOM PS3.15 Annex E, see radflow.storage.deid)."""
+
+    mode: Literal["deidentify", "keep-identifiers"] = Field(
+        "deidentify", description="`deidentify` applies the Basic Profile to every header value written; "
+        "`keep-identifiers` (internal, access-controlled deployments only) writes headers unchanged and is "
+        "recorded in the store")
+    dates: Literal["shift", "remove"] = Field(
+        "shift", description="`shift`: Retain Longitudinal Temporal Information with Modified Dates (each "
+        "patient's dates move back by a constant, keyed number of days, times by a constant number of seconds); "
+        "`remove`: the Basic Profile's action for each date")
+    max_date_shift_days: int = Field(3650, ge=1, description="dates move back by 1 … this many days")
+    private_allowlist: list[str] = Field(
+        default_factory=list, description="private elements kept (Retain Safe Private), each 'GGGG,xxEE,CREATOR'")
+    hash_sources: bool = Field(
+        False, description="write a keyed hash instead of the input path in the `source` columns (paths such as "
+        "MIMIC-CXR's encode subject and study numbers)")
+    masks: dict[str, list[tuple[int, int, int, int]]] = Field(
+        default_factory=dict, description="pixel regions (row0, col0, row1, col1) set to 0 in stored frames, per "
+        "modality ('US') or device ('MANUFACTURER/MODEL'), for burned-in text")
 
 
 class Settings(BaseSettings):
@@ -87,6 +113,7 @@ class Settings(BaseSettings):
     spectral_cutoff: float = Field(0.25, gt=0, lt=0.71, description="cycles/pixel above which spectral energy counts as high-frequency")
     limits: Limits = Field(default_factory=Limits)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("canvas")

@@ -73,7 +73,10 @@ def _start_local(settings: ClusterSettings):
 
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,  # read by each nanny at start
-                          "distributed.scheduler.allowed-failures": settings.allowed_failures}):
+                          "distributed.scheduler.allowed-failures": settings.allowed_failures,
+                          # task results (index rows with input paths) never land on local disk unless asked
+                          "distributed.worker.memory.target": 0.6 if settings.spill_to_disk else False,
+                          "distributed.worker.memory.spill": 0.7 if settings.spill_to_disk else False}):
         if settings.kind == "local-cuda":
             try:
                 from dask_cuda import LocalCUDACluster

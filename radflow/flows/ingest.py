@@ -27,6 +27,8 @@ from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.batches import BatchInput, BatchPlan, index_inputs, ledger_row, plan_batches, probe_input, write_batch
+from radflow.storage.deid import privacy_record
+from radflow.storage.pseudonym import source_label
 from radflow.storage.duplicates import check_duplicates, split_duplicates
 from radflow.storage.acquisitions import KINDS, reference_path
 from radflow.storage.sources import InputRef, discover
@@ -60,15 +62,18 @@ def _alone(client, fn, *args, timeout_s: float = 0.0, attempts: int = 2, **kwarg
 
 
 def select_new(inputs: list[InputRef], ledger_rows: list[tuple[str, int, str]]) -> list[InputRef]:
-    """Inputs whose ``(uri, size, version)`` has no terminal ledger row yet."""
+    """Inputs whose ``(source label, size, version)`` has no terminal ledger row yet."""
     seen = set(ledger_rows)
-    return [r for r in inputs if (r.uri, r.size, r.version) not in seen]
+    return [r for r in inputs if (r.label, r.size, r.version) not in seen]
 
 
 @task(name="discover", cache_policy=NO_CACHE)
 def discover_task(source: str, store: str, storage_options: dict[str, Any] | None,
                   settings: Settings) -> tuple[list[InputRef], list[InputRef]]:
     inputs = discover(source, storage_options, settings.limits)
+    if settings.privacy.hash_sources:
+        key = resolve_secret_key(settings)
+        inputs = [dataclasses.replace(r, source=source_label(key, r.uri)) for r in inputs]
     ledger = read_table(store, "ledger", storage_options)
     done = list(zip(ledger["source"], ledger["size"].astype(int), ledger["version"]))
     new = select_new(inputs, done)
@@ -102,6 +107,9 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
                     "detail": _LOST_HEADER[lost]}]
         rows.extend(part)
         report("stage-advance", stage="index headers", advance=len(part))
+    labels = {r.uri: r.label for r in new}
+    for row in rows:
+        row["source"] = labels[row["uri"]]
     report("stage-end", stage="index headers")
     rows.sort(key=lambda r: r["uri"])
     return rows
@@ -201,7 +209,7 @@ def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options:
 
     def run(p: BatchPlan, lost: tuple[tuple[BatchInput, str], ...] = (), attempt: int = 0) -> dict[str, Any]:
         return client.submit(write_batch, store, p, secret=secret, limits=settings.limits, storage_options=storage_options,
-                             lost=lost, key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False).result()
+                             lost=lost, privacy=settings.privacy, key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False).result()
 
     try:
         return run(plan)
@@ -281,9 +289,9 @@ def ingest_flow(
     cfg = build_settings(settings, cluster)
     src, dst = normalize(source), normalize(store)
     key = resolve_secret_key(cfg)
-    inputs, new = discover_task(src, dst, storage_options, cfg)
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
-                       radflow_version=radflow.__version__)
+                       radflow_version=radflow.__version__, privacy=privacy_record(cfg.privacy, key))
+    inputs, new = discover_task(src, dst, storage_options, cfg)
     if not new:
         log.info("nothing new under %s; the store is unchanged", src)
         summary = summarize([], [], len(inputs), 0, time.perf_counter() - t0)
@@ -301,7 +309,7 @@ def ingest_flow(
         if rejects:
             part = hashlib.sha256("\0".join(f"{r['uri']}\0{r['size']}\0{r['version']}" for r in rejects).encode()).hexdigest()[:16]
             write_part(dst, "ledger", f"index-{part}",
-                       [ledger_row(r["uri"], r["size"], r["version"], status="rejected", reason=r["reason"],
+                       [ledger_row(r["source"], r["size"], r["version"], status="rejected", reason=r["reason"],
                                    detail=r["detail"], batch=f"index-{part}") for r in rejects],
                        schema=LEDGER_SCHEMA, storage_options=storage_options)
         results: list[dict[str, Any]] = []

@@ -165,7 +165,7 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
             ref_block[used : used + n] = ref
         for s in range(n):
             rows.append({
-                kind.index_col: plan.index + used + s, "source": item.uri, "slice": s, "array": plan.array,
+                kind.index_col: plan.index + used + s, "source": item.label, "slice": s, "array": plan.array,
                 "position": plan.position + used + s, "shape": "x".join(map(str, d["shape"])),
                 "ref_rows": d["ref"][0] if d["ref"] else 0, "ref_cols": d["ref"][1] if d["ref"] else 0,
                 "patient_key": patient, "crc32": frame_crc32(values[s]), "batch": plan.batch_id, **info,

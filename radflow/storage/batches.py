@@ -22,13 +22,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from radflow.config import Limits
+from radflow.config import Limits, PrivacySettings
+from radflow.storage.deid import deidentifier
 from radflow.errors import InputRejected, Reason
 from radflow.storage import layout
 from radflow.storage.dicom import Header, decode_frames, header_from_dataset, read_dataset
 from radflow.storage.pseudonym import keyed_hash, remap_uid
 from radflow.storage.sources import read_bytes
-from radflow.storage.tables import INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
+from radflow.storage.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
 from radflow.storage.urls import zarr_store
 from radflow.watchdog import deadline
 
@@ -48,6 +49,11 @@ class BatchInput:
     size: int
     version: str
     frames: int
+    source: str = ""  # what tables record for it; "" records the URI
+
+    @property
+    def label(self) -> str:
+        return self.source or self.uri
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ def plan_batches(
             nonlocal pos, index, current
             if not current:
                 return
-            inputs = tuple(BatchInput(e["uri"], int(e["size"]), str(e["version"]), int(e["frames"])) for e in current)
+            inputs = tuple(BatchInput(e["uri"], int(e["size"]), str(e["version"]), int(e["frames"]), e.get("source", "")) for e in current)
             frames = sum(i.frames for i in inputs)
             capacity = int(math.ceil(frames / fps) * fps)
             batches.append(
@@ -216,6 +222,9 @@ def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame
         "spacing_col": h.spacing_col,
         **_geometry_columns(h, frame),
         "acquisition_number": h.acquisition_number,
+        "burned_in_risk": bool(h.burned_in),
+        "burned_in_rule": h.burned_in,
+        "masked": False,
         "frame_of_reference": remap_uid(key, h.frame_of_reference),
         "transfer_syntax": h.transfer_syntax,
         "decoder": decoder,
@@ -236,6 +245,15 @@ def frame_crc32(frame: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(frame).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
 
 
+def mask_regions(masks: dict[str, list[tuple[int, int, int, int]]], header: Header) -> list[tuple[int, int, int, int]]:
+    """Configured regions for this object's device (``MANUFACTURER/MODEL``) or else its modality."""
+    device = f"{header.manufacturer}/{header.model}".upper()
+    for key, regions in masks.items():
+        if key.upper() == device:
+            return [tuple(r) for r in regions]
+    return [tuple(r) for r in masks.get(header.modality.upper(), masks.get(header.modality, []))]
+
+
 def write_batch(
     store_url: str,
     plan: BatchPlan,
@@ -244,11 +262,14 @@ def write_batch(
     limits: Limits,
     storage_options: dict[str, Any] | None = None,
     lost: tuple[tuple[BatchInput, str], ...] = (),
+    privacy: PrivacySettings | None = None,
 ) -> dict[str, Any]:
     """Decode, write and record every input of one batch. Never raises for a bad input.
 
     ``lost`` are inputs left out of ``plan`` because decoding them killed the worker
     (found by :func:`probe_input`); they get ``WORKER_LOST`` rows in this batch's ledger part.
+    ``privacy`` decides what the ``headers`` table gets (each instance's header de-identified
+    by :mod:`radflow.storage.deid`) and which pixel regions are masked.
 
     Returns a summary (counts by status and reason, frames, bytes, seconds); contains
     no identifying values.
@@ -265,6 +286,9 @@ def write_batch(
     block = np.zeros((plan.planned_frames, *frame_shape), dtype=arr.dtype)
     instances: list[dict[str, Any]] = []
     luts: list[dict[str, Any]] = []
+    headers: list[dict[str, Any]] = []
+    privacy = privacy or PrivacySettings()
+    deid = deidentifier(privacy, secret)
     used = 0
 
     def store(item: BatchInput, data: bytes) -> int:
@@ -275,7 +299,15 @@ def write_batch(
         if name != plan.array or used + header.frames > plan.planned_frames:
             raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
         frames, decoder = decode_frames(ds, header)
+        sop_uid = remap_uid(secret, header.identity.sop_uid)
+        headers.append({"sop_uid": sop_uid, "patient_key": keyed_hash(secret, header.identity.patient_id, purpose="patient"),
+                        "source": item.label, "header": deid.to_json(ds)})
         del ds
+        regions = mask_regions(privacy.masks, header)
+        if regions:
+            frames = frames.copy()
+            for r0, c0, r1, c1 in regions:
+                frames[:, r0:r1, c0:c1] = 0
         if frames.dtype.newbyteorder("=") == arr.dtype and frames.dtype != arr.dtype:
             frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
         if frames.dtype != arr.dtype:
@@ -283,8 +315,8 @@ def write_batch(
         for f in range(frames.shape[0]):
             fr = frames[f]
             block[used, : header.rows, : header.cols] = fr
-            instances.append(_instance_row(plan, secret, header, header.identity, item.uri, f, plan.index + used,
-                                           plan.position + used, frame_crc32(fr), decoder))
+            instances.append(_instance_row(plan, secret, header, header.identity, item.label, f, plan.index + used,
+                                           plan.position + used, frame_crc32(fr), decoder) | {"masked": bool(regions)})
             used += 1
         for kind, lut in (("modality", header.modality_lut), ("voi", header.voi_lut)):
             if lut is not None:
@@ -301,6 +333,8 @@ def write_batch(
         write_part(store_url, "instances", plan.batch_id, instances, schema=INSTANCES_SCHEMA, storage_options=storage_options)
     if luts:
         write_part(store_url, "luts", plan.batch_id, luts, storage_options=storage_options)
+    if headers:
+        write_part(store_url, "headers", plan.batch_id, headers, schema=HEADERS_SCHEMA, storage_options=storage_options)
     # The ledger part is written last: its presence marks the batch as complete.
     write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
     return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start)
@@ -347,9 +381,9 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
             outcome = {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
         except Exception as exc:  # a bad file never fails the batch
             outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
-        ledger.append(ledger_row(item.uri, item.size, item.version, sha256=sha, batch=plan.batch_id,
+        ledger.append(ledger_row(item.label, item.size, item.version, sha256=sha, batch=plan.batch_id,
                                  seconds=time.perf_counter() - t0, **outcome))
-    ledger += [ledger_row(i.uri, i.size, i.version, status="rejected", reason=Reason(reason), detail=LOST_DETAIL[reason],
+    ledger += [ledger_row(i.label, i.size, i.version, status="rejected", reason=Reason(reason), detail=LOST_DETAIL[reason],
                           batch=plan.batch_id) for i, reason in lost]
     return ledger, bytes_in
 

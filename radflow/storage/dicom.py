@@ -91,6 +91,9 @@ class Header:
     orientation: tuple[float, ...] = ()  # ImageOrientationPatient: row direction then column direction
     positions: tuple[tuple[float, float, float], ...] = ()  # ImagePositionPatient per frame (mm)
     acquisition_number: int = -1
+    manufacturer: str = ""
+    model: str = ""
+    burned_in: str = ""  # why the frames may carry burned-in text ("" = no header rule fired)
     frame_of_reference: str = field(default="", compare=False)  # identifying: remapped before writing
     modality_lut: tuple[int, int, tuple[int, ...]] | None = field(default=None, repr=False)  # (first mapped, bits, data)
     voi_lut: tuple[int, int, tuple[int, ...]] | None = field(default=None, repr=False)
@@ -289,6 +292,28 @@ def _geometry(ds: pydicom.Dataset, frames: int) -> tuple[tuple[float, ...], tupl
     return orientation, ((position,) if position and frames == 1 else ()), spacing
 
 
+_TEXT_MODALITIES = ("US", "OT", "SC", "XC", "ES")
+
+
+def burned_in_rules(ds: pydicom.Dataset) -> str:
+    """The header rules that flag a burned-in text risk, ``"; "``-joined ("" when none fires):
+    Burned In Annotation YES, Image Type SECONDARY or SCREEN SAVE (also as Conversion Type
+    WSD/SD), and modalities that routinely carry text in the pixels (US, OT, SC, XC, ES)."""
+    rules = []
+    if str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES":
+        rules.append("BurnedInAnnotation YES")
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])] if not isinstance(ds.get("ImageType"), str) \
+        else [str(ds.get("ImageType")).upper()]
+    if "SECONDARY" in image_type:
+        rules.append("ImageType SECONDARY")
+    if "SCREEN SAVE" in image_type or str(ds.get("ConversionType", "") or "").upper() in ("WSD", "SD"):
+        rules.append("SCREEN SAVE")
+    modality = str(ds.get("Modality", "") or "").upper()
+    if modality in _TEXT_MODALITIES:
+        rules.append(f"Modality {modality}")
+    return "; ".join(rules)
+
+
 def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
     """Build a :class:`Header` and check declared sizes against ``limits``."""
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
@@ -353,6 +378,9 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
         orientation=orientation,
         positions=positions,
         acquisition_number=int(_first_float(ds.get("AcquisitionNumber"), -1)),
+        manufacturer=str(ds.get("Manufacturer", "") or ""),
+        model=str(ds.get("ManufacturerModelName", "") or ""),
+        burned_in=burned_in_rules(ds),
         frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or ""),
         modality_lut=_lut(ds, "ModalityLUTSequence"),
         voi_lut=_lut(ds, "VOILUTSequence"),

@@ -65,13 +65,13 @@ def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict
             reason = Reason.DUPLICATE_IDENTICAL if same else Reason.DUPLICATE_CONFLICT
             detail = (f"same SOP Instance UID as stored frame index {stored[0][0]}; "
                       + ("identical pixels" if same else f"different pixels ({len(crcs)} frames vs {len(stored)} stored)"))
-            rows.append(ledger_row(item["uri"], item["size"], item["version"], status="duplicate", reason=reason,
+            rows.append(ledger_row(item.get("source") or item["uri"], item["size"], item["version"], status="duplicate", reason=reason,
                                    detail=detail, sha256=sha, frames=0, batch=f"dup-{part}", seconds=time.perf_counter() - t0))
         except InputRejected as exc:
-            rows.append(ledger_row(item["uri"], item["size"], item["version"], status="rejected", reason=exc.reason,
+            rows.append(ledger_row(item.get("source") or item["uri"], item["size"], item["version"], status="rejected", reason=exc.reason,
                                    detail=exc.detail, sha256=sha, batch=f"dup-{part}", seconds=time.perf_counter() - t0))
         except Exception as exc:  # a bad file never fails the run
-            rows.append(ledger_row(item["uri"], item["size"], item["version"], status="rejected", reason=Reason.DECODE_ERROR,
+            rows.append(ledger_row(item.get("source") or item["uri"], item["size"], item["version"], status="rejected", reason=Reason.DECODE_ERROR,
                                    detail=f"unexpected {type(exc).__name__} while decoding", sha256=sha,
                                    batch=f"dup-{part}", seconds=time.perf_counter() - t0))
     write_part(store_url, "ledger", f"dup-{part}", rows, schema=LEDGER_SCHEMA, storage_options=storage_options)

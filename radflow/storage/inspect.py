@@ -11,6 +11,17 @@ from radflow.storage.urls import filesystem
 __all__ = ["describe"]
 
 
+def privacy_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The privacy facts an operator must see (a store from before privacy was recorded says so)."""
+    if not record:
+        return {"mode": "unrecorded", "source_paths": "kept", "detail": "written before radflow recorded its privacy mode"}
+    out = {k: record.get(k) for k in ("mode", "source_paths", "dates", "patient_identity_removed")}
+    out["detail"] = record.get("deidentification_method", "")
+    if record.get("masks"):
+        out["masks"] = sorted(record["masks"])
+    return out
+
+
 def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Inputs by status and reason, frames by modality and size, arrays, tables and object counts."""
     st = open_store(url, storage_options)
@@ -49,6 +60,8 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[st
     return {
         "url": st.url,
         "meta": st.meta,
+        "privacy": privacy_summary(st.privacy),
+        "burned_in_risk": int(inst["burned_in_risk"].fillna(False).sum()) if "burned_in_risk" in inst else 0,
         "ledger": by_status,
         "frames": frames,
         "arrays": arrays,

@@ -72,8 +72,14 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: str) -> zarr.Group:
-    """Create (or re-open) the store's root group and check it is a compatible radflow store."""
+def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: str,
+                privacy: dict[str, Any] | None = None) -> zarr.Group:
+    """Create (or re-open) the store's root group and check it is a compatible radflow store.
+
+    ``privacy`` (the de-identification evidence, see :mod:`radflow.storage.deid`) is recorded at
+    creation; a later run with another privacy mode or source-path policy is refused, so one
+    store never mixes de-identified and identified values.
+    """
     try:
         root = zarr.open_group(zstore, mode="r+")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
@@ -88,8 +94,17 @@ def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: s
             "key_fingerprint": key_fingerprint,
             "next_index": 0,
         }
+        if privacy is not None:
+            root.attrs["privacy"] = privacy
         return root
     meta = _check(root)
+    if privacy is not None:
+        recorded = dict(root.attrs.get("privacy") or {})
+        for field in ("mode", "source_paths", "dates"):
+            if recorded.get(field) != privacy.get(field):
+                raise StoreFormatError(
+                    f"the store was written with privacy {field}={recorded.get(field)!r}; this run asks for "
+                    f"{privacy.get(field)!r}. Use the store's setting (RADFLOW_PRIVACY__...) or a new store")
     if meta.get("key_fingerprint") != key_fingerprint:
         raise StoreFormatError(
             "the store was written with a different pseudonymization key; set RADFLOW_SECRET_KEY "

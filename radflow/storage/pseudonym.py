@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["keyed_hash", "remap_uid"]
+__all__ = ["keyed_hash", "remap_uid", "source_label"]
 
 
 def keyed_hash(key: bytes, value: str, *, purpose: str, n_hex: int = 20) -> str:
@@ -31,3 +31,9 @@ def remap_uid(key: bytes, uid: str) -> str:
         return ""
     digest = hmac.new(key, f"uid\0{uid}".encode(), hashlib.sha256).digest()[:16]
     return "2.25." + str(int.from_bytes(digest, "big"))
+
+
+def source_label(key: bytes, uri: str) -> str:
+    """What the ``source`` columns hold for ``uri`` when source paths are hashed (one label per path,
+    stable across runs with the same key)."""
+    return "hmac-sha256:" + keyed_hash(key, uri, purpose="source", n_hex=32)

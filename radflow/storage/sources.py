@@ -32,6 +32,11 @@ class InputRef:
     size: int
     version: str
     unsafe: str | None = field(default=None, compare=False)
+    source: str = field(default="", compare=False)  # what tables record (a keyed hash when paths are hashed)
+
+    @property
+    def label(self) -> str:
+        return self.source or self.uri
 
 
 def _uri(fs, path: str, remote: bool) -> str:

@@ -39,6 +39,12 @@ class Store:
         """The store's root ``radflow`` attributes (format version, source, creation time ...)."""
         return dict(self.root.attrs["radflow"])
 
+    @property
+    def privacy(self) -> dict[str, Any]:
+        """How the store treats identifying values: ``mode`` (``deidentify`` or ``keep-identifiers``),
+        ``source_paths`` (``kept`` or ``hashed``), and the de-identification evidence."""
+        return dict(self.root.attrs.get("privacy") or {})
+
     # -- tables -------------------------------------------------------------
     def table(self, name: str) -> pd.DataFrame:
         return read_table(self.url, name, self.storage_options)
@@ -50,6 +56,17 @@ class Store:
     def instances(self) -> pd.DataFrame:
         """One row per stored frame, ordered by ``index``."""
         return self.table("instances").sort_values("index", kind="stable").reset_index(drop=True)
+
+    def headers(self, parse: bool = False) -> pd.DataFrame:
+        """One row per stored instance: ``sop_uid``, ``patient_key``, ``source`` and its ``header``
+        in the DICOM JSON model, de-identified (see :attr:`privacy`). ``parse=True`` adds a
+        ``dataset`` column of :class:`pydicom.Dataset` objects."""
+        df = self.table("headers")
+        if parse and len(df):
+            import pydicom
+
+            df["dataset"] = [pydicom.Dataset.from_json(h) for h in df["header"]]
+        return df
 
     def features(self) -> pd.DataFrame:
         df = self.table("features")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from radflow.storage.urls import filesystem, is_remote, join
 
-__all__ = ["LEDGER_SCHEMA", "INSTANCES_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
+__all__ = ["LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ INSTANCES_SCHEMA = pa.schema(
         ("ipp_z", pa.float64()),
         *[(f"iop_{i}", pa.float64()) for i in range(6)],
         ("acquisition_number", pa.int32()),
+        ("burned_in_risk", pa.bool_()),
+        ("burned_in_rule", pa.string()),
+        ("masked", pa.bool_()),
         ("frame_of_reference", pa.string()),
         ("transfer_syntax", pa.string()),
         ("decoder", pa.string()),
@@ -83,7 +86,16 @@ INSTANCES_SCHEMA = pa.schema(
     ]
 )
 
-TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "features": None, "predictions": None, "errors": None,
+HEADERS_SCHEMA = pa.schema(
+    [
+        ("sop_uid", pa.string()),
+        ("patient_key", pa.string()),
+        ("source", pa.string()),
+        ("header", pa.string()),  # DICOM JSON model (PS3.18 F), de-identified unless the store says otherwise
+    ]
+)
+
+TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "headers": HEADERS_SCHEMA, "features": None, "predictions": None, "errors": None,
           "kspace": None, "sinograms": None, "volumes": None,
           "luts": None}
 
