@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "ingest", "process", "verify", "open_store", "Settings"]
+__all__ = ["__version__", "ingest", "process", "verify", "digest", "open_store", "Settings"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -48,6 +48,14 @@ def verify(store: str, **options: Any) -> dict[str, Any]:
     from radflow.flows.verify import verify_flow
 
     return verify_flow(store, **options)
+
+
+def digest(store: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
+    """Content digests of a store (arrays, tables, attributes; no timestamps or timings);
+    see :func:`radflow.storage.verify.content_digest`."""
+    from radflow.storage.verify import content_digest
+
+    return content_digest(store, storage_options)
 
 
 def __getattr__(name: str):

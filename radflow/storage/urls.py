@@ -35,12 +35,26 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
     return url_to_fs(url, **_options(url, storage_options))
 
 
+S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
+
+
 def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """fsspec options for ``url``. For S3: the endpoint from the environment, and retries.
+
+    Transient errors are retried with exponential back-off and jitter at two levels:
+    botocore's ``standard`` mode (10 attempts: 500/502/503/504, ``SlowDown`` and other
+    throttling codes, connection resets and timeouts) and s3fs's own wrapper (5 attempts:
+    truncated bodies, timeouts, ``SlowDown``). Permanent errors (403, 404) are raised at once.
+    ``storage_options={"config_kwargs": {"retries": ...}}`` overrides the botocore policy.
+    """
     opts = dict(storage_options or {})
     if url.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:
             opts["endpoint_url"] = endpoint
+        config = dict(opts.get("config_kwargs") or {})
+        config.setdefault("retries", dict(S3_RETRIES))
+        opts["config_kwargs"] = config
     return opts
 
 

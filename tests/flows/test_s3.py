@@ -71,3 +71,39 @@ def test_local_source_to_s3_store_with_environment_endpoint(s3, small_archive, p
     st = radflow.open_store("s3://radflow-test/env.zarr")  # endpoint and credentials from AWS_* variables
     assert len(st.instances()) == 3
     assert st.raw_frame(0).shape == (512, 512)
+
+
+def test_transient_faults_are_retried_and_content_is_unchanged(s3, s3_server, prefect_api, dask_client, tmp_path):
+    """Ingest and process through a proxy that answers 503 SlowDown, resets connections and cuts
+    response bodies short on every 4th request: the runs complete and the store's content digest
+    equals a fault-free run's. A 403 is not retried."""
+    import time
+
+    from radflow.synth import write_archive
+    from tests.s3faults import FaultProxy
+
+    fs, opts = s3
+    a = write_archive(tmp_path / "a", 6, seed=31, sizes=((512, 512), (600, 480)), broken=True)
+    stores = {}
+    with FaultProxy(s3_server, every=4) as proxy:
+        for name, endpoint in (("clean", s3_server), ("faulty", proxy.url)):
+            o = {**opts, "endpoint_url": endpoint}
+            url = f"s3://radflow-test/{name}.zarr"
+            radflow.ingest(a.dicom, url, storage_options=o, settings={"shard_target_mib": 1})
+            radflow.process(url, steps=["preprocess", "features"], canvas=64, storage_options=o)
+            stores[name] = url
+        faults = dict(proxy.injected)
+        t0 = time.monotonic()
+        from radflow.storage.urls import filesystem
+
+        pfs, path = filesystem("s3://radflow-test/forbidden/key", {**opts, "endpoint_url": proxy.url, "skip_instance_cache": True})
+        with pytest.raises(PermissionError):
+            pfs.cat_file(path)
+        denied_seconds = time.monotonic() - t0
+        denied = {p: n for p, n in proxy.requests.items() if "forbidden" in p}
+    clean, faulty = (radflow.digest(stores[n], storage_options=opts) for n in ("clean", "faulty"))
+    print(f"\nS3 faults injected: {faults}; 403 raised in {denied_seconds:.2f} s; requests per denied key {denied}")
+    assert min(faults.get(f, 0) for f in ("slowdown", "reset", "truncate")) >= 5
+    assert faulty == clean
+    assert denied == {"/radflow-test/forbidden/key": 1} and denied_seconds < 5
+    assert radflow.verify(stores["faulty"], storage_options=opts)["problems"] == []
