@@ -226,6 +226,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_k8s_spec(args: argparse.Namespace) -> int:
+    import yaml
+
+    from radflow.cluster.kubernetes import cluster_spec
+    from radflow.config import Settings
+
+    cluster = Settings().cluster
+    if args.workers:
+        cluster = cluster.model_copy(update={"n_workers": args.workers})
+    print(yaml.safe_dump(cluster_spec(cluster), sort_keys=False), end="")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from importlib import metadata
 
@@ -368,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("info", help="versions, pixel decoders available, GPUs")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("k8s-spec", help="print the DaskCluster resource (YAML) that kind=kubernetes creates")
+    sp.add_argument("--workers", type=int, help="worker pods (default RADFLOW_CLUSTER__N_WORKERS or 2)")
+    sp.set_defaults(func=cmd_k8s_spec)
 
     sp = sub.add_parser("inspect", help="summarize a store: inputs, frames, arrays, tables, objects")
     sp.add_argument("store")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "ClusterSettings", "PrivacySettings", "Limits", "resolve_secret_key", "key_fingerprint"]
+__all__ = ["Settings", "ClusterSettings", "KubernetesSettings", "PrivacySettings", "Limits", "resolve_secret_key", "key_fingerprint"]
 
 
 class Limits(BaseModel):
@@ -35,11 +35,29 @@ class Limits(BaseModel):
         "(INVALID_VALUE) and encodings that contradict the transfer syntax (SYNTAX_MISMATCH); `warn` reads them leniently")
 
 
+class KubernetesSettings(BaseModel):
+    """A Dask cluster on Kubernetes through the Dask operator (``kind="kubernetes"``)."""
+
+    name: str = Field("radflow", description="DaskCluster resource name")
+    namespace: str = "default"
+    image: str = Field("ghcr.io/radflow/radflow:latest", description="container image with radflow installed")
+    worker_cpu: str = Field("2", description="CPU request and limit of a worker pod")
+    worker_memory: str = Field("8Gi", description="memory request and limit of a worker pod")
+    worker_gpus: int = Field(0, ge=0, description="nvidia.com/gpu per worker pod (0: CPU workers)")
+    secret_name: str | None = Field(None, description="Kubernetes secret whose keys become the pods' environment "
+                                    "(RADFLOW_SECRET_KEY, AWS credentials)")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
 class ClusterSettings(BaseModel):
     """Where Dask work runs."""
 
-    address: str | None = Field(None, description="scheduler address (tcp://host:8786); None starts a local cluster")
-    kind: Literal["local", "local-cuda"] = "local"
+    address: str | None = Field(None, description="scheduler address (tcp://host:8786 or tls://…); None starts a cluster of `kind`")
+    kind: Literal["local", "local-cuda", "kubernetes"] = "local"
+    tls_ca_file: Path | None = Field(None, description="CA certificate for a tls:// scheduler")
+    tls_cert: Path | None = Field(None, description="client certificate for a tls:// scheduler")
+    tls_key: Path | None = Field(None, description="client key for a tls:// scheduler")
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     n_workers: int | None = Field(None, description="local workers; default: one per core")
     threads_per_worker: int = 1
     memory_limit: str = "auto"

@@ -13,7 +13,7 @@ from radflow.errors import ConfigError, MissingDependencyError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["connect", "dashboard_link"]
+__all__ = ["connect", "dashboard_link", "security"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     * ``kind="local"``: a ``LocalCluster`` of worker processes on 127.0.0.1, one per
       core by default.
     * ``kind="local-cuda"``: dask-cuda's ``LocalCUDACluster``, one worker per GPU.
+    * ``kind="kubernetes"``: a ``DaskCluster`` from :func:`radflow.cluster.kubernetes.cluster_spec`
+      through the Dask operator (``dask-kubernetes``), removed when the run ends.
 
     If a client is already current in this process (one made by the caller), it is
     reused and left open.
@@ -43,7 +45,7 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
 
     settings = settings or ClusterSettings()
     if settings.address:
-        client = Client(settings.address, set_as_default=True)
+        client = Client(settings.address, set_as_default=True, security=security(settings))
         log.info("connected to scheduler %s", settings.address)
         try:
             with client.as_current():  # tasks' get_client() finds this client, not an older current one
@@ -55,7 +57,7 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     if current is not None and current.status == "running":
         yield current
         return
-    cluster = _start_local(settings)
+    cluster = _start_cluster(settings)
     client = Client(cluster, set_as_default=True)
     log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
     try:
@@ -66,8 +68,21 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
         cluster.close()
 
 
-def _start_local(settings: ClusterSettings):
-    """Start a local CPU or CUDA cluster whose worker processes get ``settings.worker_env``."""
+def security(settings: ClusterSettings):
+    """TLS credentials for a ``tls://`` scheduler (``None``: Dask's own configuration applies)."""
+    files = (settings.tls_ca_file, settings.tls_cert, settings.tls_key)
+    if not any(files):
+        return None
+    if not all(files):
+        raise ConfigError("TLS needs all of RADFLOW_CLUSTER__TLS_CA_FILE, __TLS_CERT and __TLS_KEY")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=str(files[0]), tls_client_cert=str(files[1]), tls_client_key=str(files[2]),
+                    require_encryption=True)
+
+
+def _start_cluster(settings: ClusterSettings):
+    """Start a cluster of ``settings.kind`` (local CPU or CUDA processes with ``settings.worker_env``, or Kubernetes)."""
     import dask
     from distributed import LocalCluster
 
@@ -83,6 +98,15 @@ def _start_local(settings: ClusterSettings):
             except ImportError as exc:
                 raise MissingDependencyError("cluster kind 'local-cuda' needs dask-cuda; pip install 'radflow[gpu]'") from exc
             return LocalCUDACluster(dashboard_address=settings.dashboard_address, ip="127.0.0.1")
+        if settings.kind == "kubernetes":
+            try:
+                from dask_kubernetes.operator import KubeCluster
+            except ImportError as exc:
+                raise MissingDependencyError("cluster kind 'kubernetes' needs dask-kubernetes; pip install dask-kubernetes "
+                                             "(and the Dask operator in the Kubernetes cluster)") from exc
+            from radflow.cluster.kubernetes import cluster_spec
+
+            return KubeCluster(custom_cluster_spec=cluster_spec(settings), namespace=settings.kubernetes.namespace)
         if settings.kind == "local":
             n = settings.n_workers or max(1, (os.cpu_count() or 1) // max(1, settings.threads_per_worker))
             return LocalCluster(
