@@ -28,6 +28,7 @@ from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.batches import BatchInput, BatchPlan, index_inputs, ledger_row, plan_batches, probe_input, write_batch
 from radflow.storage.deid import privacy_record
+from radflow.storage.journal import Journal, completed_batches, pending_journals, remove_journal, write_journal
 from radflow.storage.pseudonym import source_label
 from radflow.storage.duplicates import check_duplicates, split_duplicates
 from radflow.storage.acquisitions import KINDS, reference_path
@@ -124,8 +125,9 @@ _INDEX_KEYS = {"dicom": "next_index", **{k: v.meta_key for k, v in KINDS.items()
 
 @task(name="plan-batches", cache_policy=NO_CACHE)
 def plan_task(store: str, candidates: list[dict[str, Any]], settings: Settings,
-              storage_options: dict[str, Any] | None) -> list[BatchPlan]:
-    """Plan batches and reserve their regions (the flow is the only writer of array shapes)."""
+              storage_options: dict[str, Any] | None) -> tuple[Journal, list[BatchPlan]]:
+    """Plan batches, record the plan in the journal, then reserve their regions (the flow is the
+    only writer of array shapes)."""
     root = layout.open_root(zarr_store(store, storage_options), mode="r+")
     meta = dict(root.attrs["radflow"])
     names = sorted({r["array"] for r in candidates})
@@ -136,7 +138,8 @@ def plan_task(store: str, candidates: list[dict[str, Any]], settings: Settings,
         except KeyError:
             pass
     batches: list[BatchPlan] = []
-    positions: dict[str, int] = {}
+    lengths: dict[str, int] = {}
+    counters: dict[str, int] = {}
     for kind, key in _INDEX_KEYS.items():
         planned, pos, next_index = plan_batches(
             [r for r in candidates if r["kind"] == kind],
@@ -147,22 +150,37 @@ def plan_task(store: str, candidates: list[dict[str, Any]], settings: Settings,
             max_files_per_batch=settings.max_files_per_batch,
         )
         batches += planned
-        positions.update({k: v for k, v in pos.items() if any(b.array == k for b in planned)})
-        meta[key] = next_index
-    for b in batches:
-        if b.array in existing:
+        lengths.update({k: v for k, v in pos.items() if any(b.array == k for b in planned)})
+        counters[key] = next_index
+    journal = write_journal(store, batches, lengths, counters, storage_options)
+    reserve(root, journal, settings)
+    run_logger().info("planned %d batches over %d arrays", len(batches), len({b.array for b in batches}))
+    return journal, batches
+
+
+def reserve(root, journal: Journal, settings: Settings) -> None:
+    """Create the plan's arrays, grow them to its lengths and advance the index counters;
+    idempotent, so a resumed run applies an interrupted plan again safely."""
+    arrays: dict[str, Any] = {}
+    for b in journal.plans:
+        if b.array in arrays:
             continue
+        try:
+            arrays[b.array] = root[b.array]
+            continue
+        except KeyError:
+            pass
         kind = "raw" if b.kind == "dicom" else b.kind
         dims = {"dicom": None, "kspace": ("slice", "coil", "ky", "kx"), "sinogram": ("slice", "detector", "angle")}[b.kind]
-        existing[b.array] = layout.ensure_frames_array(root, b.array, dtype=b.dtype, shape=b.shape, fps=b.frames_per_shard,
-                                                       zstd_level=settings.raw_zstd_level, kind=kind, dims=dims)
+        arrays[b.array] = layout.ensure_frames_array(root, b.array, dtype=b.dtype, shape=b.shape, fps=b.frames_per_shard,
+                                                     zstd_level=settings.raw_zstd_level, kind=kind, dims=dims)
         if b.array_attrs:
-            existing[b.array].attrs.update(b.array_attrs)
+            arrays[b.array].attrs.update(b.array_attrs)
         if b.ref_shape:
             layout.ensure_frames_array(root, reference_path(b.array), dtype="float32", shape=b.ref_shape,
                                        fps=b.frames_per_shard, zstd_level=settings.raw_zstd_level, kind="reference",
                                        dims=("slice", "y", "x"))
-    for name, pos in positions.items():
+    for name, pos in journal.lengths.items():
         for path in (name,) if name.startswith("raw/") else (name, reference_path(name)):
             try:
                 arr = root[path]
@@ -170,9 +188,31 @@ def plan_task(store: str, candidates: list[dict[str, Any]], settings: Settings,
                 continue
             if arr.shape[0] < pos:
                 arr.resize((pos, *arr.shape[1:]))
-    layout.update_meta(root, **{k: meta[k] for k in _INDEX_KEYS.values()})
-    run_logger().info("planned %d batches over %d arrays", len(batches), len({b.array for b in batches}))
-    return batches
+    meta = dict(root.attrs["radflow"])
+    layout.update_meta(root, **{k: max(int(meta.get(k, 0)), v) for k, v in journal.meta.items()})
+
+
+def _run_batches(dst: str, plans: list[BatchPlan], cfg: Settings, storage_options: dict[str, Any] | None,
+                 results: list[dict[str, Any]]) -> None:
+    futures = [batch_task.submit(dst, p, cfg, storage_options) for p in plans]
+    for fut in as_completed(futures):
+        res = fut.result()
+        results.append(res)
+        report("stage-advance", stage="ingest", advance=res["inputs"])
+
+
+@task(name="resume", cache_policy=NO_CACHE)
+def resume_task(dst: str, cfg: Settings, storage_options: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Finish the plans of runs that were killed: their unfinished batches run again as planned."""
+    results: list[dict[str, Any]] = []
+    for journal in pending_journals(dst, storage_options):
+        done = completed_batches(dst, storage_options)
+        todo = [p for p in journal.plans if p.batch_id not in done]
+        run_logger().warning("resuming an interrupted run: %d of its %d batches to do", len(todo), len(journal.plans))
+        reserve(layout.open_root(zarr_store(dst, storage_options), mode="r+"), journal, cfg)
+        _run_batches(dst, todo, cfg, storage_options, results)
+        remove_journal(dst, journal, storage_options)
+    return results
 
 
 @task(name="check-duplicates", cache_policy=NO_CACHE)
@@ -291,10 +331,15 @@ def ingest_flow(
     key = resolve_secret_key(cfg)
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
                        radflow_version=radflow.__version__, privacy=privacy_record(cfg.privacy, key))
+    results: list[dict[str, Any]] = []
+    if pending_journals(dst, storage_options):  # a killed run left reservations: finish them first
+        with connect(cfg.cluster):
+            results += resume_task(dst, cfg, storage_options)
     inputs, new = discover_task(src, dst, storage_options, cfg)
     if not new:
-        log.info("nothing new under %s; the store is unchanged", src)
-        summary = summarize([], [], len(inputs), 0, time.perf_counter() - t0)
+        if not results:
+            log.info("nothing new under %s; the store is unchanged", src)
+        summary = summarize(results, [], len(inputs), 0, time.perf_counter() - t0)
         _artifact(dst, summary)
         return summary
     with connect(cfg.cluster) as client:
@@ -312,17 +357,13 @@ def ingest_flow(
                        [ledger_row(r["source"], r["size"], r["version"], status="rejected", reason=r["reason"],
                                    detail=r["detail"], batch=f"index-{part}") for r in rejects],
                        schema=LEDGER_SCHEMA, storage_options=storage_options)
-        results: list[dict[str, Any]] = []
         dup_reasons: Counter[str] = Counter()
         report("stage-start", stage="ingest", total=len(rows) - len(rejects))
         while pending or duplicates:  # a duplicate whose first copy failed to store becomes the next round's primary
             if pending:
-                plans = plan_task(dst, pending, cfg, storage_options)
-                futures = [batch_task.submit(dst, p, cfg, storage_options) for p in plans]
-                for fut in as_completed(futures):
-                    res = fut.result()
-                    results.append(res)
-                    report("stage-advance", stage="ingest", advance=res["inputs"])
+                journal, plans = plan_task(dst, pending, cfg, storage_options)
+                _run_batches(dst, plans, cfg, storage_options, results)
+                remove_journal(dst, journal, storage_options)
             if not duplicates:
                 break
             unresolved, checked = duplicates_task(dst, duplicates, cfg, storage_options)

@@ -1,0 +1,102 @@
+"""The plan journal: what an ingest run has reserved, so that a run killed at any point resumes
+into exactly the store an uninterrupted run writes.
+
+Before a run reserves array regions and index ranges for its batches, it writes the whole plan
+to ``<store>/journal/<plan id>.json``. A later run finds unfinished plans there and re-runs
+their batches that have no ledger part yet — same inputs, same regions, same indices, so the
+same bytes — before it plans anything new; a plan whose batches are all done is removed. Batch
+writes are idempotent (a batch owns its shard objects and part names), so a batch cut short by
+the kill is simply written again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+from radflow.storage.batches import BatchInput, BatchPlan
+from radflow.storage.tables import list_parts
+from radflow.storage.urls import filesystem, is_remote, join
+
+__all__ = ["Journal", "write_journal", "pending_journals", "remove_journal", "completed_batches"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Journal:
+    id: str
+    plans: tuple[BatchPlan, ...]
+    lengths: dict[str, int]  # array path → length after the plan's reservations
+    meta: dict[str, int]  # root meta counters (next_index …) after the plan
+
+
+def _plan_to_dict(p: BatchPlan) -> dict[str, Any]:
+    d = dataclasses.asdict(p)
+    d["inputs"] = [dataclasses.asdict(i) for i in p.inputs]
+    return d
+
+
+def _plan_from_dict(d: dict[str, Any]) -> BatchPlan:
+    d = dict(d)
+    d["inputs"] = tuple(BatchInput(**i) for i in d["inputs"])
+    d["shape"], d["ref_shape"] = tuple(d["shape"]), tuple(d["ref_shape"])
+    return BatchPlan(**d)
+
+
+def _url(store_url: str, name: str = "") -> str:
+    return join(store_url, "journal", name) if name else join(store_url, "journal")
+
+
+def write_journal(store_url: str, plans: list[BatchPlan], lengths: dict[str, int], meta: dict[str, int],
+                  storage_options: dict[str, Any] | None = None) -> Journal:
+    """Record a plan before anything is reserved for it (atomically: a torn write is never read)."""
+    jid = hashlib.sha256("\0".join(p.batch_id for p in plans).encode()).hexdigest()[:16]
+    body = json.dumps({"id": jid, "plans": [_plan_to_dict(p) for p in plans], "lengths": lengths, "meta": meta},
+                      sort_keys=True).encode()
+    fs, path = filesystem(_url(store_url, f"{jid}.json"), storage_options)
+    if is_remote(store_url):
+        fs.pipe_file(path, body)  # an object PUT is atomic
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return Journal(jid, tuple(plans), dict(lengths), dict(meta))
+
+
+def pending_journals(store_url: str, storage_options: dict[str, Any] | None = None) -> list[Journal]:
+    """Plans recorded by runs that did not finish (oldest reservation first)."""
+    fs, path = filesystem(_url(store_url), storage_options)
+    fs.invalidate_cache(path)
+    try:
+        names = sorted(p for p in fs.find(path) if p.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        d = json.loads(fs.cat_file(name))
+        out.append(Journal(d["id"], tuple(_plan_from_dict(p) for p in d["plans"]), d["lengths"], d["meta"]))
+    return sorted(out, key=lambda j: min((p.index for p in j.plans), default=0))
+
+
+def remove_journal(store_url: str, journal: Journal, storage_options: dict[str, Any] | None = None) -> None:
+    fs, path = filesystem(_url(store_url, f"{journal.id}.json"), storage_options)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+    if not is_remote(store_url):
+        try:
+            os.rmdir(os.path.dirname(path))  # leave no empty folder behind
+        except OSError:
+            pass
+
+
+def completed_batches(store_url: str, storage_options: dict[str, Any] | None = None) -> set[str]:
+    """Batch ids whose ledger part exists (a batch writes its ledger part last)."""
+    return {os.path.basename(p)[len("part-"):-len(".parquet")] for p in list_parts(store_url, "ledger", storage_options)}

@@ -1,0 +1,110 @@
+"""Crashes do not change what a store holds: a flow process killed with SIGKILL mid-run and run
+again, or a worker killed mid-batch, gives the same content digest as an uninterrupted run and
+leaves no orphan objects."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import radflow
+from radflow.synth import write_archive
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {"shard_target_mib": 2, "max_files_per_batch": 4}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return write_archive(tmp_path_factory.mktemp("resume"), 36, seed=8, sizes=((1024, 1024), (768, 1024)), broken=True)
+
+
+@pytest.fixture(scope="module")
+def reference(archive, tmp_path_factory, prefect_api, dask_client):
+    store = str(tmp_path_factory.mktemp("ref") / "ref.zarr")
+    radflow.ingest(archive.dicom, store, settings=SETTINGS)
+    return store
+
+
+def _objects(store: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), store) for d, _, fs in os.walk(store) for f in fs)
+
+
+def _batch_parts(store: str) -> list[str]:
+    try:
+        names = os.listdir(os.path.join(store, "tables", "ledger"))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if n.startswith("part-") and not n.startswith(("part-index-", "part-dup-"))]
+
+
+def test_flow_process_killed_with_sigkill_resumes_to_the_same_store(archive, reference, tmp_path, prefect_api):
+    from prefect.settings import PREFECT_API_URL
+
+    store = str(tmp_path / "killed.zarr")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "RADFLOW_SHARD_TARGET_MIB": "2",
+           "RADFLOW_MAX_FILES_PER_BATCH": "4", "RADFLOW_CLUSTER__N_WORKERS": "2"}
+    cmd = [sys.executable, "-m", "radflow", "ingest", archive.dicom, store]
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while len(_batch_parts(store)) < 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its local cluster, mid-run
+        proc.wait()
+    done_at_kill = len(_batch_parts(store))
+    journal = os.listdir(os.path.join(store, "journal"))
+    n_batches = len(_batch_parts(reference))
+    assert 0 < done_at_kill < n_batches and journal, (done_at_kill, n_batches, (tmp_path / "first.log").read_text()[-2000:])
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert radflow.digest(store) == radflow.digest(reference)
+    assert _objects(store) == _objects(reference)  # no orphan objects, no journal left
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and _objects(store) == _objects(reference)
+    print(f"\nkilled after {done_at_kill} of {n_batches} batches; resumed store equals the uninterrupted one")
+
+
+def test_worker_killed_mid_batch_gives_the_same_store(archive, reference, tmp_path, prefect_api, dask_client):
+    from distributed import Client, LocalCluster
+    from distributed.client import _set_global_client
+
+    store = str(tmp_path / "worker.zarr")
+    killed: list[str] = []
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster, set_as_default=False) as watch:
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    radflow.ingest(archive.dicom, store, cluster=cluster.scheduler_address, settings=SETTINGS)
+                except BaseException as exc:  # reported below
+                    errors.append(exc)
+
+            t = threading.Thread(target=run)
+            t.start()
+            deadline = time.monotonic() + 300
+            while not killed and t.is_alive() and time.monotonic() < deadline:
+                for addr, keys in watch.processing().items():
+                    if any(str(k).startswith("ingest-batch-") for k in keys):
+                        pid = watch.run(os.getpid, workers=[addr])[addr]
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(addr)
+                        break
+                time.sleep(0.02)
+            t.join(600)
+            assert not errors, errors
+    finally:
+        _set_global_client(dask_client)
+    assert killed, "no batch was seen running"
+    assert radflow.digest(store) == radflow.digest(reference)
+    assert _objects(store) == _objects(reference)
