@@ -139,6 +139,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from radflow.flows.schedule import serve_ingest
+
+    serve_ingest(args.source, args.store, cron=args.cron, name=args.name, cluster=args.cluster)
+    return 0
+
+
 def _steps(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
@@ -334,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shard-mib", type=int, help="target shard size in MiB (default 128)")
     common(sp)
     sp.set_defaults(func=cmd_ingest)
+
+    sp = sub.add_parser("serve", help="serve a scheduled incremental ingestion (Prefect deployment with a cron schedule)")
+    sp.add_argument("source")
+    sp.add_argument("store")
+    sp.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *" (02:00 every night, UTC)')
+    sp.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
+    sp.add_argument("--cluster", help="Dask scheduler address; default: a local cluster per run")
+    sp.set_defaults(func=cmd_serve)
 
     def process_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--steps", default="preprocess,infer,features,reconstruct",
