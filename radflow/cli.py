@@ -89,6 +89,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
         out["cluster"] = {"n_workers": args.workers}
     if getattr(args, "shard_mib", None):
         out["shard_target_mib"] = args.shard_mib
+    if getattr(args, "performance_report", False):
+        out["performance_report"] = True
     return out or None
 
 
@@ -98,11 +100,15 @@ def _print_ingest(s: dict[str, Any]) -> None:
     print(f"inputs: {s['discovered']} discovered, {s['new']} new, {s['ok']} ok; duplicates: {dup}; rejected: {rej}")
     print(f"frames: {s['frames']} in {s['batches']} batches; {s['bytes_in'] / 1e6:.1f} MB read in {s['seconds']:.1f} s "
           f"({s['mb_per_s']:.1f} MB/s, {s['images_per_s']:.1f} images/s)")
+    if s.get("performance_report"):
+        print(f"Dask performance report: {s['performance_report']}")
 
 
 def _print_process(s: dict[str, Any]) -> None:
     for step, v in s["steps"].items():
         print(f"{step}: {v['frames']} frames in {v['seconds']:.1f} s ({v['images_per_s']:.1f} images/s)")
+    if s.get("performance_report"):
+        print(f"Dask performance report: {s['performance_report']}")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -322,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         if cluster:
             sp.add_argument("--cluster", help="Dask scheduler address (tcp://host:8786); default: a local cluster")
             sp.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core)")
+            sp.add_argument("--performance-report", action="store_true",
+                            help="save a Dask performance report (HTML) under STORE/reports/")
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// URLs (default: AWS_ENDPOINT_URL)")
 
     sp = sub.add_parser("synth", help="write a synthetic DICOM radiograph archive (and k-space files)")

@@ -129,6 +129,8 @@ class Settings(BaseSettings):
     max_files_per_batch: int = Field(4096, ge=1, description="upper bound of inputs in one ingest batch")
     stage_frames_per_task: int = Field(8192, ge=1, description="frames per processing Prefect task")
     spectral_cutoff: float = Field(0.25, gt=0, lt=0.71, description="cycles/pixel above which spectral energy counts as high-frequency")
+    performance_report: bool = Field(False, description="save a Dask performance report (HTML) of each ingest and "
+                                     "process run under <store>/reports/")
     limits: Limits = Field(default_factory=Limits)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)

@@ -56,3 +56,18 @@ def test_demo_runs_every_stage(tmp_path):
     assert ins.returncode == 0 and "images" in ins.stdout and "ledger 33 rows" in ins.stdout
     ver = run("verify", str(store))
     assert ver.returncode == 0 and "checked 30 frames" in ver.stdout and "no chunk is missing" in ver.stdout
+
+
+@pytest.mark.slow
+def test_performance_report_saved_beside_the_tables(tmp_path, prefect_api, dask_client):
+    import radflow
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 3, seed=2, sizes=((512, 512),), broken=False)
+    store = str(tmp_path / "r.zarr")
+    s = radflow.ingest(a.dicom, store, settings={"performance_report": True})
+    p = radflow.process(store, steps=["preprocess"], canvas=64, settings={"performance_report": True})
+    for url in (s["performance_report"], p["performance_report"]):
+        assert url.startswith(store + "/reports/") and url.endswith(".html")
+        html = open(url).read()
+        assert "Dask Performance Report" in html and "Task Stream" in html and len(html) > 10_000

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
 import logging
-from typing import Any
+import os
+import tempfile
+from typing import Any, Iterator
 
 from radflow.config import Settings
 from radflow.errors import ConfigError
 
-__all__ = ["build_settings", "run_logger", "markdown_table"]
+__all__ = ["build_settings", "run_logger", "markdown_table", "performance_report"]
 
 
 def build_settings(overrides: dict[str, Any] | None, cluster: str | None = None) -> Settings:
@@ -62,3 +66,29 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def performance_report(store: str, settings: Settings, storage_options: dict[str, Any] | None,
+                       name: str) -> Iterator[str | None]:
+    """With ``settings.performance_report``, record Dask's performance report (task stream,
+    worker profiles, bandwidth) of the block and save it as ``<store>/reports/<name>-<UTC time>.html``;
+    yields that URL (``None`` when off)."""
+    if not settings.performance_report:
+        yield None
+        return
+    from distributed import performance_report as dask_report
+
+    from radflow.storage.urls import filesystem, join
+
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    url = join(store, "reports", f"{name}-{stamp}.html")
+    with tempfile.TemporaryDirectory(prefix="radflow-report-") as tmp:
+        local = os.path.join(tmp, "report.html")
+        with dask_report(filename=local):
+            yield url
+        fs, path = filesystem(url, storage_options)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        with open(local, "rb") as fh:
+            fs.pipe_file(path, fh.read())
+    run_logger().info("Dask performance report: %s", url)

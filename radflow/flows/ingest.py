@@ -23,7 +23,7 @@ import radflow
 from radflow.cluster import connect, dashboard_link
 from radflow.config import Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
-from radflow.flows._common import build_settings, markdown_table, run_logger
+from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.batches import BatchInput, BatchPlan, index_inputs, ledger_row, plan_batches, probe_input, write_batch
@@ -298,7 +298,8 @@ def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]]
 def _artifact(store: str, summary: dict[str, Any]) -> None:
     head = {k: summary[k] for k in ("discovered", "new", "ok", "frames", "batches", "mb_per_s", "images_per_s", "seconds")}
     rejected = [{"reason": k, "inputs": v} for k, v in summary["rejected"].items()]
-    md = f"# radflow ingest\n\nStore: `{store}`\n\n{markdown_table([head])}\n## Rejected by reason\n\n{markdown_table(rejected)}"
+    extra = f"Dask performance report: `{summary['performance_report']}`\n\n" if summary.get("performance_report") else ""
+    md = f"# radflow ingest\n\nStore: `{store}`\n\n{extra}{markdown_table([head])}\n## Rejected by reason\n\n{markdown_table(rejected)}"
     create_markdown_artifact(md, key="radflow-ingest", description="radflow ingest summary")
 
 
@@ -342,7 +343,7 @@ def ingest_flow(
         summary = summarize(results, [], len(inputs), 0, time.perf_counter() - t0)
         _artifact(dst, summary)
         return summary
-    with connect(cfg.cluster) as client:
+    with connect(cfg.cluster) as client, performance_report(dst, cfg, storage_options, "ingest") as report_url:
         link = dashboard_link(client)
         if link:
             log.info("Dask dashboard: %s", link)
@@ -372,6 +373,8 @@ def ingest_flow(
             pending, duplicates = split_duplicates(unresolved, set())
         report("stage-end", stage="ingest")
     summary = summarize(results, rejects, len(inputs), len(new), time.perf_counter() - t0, dup_reasons)
+    if report_url:
+        summary["performance_report"] = report_url
     log.info("ingested %d of %d new inputs (%d frames) at %.1f MB/s", summary["ok"], summary["new"], summary["frames"], summary["mb_per_s"])
     _artifact(dst, summary)
     return summary

@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from radflow.cluster import connect, dashboard_link
 from radflow.errors import ConfigError
 from radflow.flows import _blocks
-from radflow.flows._common import build_settings, markdown_table, run_logger
+from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.acquisitions import KINDS, kind_of_array, reference_path
@@ -380,11 +380,13 @@ def process_flow(
     geometry[inst["index"].to_numpy()] = inst[["rows", "cols"]].to_numpy()
     ordered = [s for s in STEPS if s in steps]
     luts = frame_luts(inst, st.table("luts")) if "preprocess" in steps else {}
-    with connect(cfg.cluster) as client:
+    with connect(cfg.cluster) as client, performance_report(url, cfg, storage_options, "process") as report_url:
         link = dashboard_link(client)
         if link:
             log.info("Dask dashboard: %s", link)
             report("dashboard", url=link)
+        if report_url:
+            summary["performance_report"] = report_url
         for step in ordered:
             t0 = time.perf_counter()
             if step == "reconstruct":
