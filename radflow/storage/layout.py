@@ -65,7 +65,7 @@ def raw_array_name(dtype: str, rows: int, cols: int, samples: int) -> str:
 
 def frames_per_shard(frame_bytes: int, target_mib: int) -> int:
     """Frames per shard so that one shard object is about ``target_mib`` uncompressed."""
-    return int(max(1, min(4096, (target_mib * 2**20) // max(1, frame_bytes))))
+    return int(max(1, min(1024, (target_mib * 2**20) // max(1, frame_bytes))))
 
 
 def _now() -> str:
