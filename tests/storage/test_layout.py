@@ -27,7 +27,7 @@ def test_raw_array_name_groups_similar_sizes():
 def test_frames_per_shard_targets_size():
     assert layout.frames_per_shard(8 * 2**20, 128) == 16
     assert layout.frames_per_shard(2**30, 128) == 1
-    assert layout.frames_per_shard(10, 128) == 4096
+    assert layout.frames_per_shard(10, 128) == 1024
 
 
 def test_store_root_and_chunk_presence(tmp_path):
