@@ -174,7 +174,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", type=int, default=20_000, help="small files (default 20,000)")
     p.add_argument("--large-gb", type=float, default=2.0, help="GB of full-size uncompressed radiographs (default 2)")
-    p.add_argument("--j2k", type=int, default=12, help="JPEG 2000 radiographs (default 12)")
+    p.add_argument("--j2k", type=int, default=40, help="JPEG 2000 radiographs (default 40)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

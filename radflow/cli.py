@@ -239,6 +239,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from radflow.config import reference_markdown
+
+    print(reference_markdown(), end="")
+    return 0
+
+
 def cmd_k8s_spec(args: argparse.Namespace) -> int:
     import yaml
 
@@ -404,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("info", help="versions, pixel decoders available, GPUs")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("config", help="print the configuration reference (every RADFLOW_* setting) as Markdown")
+    sp.set_defaults(func=cmd_config)
 
     sp = sub.add_parser("k8s-spec", help="print the DaskCluster resource (YAML) that kind=kubernetes creates")
     sp.add_argument("--workers", type=int, help="worker pods (default RADFLOW_CLUSTER__N_WORKERS or 2)")

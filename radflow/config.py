@@ -39,29 +39,29 @@ class KubernetesSettings(BaseModel):
     """A Dask cluster on Kubernetes through the Dask operator (``kind="kubernetes"``)."""
 
     name: str = Field("radflow", description="DaskCluster resource name")
-    namespace: str = "default"
+    namespace: str = Field("default", description="Kubernetes namespace")
     image: str = Field("ghcr.io/radflow/radflow:latest", description="container image with radflow installed")
     worker_cpu: str = Field("2", description="CPU request and limit of a worker pod")
     worker_memory: str = Field("8Gi", description="memory request and limit of a worker pod")
     worker_gpus: int = Field(0, ge=0, description="nvidia.com/gpu per worker pod (0: CPU workers)")
     secret_name: str | None = Field(None, description="Kubernetes secret whose keys become the pods' environment "
                                     "(RADFLOW_SECRET_KEY, AWS credentials)")
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="node labels worker pods must match")
 
 
 class ClusterSettings(BaseModel):
     """Where Dask work runs."""
 
     address: str | None = Field(None, description="scheduler address (tcp://host:8786 or tls://…); None starts a cluster of `kind`")
-    kind: Literal["local", "local-cuda", "kubernetes"] = "local"
+    kind: Literal["local", "local-cuda", "kubernetes"] = Field("local", description="cluster started when no address is given")
     tls_ca_file: Path | None = Field(None, description="CA certificate for a tls:// scheduler")
     tls_cert: Path | None = Field(None, description="client certificate for a tls:// scheduler")
     tls_key: Path | None = Field(None, description="client key for a tls:// scheduler")
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     n_workers: int | None = Field(None, description="local workers; default: one per core")
-    threads_per_worker: int = 1
-    memory_limit: str = "auto"
-    dashboard_address: str = "127.0.0.1:0"
+    threads_per_worker: int = Field(1, ge=1, description="threads of each worker")
+    memory_limit: str = Field("auto", description="memory limit of each local worker (Dask syntax, e.g. '8GiB')")
+    dashboard_address: str = Field("127.0.0.1:0", description="where local clusters serve the Dask dashboard (port 0: a free one)")
     allowed_failures: int = Field(1, ge=0, description="worker deaths a task may cause before it is given up "
                                   "(then a batch is probed input by input and the culprit recorded as WORKER_LOST)")
     spill_to_disk: bool = Field(
@@ -116,13 +116,13 @@ class Settings(BaseSettings):
     shard_target_mib: int = Field(128, ge=1, description="target uncompressed size of one shard object")
     raw_zstd_level: int = Field(1, ge=-7, le=22, description="zstd level of the raw arrays")
     canvas: int = Field(1024, ge=16, description="side of the fixed analysis canvas of `images`")
-    resize_method: Literal["area", "bilinear", "bicubic"] = "area"
+    resize_method: Literal["area", "bilinear", "bicubic"] = Field("area", description="anti-aliased resampling onto the canvas")
     denoise: Literal["none", "gaussian", "median"] = Field("none", description="denoising of `images` after resizing")
     denoise_size: float = Field(1.0, gt=0, description="Gaussian sigma or median window (odd) in canvas pixels")
     enhance: Literal["none", "equalize", "clahe"] = Field("none", description="contrast enhancement of `images`")
     clahe_clip: float = Field(0.01, gt=0, description="CLAHE clip limit (fraction of a region's pixels per bin)")
     unsharp_amount: float = Field(0.0, ge=0, description="unsharp-mask amount (0 = off), radius = 2 px")
-    image_dtype: Literal["float16", "uint16"] = "float16"
+    image_dtype: Literal["float16", "uint16"] = Field("float16", description="dtype of `images` (uint16: 0 … 65535 for 0 … 1)")
     infer_batch: int = Field(32, ge=1, description="frames per inference batch (= `images` chunk)")
     infer_autocast: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision for inference on GPUs")
     header_files_per_task: int = Field(256, ge=1, description="files per header-index Dask task")
@@ -134,7 +134,8 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for store and source URLs "
+                                             "(credentials belong in the environment, not here)")
 
     @field_validator("canvas")
     @classmethod
@@ -170,3 +171,42 @@ def resolve_secret_key(settings: Settings) -> bytes:
 def key_fingerprint(key: bytes) -> str:
     """A short public fingerprint of the key (recorded in the store to detect a key change)."""
     return hashlib.sha256(b"radflow-key-fingerprint\0" + key).hexdigest()[:16]
+
+
+def reference_markdown() -> str:
+    """The configuration reference (every setting, its variable, default and meaning) as Markdown,
+    generated from the settings model: ``radflow config`` prints it; docs/configuration.md is it."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `radflow.config.Settings` by `radflow config`; do not edit by hand.",
+        "Every setting is an environment variable (`RADFLOW_` + the path in capitals, nested with `__`);",
+        "dicts and lists are JSON. Flows also take them as a `settings` dict (except the key).",
+        "",
+        "| variable | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+
+    def type_name(annotation: Any) -> str:
+        import typing
+
+        if typing.get_origin(annotation) is Literal:
+            return " or ".join(f"`{a}`" for a in typing.get_args(annotation))
+        text = getattr(annotation, "__name__", None) or str(annotation)
+        return text.replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "").replace("|", "or")
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name.upper()}__")
+                continue
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr) or name == "secret_key":
+                default = "none (key file)"
+            default_text = "none" if default is None else f"`{default}`" if default != "" else '`""`'
+            desc = (info.description or "").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| `{prefix}{name.upper()}` | {type_name(ann)} | {default_text} | {desc} |")
+
+    walk(Settings, "RADFLOW_")
+    return "\n".join(lines) + "\n"

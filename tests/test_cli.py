@@ -71,3 +71,14 @@ def test_performance_report_saved_beside_the_tables(tmp_path, prefect_api, dask_
         assert url.startswith(store + "/reports/") and url.endswith(".html")
         html = open(url).read()
         assert "Dask Performance Report" in html and "Task Stream" in html and len(html) > 10_000
+
+
+def test_configuration_reference_is_generated_from_the_settings_model():
+    from radflow.config import Settings, reference_markdown
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    committed = open(os.path.join(root, "docs", "configuration.md")).read()
+    assert committed == reference_markdown(), "docs/configuration.md is stale: run `radflow config > docs/configuration.md`"
+    for name in Settings.model_fields:
+        assert f"`RADFLOW_{name.upper()}" in committed
+    assert "`RADFLOW_PRIVACY__HASH_SOURCES`" in committed and "`RADFLOW_CLUSTER__KUBERNETES__IMAGE`" in committed

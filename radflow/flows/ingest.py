@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 import radflow
 from radflow.cluster import connect, dashboard_link
@@ -194,7 +195,7 @@ def reserve(root, journal: Journal, settings: Settings) -> None:
 
 def _run_batches(dst: str, plans: list[BatchPlan], cfg: Settings, storage_options: dict[str, Any] | None,
                  results: list[dict[str, Any]]) -> None:
-    futures = [batch_task.submit(dst, p, cfg, storage_options) for p in plans]
+    futures = [batch_task.submit(dst, quote(p), cfg, storage_options) for p in plans]
     for fut in as_completed(futures):
         res = fut.result()
         results.append(res)
@@ -348,7 +349,7 @@ def ingest_flow(
         if link:
             log.info("Dask dashboard: %s", link)
             report("dashboard", url=link)
-        rows = index_task(new, cfg, storage_options)
+        rows = index_task(quote(new), cfg, storage_options)
         rejects = [r for r in rows if r["status"] == "rejected"]
         stored = set(read_table(dst, "instances", storage_options)["sop_uid"])
         pending, duplicates = split_duplicates([r for r in rows if r["status"] == "candidate"], stored)
@@ -362,12 +363,12 @@ def ingest_flow(
         report("stage-start", stage="ingest", total=len(rows) - len(rejects))
         while pending or duplicates:  # a duplicate whose first copy failed to store becomes the next round's primary
             if pending:
-                journal, plans = plan_task(dst, pending, cfg, storage_options)
+                journal, plans = plan_task(dst, quote(pending), cfg, storage_options)
                 _run_batches(dst, plans, cfg, storage_options, results)
                 remove_journal(dst, journal, storage_options)
             if not duplicates:
                 break
-            unresolved, checked = duplicates_task(dst, duplicates, cfg, storage_options)
+            unresolved, checked = duplicates_task(dst, quote(duplicates), cfg, storage_options)
             dup_reasons.update(checked["reasons"])
             report("stage-advance", stage="ingest", advance=checked["inputs"])
             pending, duplicates = split_duplicates(unresolved, set())

@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect, dashboard_link
 from radflow.errors import ConfigError
@@ -193,7 +194,7 @@ def _reconstruct(url: str, storage_options: dict[str, Any] | None) -> dict[str, 
         root = layout.open_root(zarr_store(url, storage_options), mode="r+")
         todo = [a for a, g in groups.items() if dict(root[a].attrs).get("reconstructed") != len(g)]
         report("stage-start", stage="reconstruct", total=sum(len(groups[a]) for a in todo))
-        futures = {reconstruct_task.submit(url, a, groups[a], storage_options): a for a in todo}
+        futures = {reconstruct_task.submit(url, a, quote(groups[a]), storage_options): a for a in todo}
         for fut in as_completed(list(futures)):
             n = fut.result()
             root[futures[fut]].attrs["reconstructed"] = n
@@ -217,7 +218,7 @@ def _volumes(url: str, inst: pd.DataFrame, storage_options: dict[str, Any] | Non
     plans = plan_volumes(inst)
     report("stage-start", stage="volumes", total=len(plans))
     cols = ["index", "raw_array", "raw_position", "rows", "cols"]
-    futures = [volume_task.submit(url, p, inst[inst["index"].isin(p.indices)][cols], storage_options) for p in plans]
+    futures = [volume_task.submit(url, quote(p), quote(inst[inst["index"].isin(p.indices)][cols]), storage_options) for p in plans]
     records = []
     for fut in as_completed(futures):
         records.append(fut.result())
@@ -398,8 +399,8 @@ def process_flow(
             if step == "preprocess":
                 done = stages.setdefault("preprocess", {})
                 frames = _run_stage(step, ranges, counts, done, lambda lo, hi: preprocess_task.submit(
-                    url, lo, hi, frame_params(inst, lo, hi, raw_names), raw_names, cfg.canvas, cfg.resize_method,
-                    enhancements, {i: v for i, v in luts.items() if lo <= i < hi}, storage_options))
+                    url, lo, hi, quote(frame_params(inst, lo, hi, raw_names)), raw_names, cfg.canvas, cfg.resize_method,
+                    enhancements, quote({i: v for i, v in luts.items() if lo <= i < hi}), storage_options))
                 # a re-preprocessed range invalidates what was derived from it
                 for key, val in stages.items():
                     if key != "preprocess":
@@ -422,7 +423,7 @@ def process_flow(
                 keys = inst[["index", "patient_key", "study_key", "sop_uid"]]
                 done = stages.setdefault(f"infer-{plan.sha256[:12]}{'-emb' if embeddings else ''}", {})
                 frames = _run_stage(step, ranges, counts, done, lambda lo, hi: infer_task.submit(
-                    url, lo, hi, keys[(keys["index"] >= lo) & (keys["index"] < hi)], plan, storage_options))
+                    url, lo, hi, quote(keys[(keys["index"] >= lo) & (keys["index"] < hi)]), plan, storage_options))
             seconds = time.perf_counter() - t0
             images.attrs["stages"] = stages
             if step == "preprocess":

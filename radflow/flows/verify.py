@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect
 from radflow.flows._common import build_settings, markdown_table, run_logger
@@ -66,7 +67,7 @@ def verify_flow(store: str, cluster: str | None = None, storage_options: dict[st
     problems: list[dict[str, Any]] = []
     with connect(cfg.cluster):
         report("stage-start", stage="verify", total=total)
-        futures = [verify_array_task.submit(url, a, g, 512, storage_options) for a, g in sorted(groups.items())]
+        futures = [verify_array_task.submit(url, a, quote(g), 512, storage_options) for a, g in sorted(groups.items())]
         for fut in as_completed(futures):
             n, found = fut.result()
             checked += n

@@ -91,17 +91,19 @@ class Store:
         df = self.table(k.table)
         return df.sort_values(k.index_col).reset_index(drop=True) if k.index_col in df else df
 
-    def kspace_slice(self, kspace_index: int, *, recon: bool = False) -> np.ndarray:
-        """Stored k-space ``(coils, ky, kx)`` complex64 of one slice, or with ``recon=True`` its
-        reconstruction ``(h, w)`` float32 from ``recon/``."""
-        return self._slice("kspace", kspace_index, recon)
+    def kspace_slice(self, kspace_index: int, *, recon: bool = False, reference: bool = False) -> np.ndarray:
+        """Stored k-space ``(coils, ky, kx)`` complex64 of one slice; with ``recon=True`` its
+        reconstruction ``(h, w)`` float32 from ``recon/``; with ``reference=True`` the file's own
+        reference image (fastMRI's ``reconstruction_rss``)."""
+        return self._slice("kspace", kspace_index, recon, reference)
 
-    def sinogram_slice(self, sinogram_index: int, *, recon: bool = False) -> np.ndarray:
-        """Stored sinogram ``(n_det, n_angles)`` float32 of one slice, or with ``recon=True`` its FBP image."""
-        return self._slice("sinogram", sinogram_index, recon)
+    def sinogram_slice(self, sinogram_index: int, *, recon: bool = False, reference: bool = False) -> np.ndarray:
+        """Stored sinogram ``(n_det, n_angles)`` float32 of one slice; with ``recon=True`` its FBP
+        image; with ``reference=True`` the file's reference image."""
+        return self._slice("sinogram", sinogram_index, recon, reference)
 
-    def _slice(self, kind: str, index: int, recon: bool) -> np.ndarray:
-        from radflow.storage.acquisitions import KINDS
+    def _slice(self, kind: str, index: int, recon: bool, reference: bool = False) -> np.ndarray:
+        from radflow.storage.acquisitions import KINDS, reference_path
 
         k = KINDS[kind]
         table = self._acquisitions(kind).set_index(k.index_col)
@@ -109,7 +111,8 @@ class Store:
             row = table.loc[int(index)]
         except KeyError:
             raise IndexError(f"no {kind} slice {index} in {self.url}") from None
-        path = row["array"] if not recon else "recon/" + row["array"].split("/", 1)[1]
+        path = (reference_path(row["array"]) if reference else
+                "recon/" + row["array"].split("/", 1)[1] if recon else row["array"])
         arr = self.root[path]
         layout.require_chunk(arr, int(row["position"]))
         return np.asarray(arr[int(row["position"])])
