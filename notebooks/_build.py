@@ -56,7 +56,7 @@ raw.shape, raw.dtype, int(raw.min()), int(raw.max())'''),
 inst = store.instances()
 table = feats.merge(inst[["index", "modality", "view", "rows", "cols"]], on="index")
 fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-for ax, col in zip(axes, ["mean", "glcm_contrast", "hf_energy"]):
+for ax, col in zip(axes, ["mean", "glcm_contrast", "hf_energy_fraction"]):
     for modality, g in table.groupby("modality"):
         ax.hist(g[col], bins=15, alpha=0.6, label=modality)
     ax.set_title(col)

@@ -109,6 +109,8 @@ def _print_process(s: dict[str, Any]) -> None:
         print(f"{step}: {v['frames']} frames in {v['seconds']:.1f} s ({v['images_per_s']:.1f} images/s)")
     if s.get("performance_report"):
         print(f"Dask performance report: {s['performance_report']}")
+    if s.get("report"):
+        print(f"QC report: {s['report']}")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -167,7 +169,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     s = _with_progress(lambda: radflow.process(args.store, steps=_steps(args.steps), model=args.model, arch=args.arch,
                                                canvas=args.canvas, cluster=args.cluster,
                                                storage_options=_storage_options(args), settings=_settings(args),
-                                               embeddings=args.embeddings, card=card))
+                                               embeddings=args.embeddings, card=card, report=args.report,
+                                               labels=args.labels))
     _print_process(s)
     return 0
 
@@ -216,7 +219,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{_indent}held-out     AUC {auc} for '{r['label']}' on {r['n']} images "
               f"(sensitivity {r['sensitivity']:.2f}, specificity {r['specificity']:.2f} at {r['threshold']})")
     print(f"{_indent}store        {s['store']}")
-    print(f"{_indent}tables       {s['tables']}  (ledger, instances, features, predictions, evaluation)")
+    print(f"{_indent}tables       {s['tables']}  (ledger, instances, headers, features, predictions, evaluation)")
+    if s.get("report"):
+        print(f"{_indent}QC report    {s['report']}  (open it in a browser)")
     print(f"{_indent}model        {s['model']}")
     print(f"{_indent}total        {time.perf_counter() - t0:.1f} s")
     return 0
@@ -237,6 +242,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if len(res["problems"]) > 50:
         print(f"  ... and {len(res['problems']) - 50} more")
     return 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from radflow.flows.report import report_flow
+
+    print(report_flow(args.store, labels=args.labels, out=args.out, storage_options=_storage_options(args)))
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -373,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--canvas", type=int, help="side of the analysis canvas of `images` (default 1024)")
         sp.add_argument("--card", help="model card (JSON or YAML) overriding the one beside the weights")
         sp.add_argument("--embeddings", action="store_true", help="also store penultimate-layer embeddings")
+        sp.add_argument("--report", action="store_true", help="write the HTML QC report under STORE/reports/")
+        sp.add_argument("--labels", help="with --report: CSV with sop_instance_uid and 0/1 label columns (ROC curves)")
 
     sp = sub.add_parser("process", help="preprocess, infer and extract features over a store")
     sp.add_argument("store")
@@ -411,6 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("info", help="versions, pixel decoders available, GPUs")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("report", help="write the HTML QC report of a store (thumbnails, rejections, distributions, ROC)")
+    sp.add_argument("store")
+    sp.add_argument("--labels", help="CSV with sop_instance_uid and 0/1 label columns: adds ROC curves")
+    sp.add_argument("--out", help="where to write it (default STORE/reports/qc-<time>.html)")
+    common(sp, cluster=False)
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("config", help="print the configuration reference (every RADFLOW_* setting) as Markdown")
     sp.set_defaults(func=cmd_config)

@@ -93,12 +93,14 @@ def demo_flow(out: str, n: int = 200, seed: int = 0, canvas: int = 256, epochs: 
         ingest = ingest_flow(synth["dicom"], store, cluster=address)
         pre = process_flow(store, steps=["preprocess"], canvas=canvas, cluster=address)
         train = train_task(store, synth["labels"], model_url, epochs, seed, None)
-        post = process_flow(store, steps=["infer", "features"], model=model_url, cluster=address)
+        post = process_flow(store, steps=["infer", "features"], model=model_url, cluster=address, report=True,
+                            labels=synth["labels"])
         evaluation = evaluate_flow(store, synth["labels"], split="test")
     return {
         "archive": archive,
         "store": store,
         "tables": os.path.join(store, "tables"),
+        "report": post.get("report"),
         "model": model_url,
         "synth": synth,
         "ingest": ingest,

@@ -27,7 +27,7 @@ from radflow.cluster import connect, dashboard_link
 from radflow.errors import ConfigError
 from radflow.flows import _blocks
 from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
-from radflow.flows._progress import report
+from radflow.flows._progress import report as progress
 from radflow.storage import layout
 from radflow.storage.acquisitions import KINDS, kind_of_array, reference_path
 from radflow.storage.models import ModelSpec, load_model
@@ -193,14 +193,14 @@ def _reconstruct(url: str, storage_options: dict[str, Any] | None) -> dict[str, 
     if groups:
         root = layout.open_root(zarr_store(url, storage_options), mode="r+")
         todo = [a for a, g in groups.items() if dict(root[a].attrs).get("reconstructed") != len(g)]
-        report("stage-start", stage="reconstruct", total=sum(len(groups[a]) for a in todo))
+        progress("stage-start", stage="reconstruct", total=sum(len(groups[a]) for a in todo))
         futures = {reconstruct_task.submit(url, a, quote(groups[a]), storage_options): a for a in todo}
         for fut in as_completed(list(futures)):
             n = fut.result()
             root[futures[fut]].attrs["reconstructed"] = n
             frames += n
-            report("stage-advance", stage="reconstruct", advance=n)
-        report("stage-end", stage="reconstruct")
+            progress("stage-advance", stage="reconstruct", advance=n)
+        progress("stage-end", stage="reconstruct")
     seconds = time.perf_counter() - t0
     return {"frames": frames, "seconds": seconds, "images_per_s": frames / seconds if seconds else 0.0}
 
@@ -216,14 +216,14 @@ def _volumes(url: str, inst: pd.DataFrame, storage_options: dict[str, Any] | Non
     """Assemble every CT/MR series into ``volumes/<key>``; one ``volumes`` table row per volume."""
     t0 = time.perf_counter()
     plans = plan_volumes(inst)
-    report("stage-start", stage="volumes", total=len(plans))
+    progress("stage-start", stage="volumes", total=len(plans))
     cols = ["index", "raw_array", "raw_position", "rows", "cols"]
     futures = [volume_task.submit(url, quote(p), quote(inst[inst["index"].isin(p.indices)][cols]), storage_options) for p in plans]
     records = []
     for fut in as_completed(futures):
         records.append(fut.result())
-        report("stage-advance", stage="volumes", advance=1)
-    report("stage-end", stage="volumes")
+        progress("stage-advance", stage="volumes", advance=1)
+    progress("stage-end", stage="volumes")
     if records:
         write_part(url, "volumes", "all", pd.DataFrame(records).sort_values("key"), storage_options=storage_options)
     seconds = time.perf_counter() - t0
@@ -295,15 +295,15 @@ def _has_gpu_workers(client) -> bool:
 def _run_stage(name: str, ranges: list[tuple[int, int]], counts: dict[int, int], done: dict[str, int], submit) -> int:
     """Submit ``submit(lo, hi)`` for ranges not done with the same frame count; return frames processed."""
     todo = [(lo, hi) for lo, hi in ranges if counts.get(lo, 0) and done.get(str(lo)) != counts[lo]]
-    report("stage-start", stage=name, total=sum(counts[lo] for lo, _ in todo))
+    progress("stage-start", stage=name, total=sum(counts[lo] for lo, _ in todo))
     futures = {submit(lo, hi): lo for lo, hi in todo}
     frames = 0
     for fut in as_completed(list(futures)):
         n = fut.result()
         done[str(futures[fut])] = n
         frames += n
-        report("stage-advance", stage=name, advance=n)
-    report("stage-end", stage=name)
+        progress("stage-advance", stage=name, advance=n)
+    progress("stage-end", stage=name)
     return frames
 
 
@@ -319,6 +319,8 @@ def process_flow(
     settings: dict[str, Any] | None = None,
     embeddings: bool = False,
     card: dict[str, Any] | None = None,
+    report: bool = False,
+    labels: str | None = None,
 ) -> dict[str, Any]:
     """Run processing steps over a store.
 
@@ -333,6 +335,8 @@ def process_flow(
     embeddings : also store the penultimate-layer embedding (``embedding_layer`` in the model card)
     card : model-card fields overriding the card beside the weights (labels, activation, input_size ...)
     canvas : side of the ``images`` canvas (default: settings, 1024)
+    report : also write the HTML QC report under ``<store>/reports/`` (``labels``: a CSV with
+        ``sop_instance_uid`` and 0/1 label columns adds ROC curves)
     """
     log = run_logger()
     unknown = set(steps) - set(STEPS)
@@ -385,7 +389,7 @@ def process_flow(
         link = dashboard_link(client)
         if link:
             log.info("Dask dashboard: %s", link)
-            report("dashboard", url=link)
+            progress("dashboard", url=link)
         if report_url:
             summary["performance_report"] = report_url
         for step in ordered:
@@ -435,4 +439,9 @@ def process_flow(
         f"# radflow process\n\nStore: `{url}`\n\n{table}",
         key="radflow-process", description="radflow process summary",
     )
+    if report:
+        from radflow.flows.report import write_report
+
+        summary["report"] = write_report(url, labels=labels, storage_options=storage_options, settings=settings)
+        log.info("QC report: %s", summary["report"])
     return summary

@@ -1,0 +1,53 @@
+"""The QC report flow: render :func:`radflow.storage.report.qc_report` and save it beside the tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+from prefect import flow
+from prefect.artifacts import create_link_artifact
+
+from radflow.config import resolve_secret_key
+from radflow.flows._common import build_settings, run_logger
+from radflow.storage.pseudonym import remap_uid
+from radflow.storage.report import qc_report
+from radflow.storage.store import open_store
+from radflow.storage.urls import filesystem, join, normalize
+
+__all__ = ["report_flow", "write_report"]
+
+
+def write_report(store: str, *, labels: str | None = None, out: str | None = None,
+                 storage_options: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> str:
+    """Render the report of ``store`` and write it to ``out`` (default
+    ``<store>/reports/qc-<UTC time>.html``); returns where it went. ``labels`` is a CSV with
+    the original ``sop_instance_uid`` and 0/1 label columns (remapped here with the store's key)."""
+    cfg = build_settings(settings)
+    st = open_store(normalize(store), storage_options)
+    lab = None
+    if labels:
+        fs, path = filesystem(normalize(labels), storage_options)
+        with fs.open(path, "rb") as fh:
+            lab = pd.read_csv(fh)
+        key = resolve_secret_key(cfg)
+        lab = lab.drop(columns=[c for c in ("path", "split") if c in lab]).copy()
+        lab["sop_uid"] = [remap_uid(key, str(u)) for u in lab.pop("sop_instance_uid")]
+    text = qc_report(st, labels=lab)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = normalize(out) if out else join(st.url, "reports", f"qc-{stamp}.html")
+    fs, path = filesystem(target, storage_options)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    fs.pipe_file(path, text.encode())
+    return target
+
+
+@flow(name="radflow-report", validate_parameters=False)
+def report_flow(store: str, labels: str | None = None, out: str | None = None,
+                storage_options: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> str:
+    """Write the QC report (thumbnails, rejections, intensity and prediction distributions, ROC)."""
+    target = write_report(store, labels=labels, out=out, storage_options=storage_options, settings=settings)
+    run_logger().info("QC report: %s", target)
+    create_link_artifact(target, link_text="radflow QC report", key="radflow-qc-report", description="QC report")
+    return target
