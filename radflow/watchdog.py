@@ -53,7 +53,9 @@ def _watch() -> None:
         if expired:
             msg = f"radflow: {expired[0]} passed its deadline; ending this worker process so its nanny restarts it"
             log.error(msg)
-            print(msg, file=sys.stderr, flush=True)
+            for handler in logging.getLogger().handlers:  # os._exit skips the usual flushing
+                handler.flush()
+            sys.stderr.flush()
             os._exit(EXIT_CODE)
 
 
