@@ -23,7 +23,8 @@ def write_report(store: str, *, labels: str | None = None, out: str | None = Non
                  storage_options: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> str:
     """Render the report of ``store`` and write it to ``out`` (default
     ``<store>/reports/qc-<UTC time>.html``); returns where it went. ``labels`` is a CSV with
-    the original ``sop_instance_uid`` and 0/1 label columns (remapped here with the store's key)."""
+    the original ``sop_instance_uid`` and 0/1 label columns (remapped here with the store's key);
+    with a ``split`` column, only its ``test`` rows are scored."""
     cfg = build_settings(settings)
     st = open_store(normalize(store), storage_options)
     lab = None
@@ -32,6 +33,8 @@ def write_report(store: str, *, labels: str | None = None, out: str | None = Non
         with fs.open(path, "rb") as fh:
             lab = pd.read_csv(fh)
         key = resolve_secret_key(cfg)
+        if "split" in lab and (lab["split"] == "test").any():  # score the held-out frames only
+            lab = lab[lab["split"] == "test"]
         lab = lab.drop(columns=[c for c in ("path", "split") if c in lab]).copy()
         lab["sop_uid"] = [remap_uid(key, str(u)) for u in lab.pop("sop_instance_uid")]
     text = qc_report(st, labels=lab)
