@@ -29,7 +29,8 @@ from radflow.flows._progress import report
 from radflow.storage import layout
 from radflow.storage.batches import BatchInput, BatchPlan, index_inputs, ledger_row, plan_batches, probe_input, write_batch
 from radflow.storage.deid import privacy_record
-from radflow.storage.journal import Journal, completed_batches, pending_journals, remove_journal, write_journal
+from radflow.storage.journal import (Journal, completed_batches, pending_journals, remove_journal, with_uris,
+                                    write_journal)
 from radflow.storage.pseudonym import source_label
 from radflow.storage.duplicates import check_duplicates, split_duplicates
 from radflow.storage.acquisitions import KINDS, reference_path
@@ -203,10 +204,13 @@ def _run_batches(dst: str, plans: list[BatchPlan], cfg: Settings, storage_option
 
 
 @task(name="resume", cache_policy=NO_CACHE)
-def resume_task(dst: str, cfg: Settings, storage_options: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Finish the plans of runs that were killed: their unfinished batches run again as planned."""
+def resume_task(dst: str, cfg: Settings, storage_options: dict[str, Any] | None,
+                uris: dict[str, str]) -> list[dict[str, Any]]:
+    """Finish the plans of runs that were killed: their unfinished batches run again as planned
+    (``uris`` maps source labels to paths for inputs whose paths are hashed)."""
     results: list[dict[str, Any]] = []
     for journal in pending_journals(dst, storage_options):
+        journal = with_uris(journal, uris)
         done = completed_batches(dst, storage_options)
         todo = [p for p in journal.plans if p.batch_id not in done]
         run_logger().warning("resuming an interrupted run: %d of its %d batches to do", len(todo), len(journal.plans))
@@ -334,10 +338,11 @@ def ingest_flow(
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
                        radflow_version=radflow.__version__, privacy=privacy_record(cfg.privacy, key))
     results: list[dict[str, Any]] = []
+    inputs, new = discover_task(src, dst, storage_options, cfg)
     if pending_journals(dst, storage_options):  # a killed run left reservations: finish them first
         with connect(cfg.cluster):
-            results += resume_task(dst, cfg, storage_options)
-    inputs, new = discover_task(src, dst, storage_options, cfg)
+            results += resume_task(dst, cfg, storage_options, quote({r.label: r.uri for r in inputs}))
+        inputs, new = discover_task(src, dst, storage_options, cfg)
     if not new:
         if not results:
             log.info("nothing new under %s; the store is unchanged", src)

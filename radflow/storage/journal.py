@@ -21,7 +21,7 @@ from radflow.storage.batches import BatchInput, BatchPlan
 from radflow.storage.tables import list_parts
 from radflow.storage.urls import filesystem, is_remote, join
 
-__all__ = ["Journal", "write_journal", "pending_journals", "remove_journal", "completed_batches"]
+__all__ = ["Journal", "write_journal", "pending_journals", "with_uris", "remove_journal", "completed_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,9 @@ class Journal:
 
 def _plan_to_dict(p: BatchPlan) -> dict[str, Any]:
     d = dataclasses.asdict(p)
-    d["inputs"] = [dataclasses.asdict(i) for i in p.inputs]
+    # an input whose path is recorded as a keyed hash keeps only that hash here too; the resuming
+    # run finds its path again by discovering the source (see ``with_uris``)
+    d["inputs"] = [{**dataclasses.asdict(i), "uri": "" if i.source else i.uri} for i in p.inputs]
     return d
 
 
@@ -82,6 +84,15 @@ def pending_journals(store_url: str, storage_options: dict[str, Any] | None = No
         d = json.loads(fs.cat_file(name))
         out.append(Journal(d["id"], tuple(_plan_from_dict(p) for p in d["plans"]), d["lengths"], d["meta"]))
     return sorted(out, key=lambda j: min((p.index for p in j.plans), default=0))
+
+
+def with_uris(journal: Journal, uris: dict[str, str]) -> Journal:
+    """``journal`` with the paths of hashed inputs restored from ``uris`` (source label → URI, from
+    discovering the source again); an input no longer found keeps its label as URI and is
+    recorded as unreadable when its batch runs."""
+    plans = tuple(dataclasses.replace(p, inputs=tuple(
+        i if i.uri else dataclasses.replace(i, uri=uris.get(i.source, i.source)) for i in p.inputs)) for p in journal.plans)
+    return dataclasses.replace(journal, plans=plans)
 
 
 def remove_journal(store_url: str, journal: Journal, storage_options: dict[str, Any] | None = None) -> None:

@@ -33,6 +33,14 @@ def reference(archive, tmp_path_factory, prefect_api, dask_client):
     return store
 
 
+@pytest.fixture(scope="module")
+def hashed_reference(archive, tmp_path_factory, prefect_api, dask_client):
+    """The uninterrupted run with source paths recorded as keyed hashes (the journal must not hold them)."""
+    store = str(tmp_path_factory.mktemp("ref") / "hashed.zarr")
+    radflow.ingest(archive.dicom, store, settings={**SETTINGS, "privacy": {"hash_sources": True}})
+    return store
+
+
 def _objects(store: str) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), store) for d, _, fs in os.walk(store) for f in fs)
 
@@ -45,12 +53,13 @@ def _batch_parts(store: str) -> list[str]:
     return [n for n in names if n.startswith("part-") and not n.startswith(("part-index-", "part-dup-"))]
 
 
-def test_flow_process_killed_with_sigkill_resumes_to_the_same_store(archive, reference, tmp_path, prefect_api):
+def test_flow_process_killed_with_sigkill_resumes_to_the_same_store(archive, hashed_reference, tmp_path, prefect_api):
+    reference = hashed_reference
     from prefect.settings import PREFECT_API_URL
 
     store = str(tmp_path / "killed.zarr")
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "RADFLOW_SHARD_TARGET_MIB": "2",
-           "RADFLOW_MAX_FILES_PER_BATCH": "4", "RADFLOW_CLUSTER__N_WORKERS": "2"}
+           "RADFLOW_MAX_FILES_PER_BATCH": "4", "RADFLOW_CLUSTER__N_WORKERS": "2", "RADFLOW_PRIVACY__HASH_SOURCES": "true"}
     cmd = [sys.executable, "-m", "radflow", "ingest", archive.dicom, store]
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -61,6 +70,7 @@ def test_flow_process_killed_with_sigkill_resumes_to_the_same_store(archive, ref
         proc.wait()
     done_at_kill = len(_batch_parts(store))
     journal = os.listdir(os.path.join(store, "journal"))
+    assert not any(archive.dicom.encode() in open(os.path.join(store, "journal", j), "rb").read() for j in journal)
     n_batches = len(_batch_parts(reference))
     assert 0 < done_at_kill < n_batches and journal, (done_at_kill, n_batches, (tmp_path / "first.log").read_text()[-2000:])
 

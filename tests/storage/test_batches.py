@@ -45,3 +45,22 @@ def test_plan_is_deterministic_and_appends_after_existing():
     c, pos, _ = plan_batches(entries, next_position={"raw/uint16_512x512": 8}, next_index=5, shard_target_mib=1,
                              frames_per_shard={"raw/uint16_512x512": 4})
     assert c[0].position == 8 and c[0].index == 5 and c[0].frames_per_shard == 4
+
+
+def test_journal_keeps_hashed_paths_hashed(tmp_path):
+    from radflow.storage.batches import BatchInput, BatchPlan
+    from radflow.storage.journal import pending_journals, remove_journal, with_uris, write_journal
+
+    store = str(tmp_path / "s.zarr")
+    secret_path = "/archive/CANARY-SUBJECT-p10000032/s50414267/1.dcm"
+    plan = BatchPlan("b1", "dicom", "raw/uint16_512x512", "<u2", (512, 512), (), 4, 0, 4, 0,
+                     inputs=(BatchInput(secret_path, 10, "v", 1, "hmac-sha256:abc"), BatchInput("/plain/2.dcm", 11, "w", 1)))
+    j = write_journal(store, [plan], {"raw/uint16_512x512": 4}, {"next_index": 2})
+    raw = open(tmp_path / "s.zarr" / "journal" / f"{j.id}.json").read()
+    assert "CANARY" not in raw and "/plain/2.dcm" in raw
+    (back,) = pending_journals(store)
+    assert back.plans[0].inputs[0].uri == "" and back.lengths == {"raw/uint16_512x512": 4}
+    restored = with_uris(back, {"hmac-sha256:abc": secret_path})
+    assert restored.plans[0] == plan
+    remove_journal(store, back)
+    assert pending_journals(store) == [] and not (tmp_path / "s.zarr" / "journal").exists()
