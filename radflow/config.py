@@ -54,6 +54,9 @@ class ClusterSettings(BaseModel):
 
     address: str | None = Field(None, description="scheduler address (tcp://host:8786 or tls://…); None starts a cluster of `kind`")
     kind: Literal["local", "local-cuda", "kubernetes"] = Field("local", description="cluster started when no address is given")
+    rmm_pool_size: float | str | None = Field(
+        0.8, description="local-cuda: RMM pool per GPU (fraction of device memory, or '24GB'), shared by CuPy and "
+        "torch; None: no pool")
     tls_ca_file: Path | None = Field(None, description="CA certificate for a tls:// scheduler")
     tls_cert: Path | None = Field(None, description="client certificate for a tls:// scheduler")
     tls_key: Path | None = Field(None, description="client key for a tls:// scheduler")

@@ -59,6 +59,10 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
         return
     cluster = _start_cluster(settings)
     client = Client(cluster, set_as_default=True)
+    if settings.kind == "local-cuda":
+        from radflow.cluster.plugins import RMMAllocators
+
+        client.register_plugin(RMMAllocators())
     log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
     try:
         with client.as_current():
@@ -97,7 +101,9 @@ def _start_cluster(settings: ClusterSettings):
                 from dask_cuda import LocalCUDACluster
             except ImportError as exc:
                 raise MissingDependencyError("cluster kind 'local-cuda' needs dask-cuda; pip install 'radflow[gpu]'") from exc
-            return LocalCUDACluster(dashboard_address=settings.dashboard_address, ip="127.0.0.1")
+            return LocalCUDACluster(n_workers=settings.n_workers, threads_per_worker=settings.threads_per_worker,
+                                    memory_limit=settings.memory_limit, dashboard_address=settings.dashboard_address,
+                                    ip="127.0.0.1", rmm_pool_size=settings.rmm_pool_size)
         if settings.kind == "kubernetes":
             try:
                 from dask_kubernetes.operator import KubeCluster

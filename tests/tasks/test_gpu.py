@@ -59,3 +59,25 @@ def test_predict_on_cuda_torch():
     np.testing.assert_allclose(gpu, cpu, atol=1e-3)
     half = predict(model, x, card, autocast="bf16")
     np.testing.assert_allclose(half, cpu, atol=5e-2)
+
+
+def test_local_cuda_cluster_shares_one_rmm_pool(cupy):
+    if not has_module("dask_cuda") or not has_module("rmm"):
+        pytest.skip("dask-cuda and rmm are needed (pip install 'radflow[gpu]')")
+    from radflow.cluster import connect
+    from radflow.config import ClusterSettings
+
+    def allocators():
+        import cupy
+        import rmm
+        import torch
+
+        x = cupy.zeros(1 << 20)
+        t = torch.zeros(1 << 20, device="cuda")
+        return type(rmm.mr.get_current_device_resource()).__name__, cupy.cuda.get_allocator().__module__, \
+            torch.cuda.memory.get_allocator_backend(), float(x.sum() + t.sum().item())
+
+    with connect(ClusterSettings(kind="local-cuda", rmm_pool_size=0.3)) as client:
+        out = client.run(allocators)
+    for resource, cupy_alloc, torch_backend, total in out.values():
+        assert "Pool" in resource and "rmm" in cupy_alloc and total == 0.0
