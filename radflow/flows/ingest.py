@@ -27,7 +27,8 @@ from radflow.errors import Reason
 from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
 from radflow.storage import layout
-from radflow.storage.batches import BatchInput, BatchPlan, index_inputs, ledger_row, plan_batches, probe_input, write_batch
+from radflow.storage.batches import (BatchInput, BatchPlan, index_inputs, ledger_row, lost_detail, plan_batches,
+                                     probe_input, write_batch)
 from radflow.storage.deid import privacy_record
 from radflow.storage.journal import (Journal, completed_batches, pending_journals, remove_journal, with_uris,
                                     write_journal)
@@ -107,7 +108,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
                 lost, result = _alone(client, index_inputs, [ref], timeout_s=settings.limits.input_timeout_s, **kwargs)
                 part += result if not lost else [{
                     "uri": ref[0], "size": ref[1], "version": ref[2], "status": "rejected", "reason": lost,
-                    "detail": _LOST_HEADER[lost]}]
+                    "detail": lost_detail(lost, "reading this header")}]
         rows.extend(part)
         report("stage-advance", stage="index headers", advance=len(part))
     labels = {r.uri: r.label for r in new}
@@ -118,10 +119,6 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     return rows
 
 
-_LOST_HEADER = {
-    Reason.WORKER_LOST.value: "reading this header killed the worker every time it was tried",
-    Reason.TIMEOUT.value: "reading this header ran past limits.input_timeout_s every time it was tried",
-}
 _INDEX_KEYS = {"dicom": "next_index", **{k: v.meta_key for k, v in KINDS.items()}}
 
 

@@ -33,12 +33,13 @@ from radflow.storage.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHE
 from radflow.storage.urls import zarr_store
 from radflow.watchdog import deadline
 
-LOST_DETAIL = {
-    Reason.WORKER_LOST.value: "decoding this input killed the worker every time it was tried",
-    Reason.TIMEOUT.value: "decoding this input alone ran past limits.input_timeout_s every time it was tried",
-}
+def lost_detail(reason: str, what: str = "decoding this input") -> str:
+    """The ledger detail of an input left out because ``what`` killed or hung its worker."""
+    happened = "killed the worker" if reason == Reason.WORKER_LOST.value else "ran past limits.input_timeout_s"
+    return f"{what} {happened} every time it was tried alone"
 
-__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary", "each_input", "probe_input"]
+
+__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary", "each_input", "probe_input", "lost_detail"]
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
             outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
         ledger.append(ledger_row(item.label, item.size, item.version, sha256=sha, batch=plan.batch_id,
                                  seconds=time.perf_counter() - t0, **outcome))
-    ledger += [ledger_row(i.label, i.size, i.version, status="rejected", reason=Reason(reason), detail=LOST_DETAIL[reason],
+    ledger += [ledger_row(i.label, i.size, i.version, status="rejected", reason=Reason(reason), detail=lost_detail(reason),
                           batch=plan.batch_id) for i, reason in lost]
     return ledger, bytes_in
 
