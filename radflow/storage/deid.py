@@ -202,9 +202,20 @@ class Deidentifier:
         return out
 
     def to_json(self, ds: Dataset) -> str:
-        """The de-identified dataset in the DICOM JSON model (PS3.18 F)."""
-        return json.dumps(self.apply(ds).to_json_dict(bulk_data_threshold=10**9, bulk_data_element_handler=None),
-                          sort_keys=True, separators=(",", ":"))
+        """The de-identified dataset in the DICOM JSON model (PS3.18 F). An element pydicom cannot
+        express in JSON (a malformed value read leniently) is left out rather than losing the image."""
+        out = self.apply(ds)
+        try:
+            doc = out.to_json_dict(bulk_data_threshold=10**9, bulk_data_element_handler=None)
+        except Exception:  # pydicom raises assorted types for odd values
+            doc = {}
+            for elem in out:
+                try:
+                    doc[f"{int(elem.tag):08X}"] = elem.to_json_dict(bulk_data_element_handler=None,
+                                                                    bulk_data_threshold=10**9)
+                except Exception:
+                    continue
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
     def _private_allowed(self, ds: Dataset, tag: int) -> bool:
         if not self._allowed:
@@ -223,36 +234,36 @@ class Deidentifier:
             if elem.VR in _BINARY_VRS or tag >> 16 == 0x0002 or tag == 0x7FE00010:
                 continue
             if self.keep_identifiers:
-                out.add(pydicom.DataElement(elem.tag, elem.VR, Sequence([self._walk(i, shift) for i in elem.value])
-                                            if elem.VR == "SQ" else elem.value))
+                _add(out, elem.tag, elem.VR, Sequence([self._walk(i, shift) for i in elem.value])
+                                            if elem.VR == "SQ" else elem.value)
                 continue
             if tag >> 16 & 1:
                 if self._private_allowed(ds, tag):
                     creator_tag = Tag((tag >> 16), (tag & 0xFFFF) >> 8)
-                    out.add(pydicom.DataElement(creator_tag, "LO", ds[creator_tag].value))
-                    out.add(pydicom.DataElement(elem.tag, elem.VR, elem.value))
+                    _add(out, creator_tag, "LO", ds[creator_tag].value)
+                    _add(out, elem.tag, elem.VR, elem.value)
                 continue
             action = self._action(tag, elem.VR)
             if action == "K":
                 if elem.VR == "SQ":
-                    out.add(pydicom.DataElement(elem.tag, "SQ", Sequence([self._walk(i, shift) for i in elem.value])))
+                    _add(out, elem.tag, "SQ", Sequence([self._walk(i, shift) for i in elem.value]))
                 else:
-                    out.add(pydicom.DataElement(elem.tag, elem.VR, elem.value))
+                    _add(out, elem.tag, elem.VR, elem.value)
             elif action == "X":
                 continue
             elif action == "Z":
-                out.add(pydicom.DataElement(elem.tag, elem.VR, Sequence() if elem.VR == "SQ" else None))
+                _add(out, elem.tag, elem.VR, Sequence() if elem.VR == "SQ" else None)
             elif action == "D":
-                out.add(pydicom.DataElement(elem.tag, elem.VR, self._dummy(elem)))
+                _add(out, elem.tag, elem.VR, self._dummy(elem))
             elif action == "U":
                 if elem.VR == "SQ":  # X/Z/U*: keep the references, remap their UIDs
-                    out.add(pydicom.DataElement(elem.tag, "SQ", Sequence([self._walk(i, shift) for i in elem.value])))
+                    _add(out, elem.tag, "SQ", Sequence([self._walk(i, shift) for i in elem.value]))
                 else:
-                    out.add(pydicom.DataElement(elem.tag, elem.VR, self._remap(elem.value)))
+                    _add(out, elem.tag, elem.VR, self._remap(elem.value))
             elif action == "C":
                 value = _shift_element(elem, shift)
                 if value is not None:
-                    out.add(pydicom.DataElement(elem.tag, elem.VR, value))
+                    _add(out, elem.tag, elem.VR, value)
         return out
 
     def _action(self, tag: int, vr: str) -> str:
@@ -282,6 +293,20 @@ class Deidentifier:
             return 0
         value = _DUMMY.get(elem.VR, "ANONYMIZED")
         return value[: _MAX_LEN.get(elem.VR, 64)]
+
+
+def _add(ds: Dataset, tag: Any, vr: str, value: Any) -> None:
+    """Add an element; a value pydicom cannot hold under its VR (read leniently) is left out."""
+    try:
+        ds.add(_elem(tag, vr, value))
+    except (ValueError, TypeError, OverflowError):
+        pass
+
+
+def _elem(tag: Any, vr: str, value: Any) -> pydicom.DataElement:
+    """An element built without re-validating its value: values come from a dataset already read
+    under the run's validation policy (and pydicom's validation mode is process-wide state)."""
+    return pydicom.DataElement(tag, vr, value, validation_mode=pydicom.config.IGNORE)
 
 
 # -- dates and times ---------------------------------------------------------------------

@@ -116,3 +116,17 @@ def test_burned_in_rules():
     ds = Dataset()
     ds.Modality, ds.ConversionType = "OT", "WSD"
     assert burned_in_rules(ds) == "SCREEN SAVE; Modality OT"
+
+
+def test_values_read_leniently_never_cost_the_image(pydicom_test_files):
+    """A header with values pydicom only reads leniently still gets its (de-identified) JSON: an
+    element that cannot be expressed is left out, the rest is kept."""
+    import os
+
+    from radflow.storage.dicom import read_dataset
+
+    data = open(os.path.join(pydicom_test_files, "badVR.dcm"), "rb").read()
+    ds = read_dataset(data, validation="warn")
+    for keep in (False, True):
+        doc = json.loads(Deidentifier(KEY, keep_identifiers=keep).to_json(ds))
+        assert "00080060" in doc or "00100020" in doc  # Modality or Patient ID made it through
