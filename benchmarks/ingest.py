@@ -17,6 +17,8 @@ import tempfile
 import time
 import zlib
 
+from _common import quiet, use_syntax, warm_up
+
 
 def baseline(files: list[str]) -> tuple[float, int, int]:
     import pydicom
@@ -39,9 +41,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    quiet()
     import radflow
     import radflow.synth.radiographs as R
     from radflow.config import ClusterSettings
@@ -49,19 +49,13 @@ def main() -> None:
 
     work = args.out or tempfile.mkdtemp(prefix="radflow-bench-")
     if args.syntax != "mixed":
-        from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
-
-        R._SYNTAXES = (ExplicitVRLittleEndian if args.syntax == "explicit" else JPEG2000Lossless,)
-        R._SYNTAX_WEIGHTS = (1.0,)
+        use_syntax(args.syntax)
     t = time.perf_counter()
     s = R.write_archive(os.path.join(work, "archive"), args.n, seed=5, sizes=((2500, 2048), (3000, 2500), (2048, 2048)), broken=False)
     print(f"archive: {s.images} radiographs, {s.bytes / 1e6:.0f} MB ({args.syntax}), made in {time.perf_counter() - t:.1f} s")
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(s.dicom) for f in fs)
 
-    empty = os.path.join(work, "empty")
-    os.makedirs(empty, exist_ok=True)
-    with connect(ClusterSettings(n_workers=1)):
-        radflow.ingest(empty, os.path.join(work, "warmup.zarr"))  # starts Prefect's local API once, untimed
+    warm_up(work)
     rows = []
     secs, nbytes, frames = baseline(files)
     base = nbytes / secs / 1e6

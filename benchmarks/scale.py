@@ -26,6 +26,8 @@ import threading
 import time
 import zlib
 
+from _common import quiet, use_syntax, warm_up
+
 MIMIC_IMAGES = 377_110
 MIMIC_BYTES = 4.7e12
 
@@ -73,10 +75,8 @@ def full_size_archive(root: str, gigabytes: float, syntax: str, n: int | None = 
     from concurrent.futures import ProcessPoolExecutor
 
     import radflow.synth.radiographs as R
-    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 
-    R._SYNTAXES = (ExplicitVRLittleEndian if syntax == "explicit" else JPEG2000Lossless,)
-    R._SYNTAX_WEIGHTS = (1.0,)
+    use_syntax(syntax)
     n = n or int(gigabytes * 1e9 / (2500 * 2048 * 2)) + 1
     with ProcessPoolExecutor(2) as ex:
         s = R.write_archive(root, n, seed=7, sizes=((2500, 2048),), broken=False, map_fn=ex.map)
@@ -177,18 +177,9 @@ def main() -> None:
     p.add_argument("--j2k", type=int, default=40, help="JPEG 2000 radiographs (default 40)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    import radflow
-    from radflow.cluster import connect
-    from radflow.config import ClusterSettings
-
+    quiet()
     work = args.out or tempfile.mkdtemp(prefix="radflow-scale-")
-    empty = os.path.join(work, "empty")
-    os.makedirs(empty, exist_ok=True)
-    with connect(ClusterSettings(n_workers=1)):
-        radflow.ingest(empty, os.path.join(work, "warmup.zarr"))  # Prefect's local API starts once, untimed
+    warm_up(work)
 
     t = time.perf_counter()
     src, nbytes = small_archive(os.path.join(work, "small"), args.small)
@@ -196,7 +187,8 @@ def main() -> None:
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs)
     small = [run(src, os.path.join(work, f"small-{w}.zarr"), w) for w in (1, 2)]
     secs, nb = decoder_rate(files[:2000])
-    table("(a) 20,000-file archive", small, ("decoder, 1 core (2,000 files)", secs * len(files) / 2000, nb * len(files) / 2000))
+    sample = min(2000, len(files))
+    table(f"(a) {len(files):,}-file archive", small, (f"decoder, 1 core ({sample:,} files)", secs * len(files) / sample, nb * len(files) / sample))
     shutil.rmtree(src)
     for w in (1, 2):
         shutil.rmtree(os.path.join(work, f"small-{w}.zarr"), ignore_errors=True)

@@ -17,7 +17,7 @@ from radflow.storage.tables import write_part
 from radflow.storage.urls import filesystem, normalize
 from radflow.tasks.metrics import evaluate_predictions
 
-__all__ = ["evaluate_flow", "join_labels"]
+__all__ = ["evaluate_flow", "join_labels", "remap_labels"]
 
 
 def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, key: bytes, *, split: str | None = None) -> pd.DataFrame:
@@ -26,6 +26,12 @@ def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, key: bytes, *, 
     The label UIDs are remapped with the store's key, so the clear UIDs never meet the
     store's tables. ``split`` keeps only label rows with that ``split`` value.
     """
+    return predictions.merge(remap_labels(labels, key, split=split), on="sop_uid", how="inner")
+
+
+def remap_labels(labels: pd.DataFrame, key: bytes, *, split: str | None = None) -> pd.DataFrame:
+    """A labels table keyed by original ``sop_instance_uid`` → keyed by the store's ``sop_uid``
+    (``path`` dropped; ``split`` keeps only label rows with that value)."""
     if "sop_instance_uid" not in labels:
         raise ConfigError("labels need a 'sop_instance_uid' column (the original SOP Instance UID)")
     if split is not None:
@@ -34,7 +40,7 @@ def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, key: bytes, *, 
         labels = labels[labels["split"] == split]
     lab = labels.drop(columns=[c for c in ("path",) if c in labels]).copy()
     lab["sop_uid"] = [remap_uid(key, str(u)) for u in lab.pop("sop_instance_uid")]
-    return predictions.merge(lab, on="sop_uid", how="inner")
+    return lab
 
 
 @flow(name="radflow-evaluate", validate_parameters=False)

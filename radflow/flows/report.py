@@ -11,7 +11,7 @@ from prefect.artifacts import create_link_artifact
 
 from radflow.config import resolve_secret_key
 from radflow.flows._common import build_settings, run_logger
-from radflow.storage.pseudonym import remap_uid
+from radflow.flows.evaluate import remap_labels
 from radflow.storage.report import qc_report
 from radflow.storage.store import open_store
 from radflow.storage.urls import filesystem, join, normalize
@@ -32,11 +32,8 @@ def write_report(store: str, *, labels: str | None = None, out: str | None = Non
         fs, path = filesystem(normalize(labels), storage_options)
         with fs.open(path, "rb") as fh:
             lab = pd.read_csv(fh)
-        key = resolve_secret_key(cfg)
-        if "split" in lab and (lab["split"] == "test").any():  # score the held-out frames only
-            lab = lab[lab["split"] == "test"]
-        lab = lab.drop(columns=[c for c in ("path", "split") if c in lab]).copy()
-        lab["sop_uid"] = [remap_uid(key, str(u)) for u in lab.pop("sop_instance_uid")]
+        held_out = "test" if "split" in lab and (lab["split"] == "test").any() else None  # score held-out frames only
+        lab = remap_labels(lab, resolve_secret_key(cfg), split=held_out).drop(columns=["split"], errors="ignore")
     text = qc_report(st, labels=lab)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = normalize(out) if out else join(st.url, "reports", f"qc-{stamp}.html")

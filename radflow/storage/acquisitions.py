@@ -28,7 +28,6 @@ from radflow.errors import InputRejected, Reason
 from radflow.storage import layout
 from radflow.storage.batches import batch_summary, each_input, frame_crc32
 from radflow.storage.pseudonym import keyed_hash
-from radflow.storage.sources import read_bytes
 from radflow.storage.tables import write_part
 from radflow.storage.urls import zarr_store
 

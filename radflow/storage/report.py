@@ -13,8 +13,6 @@ import base64
 import datetime as dt
 import html
 import io
-from typing import Any
-
 import numpy as np
 import pandas as pd
 

@@ -8,13 +8,12 @@ against scipy.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from radflow.tasks._ndimage import ndimage_for, symmetric_pad
-from radflow.tasks._xp import from_host, namespace
+from radflow.tasks._xp import namespace
 
 __all__ = ["gaussian", "median", "unsharp_mask", "uniform", "gaussian_kernel"]
 
@@ -28,7 +27,6 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
 
 
 def _convolve_axis(x: Any, taps: np.ndarray, axis: int) -> Any:
-    xp = namespace(x)
     r = (len(taps) - 1) // 2
     p = symmetric_pad(x, r, axis)
     n = x.shape[axis]

@@ -78,6 +78,7 @@ def test_qc_report_renders_in_chromium(tmp_path, small_archive, prefect_api, das
     m = re.search(r'<pre id="qc-check">(\{.*?\})</pre>', dom.stdout)
     assert m, dom.stderr[-2000:]
     check = json.loads(m.group(1).replace("&quot;", '"'))
+    print(f"\nQC report in Chromium: {check}")
     assert check["images"] == check["decoded"] == n_thumbs, check
     assert check["plots"] == check["drawn_plots"] >= 3 and check["bars"] > 20 and check["rocs"] == 1, check
 

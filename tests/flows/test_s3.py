@@ -101,9 +101,15 @@ def test_transient_faults_are_retried_and_content_is_unchanged(s3, s3_server, pr
             pfs.cat_file(path)
         denied_seconds = time.monotonic() - t0
         denied = {p: n for p, n in proxy.requests.items() if "forbidden" in p}
+        proxy.enabled = False  # no injected fault on the 404 probe: count its requests exactly
+        mfs, missing = filesystem("s3://radflow-test/no-such-key", {**opts, "endpoint_url": proxy.url, "skip_instance_cache": True})
+        with pytest.raises(FileNotFoundError):
+            mfs.cat_file(missing)
+        not_found = proxy.requests["/radflow-test/no-such-key"]
     clean, faulty = (radflow.digest(stores[n], storage_options=opts) for n in ("clean", "faulty"))
-    print(f"\nS3 faults injected: {faults}; 403 raised in {denied_seconds:.2f} s; requests per denied key {denied}")
+    print(f"\nS3 faults injected: {faults}; 403 raised in {denied_seconds:.2f} s; requests per denied key {denied}; 404 after {not_found} request(s)")
     assert min(faults.get(f, 0) for f in ("slowdown", "reset", "truncate")) >= 5
     assert faulty == clean
     assert denied == {"/radflow-test/forbidden/key": 1} and denied_seconds < 5
+    assert not_found == 1  # a 404 is not retried either
     assert radflow.verify(stores["faulty"], storage_options=opts)["problems"] == []

@@ -37,7 +37,7 @@ def _inflation_bomb(path: str, side: int = 14000, syntax=DeflatedExplicitVRLittl
 
 
 def test_input_that_kills_its_worker_is_worker_lost(tmp_path, prefect_api, dask_client):
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
     from distributed.client import _set_global_client
 
     from radflow.synth import write_archive

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 
 from radflow.storage.deid import Deidentifier, annex_e_rules
 from radflow.storage.pseudonym import remap_uid
-from radflow.synth.canary import CANARY_DATE, CanaryCorpus, SAFE_PRIVATE, canary_dataset
+from radflow.synth.canary import CanaryCorpus, SAFE_PRIVATE, canary_dataset
 
 KEY = b"k" * 32
 
