@@ -98,6 +98,8 @@ def _print_ingest(s: dict[str, Any]) -> None:
     rej = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "none"
     dup = ", ".join(f"{k} {v}" for k, v in s.get("duplicates", {}).items()) or "none"
     print(f"inputs: {s['discovered']} discovered, {s['new']} new, {s['ok']} ok; duplicates: {dup}; rejected: {rej}")
+    if s.get("anomalies"):
+        print("kept with anomalies (inputs): " + ", ".join(f"{k} {v}" for k, v in s["anomalies"].items()))
     print(f"frames: {s['frames']} in {s['batches']} batches; {s['bytes_in'] / 1e6:.1f} MB read in {s['seconds']:.1f} s "
           f"({s['mb_per_s']:.1f} MB/s, {s['images_per_s']:.1f} images/s)")
     if s.get("performance_report"):
@@ -322,6 +324,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print("inputs by status/reason:")
     for row in info["ledger"]:
         print(f"  {row['status']:<10} {row['reason'] or '':<24} {row['inputs']}")
+    if info.get("anomalies"):
+        print("ok inputs kept with anomalies: " + ", ".join(f"{k} {v}" for k, v in info["anomalies"].items()))
     print("frames by modality and size:")
     for row in info["frames"]:
         print(f"  {row['modality'] or '?':<6} {row['size']:<14} {row['frames']}")

@@ -31,8 +31,11 @@ class Limits(BaseModel):
         900.0, ge=0, description="seconds one input may take to read and decode on a worker; past it the worker "
         "process is restarted and the input, probed alone, is recorded as TIMEOUT (0 = no deadline)")
     validation: Literal["raise", "warn"] = Field(
-        "raise", description="pydicom's reading validation: `raise` rejects values that break the standard's VR rules "
-        "(INVALID_VALUE) and encodings that contradict the transfer syntax (SYNTAX_MISMATCH); `warn` reads them leniently")
+        "warn", description="`warn` (default) reads every file the way dcmtk, GDCM and pydicom's lenient mode do and "
+        "records what it tolerated as anomalies on the input's ledger and instance rows (INVALID_VALUE, NO_FILE_META, "
+        "SYNTAX_MISMATCH_REPAIRED, LUT_DESCRIPTOR_EMPTY, DECODER_FALLBACK); `raise` is the strict mode that rejects "
+        "invalid values (INVALID_VALUE), files without file meta (NOT_DICOM) and encodings that contradict the "
+        "transfer syntax (SYNTAX_MISMATCH)")
 
 
 class KubernetesSettings(BaseModel):

@@ -12,6 +12,8 @@ import enum
 
 __all__ = [
     "Reason",
+    "Anomaly",
+    "anomaly",
     "RadflowError",
     "ConfigError",
     "StoreNotFoundError",
@@ -45,6 +47,27 @@ class Reason(str, enum.Enum):
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value
+
+
+class Anomaly(str, enum.Enum):
+    """Closed set of findings recorded on inputs that are *kept* (ledger and instance rows).
+
+    An anomaly names what was wrong and where (element keyword, tag and VR), never a value.
+    """
+
+    INVALID_VALUE = "INVALID_VALUE"  # a value breaks its VR's rules; read as pydicom's lenient mode reads it
+    NO_FILE_META = "NO_FILE_META"  # no preamble or file meta; parsed as a bare dataset, transfer syntax inferred
+    SYNTAX_MISMATCH_REPAIRED = "SYNTAX_MISMATCH_REPAIRED"  # encoding contradicts the transfer syntax; read as encoded
+    LUT_DESCRIPTOR_EMPTY = "LUT_DESCRIPTOR_EMPTY"  # a Modality/VOI LUT item without a usable descriptor: LUT ignored
+    DECODER_FALLBACK = "DECODER_FALLBACK"  # every pydicom plugin failed; a fallback decoder produced the frames
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.value
+
+
+def anomaly(code: Anomaly, where: str = "") -> str:
+    """One anomaly as recorded in the tables: ``"CODE"`` or ``"CODE where"``."""
+    return f"{Anomaly(code).value} {where}".strip()
 
 
 class RadflowError(Exception):

@@ -224,12 +224,14 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
     from distributed import get_client
 
     inst = read_table(store, "instances", storage_options).sort_values(["sop_uid", "frame"])
-    expected = {k: list(zip(g["index"].astype(int), g["crc32"].astype(int))) for k, g in inst.groupby("sop_uid")}
+    expected = {k: list(zip(g["index"].astype(int), g["crc32"].astype(int), g["dtype"].astype(str), g["rows"].astype(int),
+                            g["cols"].astype(int), g["samples"].astype(int))) for k, g in inst.groupby("sop_uid")}
     unresolved = [d for d in duplicates if d["sop_key"] not in expected]
     todo = [d for d in duplicates if d["sop_key"] in expected]
     chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]
     futures = [get_client().submit(check_duplicates, store, c, {d["sop_key"]: expected[d["sop_key"]] for d in c},
-                                   limits=settings.limits, storage_options=storage_options, pure=False) for c in chunks]
+                                   limits=settings.limits, storage_options=storage_options, masks=settings.privacy.masks,
+                                   pure=False) for c in chunks]
     results = [f.result() for f in futures]
     reasons: Counter[str] = Counter()
     for r in results:
@@ -277,6 +279,9 @@ def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]]
         reasons.update(r["rejected"])
     dup = Counter({k: v for k, v in (duplicates or {}).items() if k.startswith("DUPLICATE")})
     reasons.update({k: v for k, v in (duplicates or {}).items() if not k.startswith("DUPLICATE")})
+    anomalies: Counter[str] = Counter()
+    for r in results:
+        anomalies.update(r.get("anomalies", {}))
     ok = sum(r["ok"] for r in results)
     frames = sum(r["frames"] for r in results)
     bytes_in = sum(r["bytes_in"] for r in results)
@@ -287,6 +292,7 @@ def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]]
         "ok": ok,
         "rejected": dict(sorted(reasons.items())),
         "duplicates": dict(sorted(dup.items())),
+        "anomalies": dict(sorted(anomalies.items())),
         "frames": frames,
         "batches": len(results),
         "bytes_in": bytes_in,
@@ -300,8 +306,10 @@ def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]]
 def _artifact(store: str, summary: dict[str, Any]) -> None:
     head = {k: summary[k] for k in ("discovered", "new", "ok", "frames", "batches", "mb_per_s", "images_per_s", "seconds")}
     rejected = [{"reason": k, "inputs": v} for k, v in summary["rejected"].items()]
+    kept = [{"anomaly": k, "inputs": v} for k, v in summary.get("anomalies", {}).items()]
     extra = f"Dask performance report: `{summary['performance_report']}`\n\n" if summary.get("performance_report") else ""
-    md = f"# radflow ingest\n\nStore: `{store}`\n\n{extra}{markdown_table([head])}\n## Rejected by reason\n\n{markdown_table(rejected)}"
+    md = (f"# radflow ingest\n\nStore: `{store}`\n\n{extra}{markdown_table([head])}\n## Rejected by reason\n\n"
+          f"{markdown_table(rejected)}\n## Kept with anomalies\n\n{markdown_table(kept)}")
     create_markdown_artifact(md, key="radflow-ingest", description="radflow ingest summary")
 
 

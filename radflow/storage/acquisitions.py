@@ -148,7 +148,7 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
     rows: list[dict[str, Any]] = []
     used = 0
 
-    def store(item, data: bytes) -> int:
+    def store(item, data: bytes, anomalies: list[str]) -> int:
         nonlocal used
         with _open(data) as h5:
             d = _describe(h5, limits)

@@ -24,12 +24,12 @@ import numpy as np
 
 from radflow.config import Limits, PrivacySettings
 from radflow.storage.deid import deidentifier
-from radflow.errors import InputRejected, Reason
+from radflow.errors import Anomaly, InputRejected, Reason, anomaly
 from radflow.storage import layout
-from radflow.storage.dicom import Header, decode_frames, header_from_dataset, read_dataset
+from radflow.storage.dicom import FALLBACK_DECODERS, Header, decode_frames, header_from_dataset, read_dataset
 from radflow.storage.pseudonym import keyed_hash, remap_uid
 from radflow.storage.sources import read_bytes
-from radflow.storage.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHEMA, write_part
+from radflow.storage.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHEMA, anomaly_counts, write_part
 from radflow.storage.urls import zarr_store
 from radflow.watchdog import deadline
 
@@ -173,7 +173,7 @@ def plan_batches(
 
 def ledger_row(
     uri: str, size: int, version: str, *, status: str, reason: Reason | None = None, detail: str = "",
-    sha256: str = "", frames: int = 0, batch: str = "", seconds: float = 0.0,
+    sha256: str = "", frames: int = 0, batch: str = "", seconds: float = 0.0, anomalies: Iterable[str] = (),
 ) -> dict[str, Any]:
     return {
         "source": uri,
@@ -186,10 +186,12 @@ def ledger_row(
         "frames": int(frames),
         "batch": batch,
         "seconds": float(seconds),
+        "anomalies": list(anomalies),
     }
 
 
-def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame: int, index: int, position: int, crc: int, decoder: str) -> dict[str, Any]:
+def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame: int, index: int, position: int, crc: int, decoder: str,
+                  anomalies: list[str]) -> dict[str, Any]:
     return {
         "index": index,
         "source": uri,
@@ -229,6 +231,7 @@ def _instance_row(plan: BatchPlan, key: bytes, h: Header, ident, uri: str, frame
         "frame_of_reference": remap_uid(key, h.frame_of_reference),
         "transfer_syntax": h.transfer_syntax,
         "decoder": decoder,
+        "anomalies": anomalies,
         "crc32": crc,
         "batch": plan.batch_id,
     }
@@ -242,8 +245,10 @@ def _geometry_columns(h: Header, frame: int) -> dict[str, float]:
 
 
 def frame_crc32(frame: np.ndarray) -> int:
-    """CRC32 of a frame's native-size pixels in C order and native byte order."""
-    return zlib.crc32(np.ascontiguousarray(frame).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+    """CRC32 of a frame's native-size pixels in C order and native byte order (a big-endian frame
+    gives the CRC of its values, not of its bytes)."""
+    native = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
+    return zlib.crc32(native.view(np.uint8).reshape(-1)) & 0xFFFFFFFF
 
 
 def mask_regions(masks: dict[str, list[tuple[int, int, int, int]]], header: Header) -> list[tuple[int, int, int, int]]:
@@ -253,6 +258,17 @@ def mask_regions(masks: dict[str, list[tuple[int, int, int, int]]], header: Head
         if key.upper() == device:
             return [tuple(r) for r in regions]
     return [tuple(r) for r in masks.get(header.modality.upper(), masks.get(header.modality, []))]
+
+
+def apply_masks(frames: np.ndarray, regions: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """``frames`` (frames, rows, cols[, samples]) with each ``(row0, col0, row1, col1)`` region set to 0
+    (a copy when there are regions)."""
+    if not regions:
+        return frames
+    frames = frames.copy()
+    for r0, c0, r1, c1 in regions:
+        frames[:, r0:r1, c0:c1] = 0
+    return frames
 
 
 def write_batch(
@@ -292,23 +308,23 @@ def write_batch(
     deid = deidentifier(privacy, secret)
     used = 0
 
-    def store(item: BatchInput, data: bytes) -> int:
+    def store(item: BatchInput, data: bytes, found: list[str]) -> int:
         nonlocal used
-        ds = read_dataset(data, validation=limits.validation)
-        header = header_from_dataset(ds, limits)
+        ds = read_dataset(data, validation=limits.validation, anomalies=found)
+        header = header_from_dataset(ds, limits, found)
+        found[:] = header.anomalies
         name = "raw/" + layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
         if name != plan.array or used + header.frames > plan.planned_frames:
             raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
-        frames, decoder = decode_frames(ds, header)
+        frames, decoder = decode_frames(ds, header, data)
+        if decoder in FALLBACK_DECODERS:
+            found.append(anomaly(Anomaly.DECODER_FALLBACK, f"{decoder}: every pydicom plugin failed"))
         sop_uid = remap_uid(secret, header.identity.sop_uid)
         headers.append({"sop_uid": sop_uid, "patient_key": keyed_hash(secret, header.identity.patient_id, purpose="patient"),
                         "source": item.label, "header": deid.to_json(ds)})
         del ds
         regions = mask_regions(privacy.masks, header)
-        if regions:
-            frames = frames.copy()
-            for r0, c0, r1, c1 in regions:
-                frames[:, r0:r1, c0:c1] = 0
+        frames = apply_masks(frames, regions)
         if frames.dtype.newbyteorder("=") == arr.dtype and frames.dtype != arr.dtype:
             frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
         if frames.dtype != arr.dtype:
@@ -317,7 +333,8 @@ def write_batch(
             fr = frames[f]
             block[used, : header.rows, : header.cols] = fr
             instances.append(_instance_row(plan, secret, header, header.identity, item.label, f, plan.index + used,
-                                           plan.position + used, frame_crc32(fr), decoder) | {"masked": bool(regions)})
+                                           plan.position + used, frame_crc32(fr), decoder, list(found))
+                             | {"masked": bool(regions)})
             used += 1
         for kind, lut in (("modality", header.modality_lut), ("voi", header.voi_lut)):
             if lut is not None:
@@ -349,18 +366,19 @@ def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None
         if data[:8] == b"\x89HDF\r\n\x1a\n":
             return True
         with deadline(limits.input_timeout_s, "decoding one input alone"):
-            ds = read_dataset(data, validation=limits.validation)
-            decode_frames(ds, header_from_dataset(ds, limits))
+            found: list[str] = []
+            ds = read_dataset(data, validation=limits.validation, anomalies=found)
+            decode_frames(ds, header_from_dataset(ds, limits, found), data)
     except Exception:  # rejected for an ordinary reason: the batch records it
         pass
     return True
 
 
 def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
-               store: Callable[[BatchInput, bytes], int],
+               store: Callable[[BatchInput, bytes, list[str]], int],
                lost: tuple[tuple[BatchInput, str], ...] = ()) -> tuple[list[dict[str, Any]], int]:
     """Read every input of a batch and hand its bytes to ``store`` (which returns the frames it
-    kept); one ledger row per input, whatever happens, plus a row for each ``(input, reason)`` of
+    kept and appends what it read leniently to its list of anomalies); one ledger row per input, whatever happens, plus a row for each ``(input, reason)`` of
     ``lost`` (inputs left out because reading them killed the worker, ``WORKER_LOST``, or hung
     past ``limits.input_timeout_s``, ``TIMEOUT``). Never raises for a bad input; each input runs
     under the deadline.
@@ -372,18 +390,19 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
     for item in plan.inputs:
         t0 = time.perf_counter()
         sha = ""
+        found: list[str] = []
         try:
             with deadline(limits.input_timeout_s, "reading and decoding one input"):
                 data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
                 bytes_in += len(data)
                 sha = hashlib.sha256(data).hexdigest()
-                outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data)}
+                outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data, found)}
         except InputRejected as exc:
             outcome = {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
         except Exception as exc:  # a bad file never fails the batch
             outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
         ledger.append(ledger_row(item.label, item.size, item.version, sha256=sha, batch=plan.batch_id,
-                                 seconds=time.perf_counter() - t0, **outcome))
+                                 seconds=time.perf_counter() - t0, anomalies=found, **outcome))
     ledger += [ledger_row(i.label, i.size, i.version, status="rejected", reason=Reason(reason), detail=lost_detail(reason),
                           batch=plan.batch_id) for i, reason in lost]
     return ledger, bytes_in
@@ -399,6 +418,7 @@ def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, by
         "inputs": len(plan.inputs),
         "ok": sum(r["status"] == "ok" for r in ledger),
         "rejected": dict(reasons),
+        "anomalies": anomaly_counts([r for r in ledger if r["status"] == "ok"]),
         "frames": frames,
         "bytes_in": bytes_in,
         "pixel_bytes": pixel_bytes,

@@ -7,7 +7,14 @@ Two steps, both bounded:
   :class:`~radflow.config.Limits` here, before anything is allocated.
 * :func:`decode_frames` decodes the pixel data of a fully read dataset and says which
   decoder plugin produced it. The frames are exactly what ``ds.pixel_array`` returns
-  (the stored values; no modality LUT, windowing or inversion applied).
+  (the stored values; no modality LUT, windowing or inversion applied); when every
+  pydicom plugin fails, GDCM's own image reader is tried on the file's bytes.
+
+Reading is lenient by default, as the reference toolkits (dcmtk, GDCM) read: a value
+that breaks its VR's rules, a file without preamble or file meta, an encoding that
+contradicts the transfer syntax or an unusable LUT descriptor is read anyway and
+recorded as an *anomaly* (:class:`radflow.errors.Anomaly`, naming the element and VR,
+never the value). ``validation="raise"`` is the opt-in strict mode that rejects them.
 """
 
 from __future__ import annotations
@@ -29,9 +36,10 @@ from pydicom.pixels.utils import get_expected_length, get_nr_frames, pixel_dtype
 from pydicom.uid import UID
 
 from radflow.config import Limits
-from radflow.errors import InputRejected, NoDecoderError, Reason
+from radflow.errors import Anomaly, InputRejected, NoDecoderError, Reason, anomaly
 
-__all__ = ["Header", "Identity", "read_header", "read_dataset", "header_from_dataset", "decode_frames", "decodable_syntaxes"]
+__all__ = ["Header", "Identity", "read_header", "read_dataset", "header_from_dataset", "decode_frames", "decodable_syntaxes",
+           "FALLBACK_DECODERS"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,7 @@ class Header:
     frame_of_reference: str = field(default="", compare=False)  # identifying: remapped before writing
     modality_lut: tuple[int, int, tuple[int, ...]] | None = field(default=None, repr=False)  # (first mapped, bits, data)
     voi_lut: tuple[int, int, tuple[int, ...]] | None = field(default=None, repr=False)
+    anomalies: tuple[str, ...] = ()  # what was read leniently (closed codes with element and VR; no values)
     identity: Identity = field(default_factory=Identity, compare=False)
 
     @property
@@ -171,53 +180,107 @@ def _element_name(tag: BaseTag) -> str:
     return f"{keyword} {tag}" if keyword else f"{tag}" + (" (private)" if tag.is_private else "")
 
 
-def _convert_all(ds: pydicom.Dataset) -> None:
+def _convert_all(ds: pydicom.Dataset, found: list[str] | None) -> None:
     """Convert every element (recursing into sequences) so value errors surface now, naming the
-    element but never its value. Deferred values (pixel bytes of a header-only read) are skipped."""
+    element but never its value. Deferred values (pixel bytes of a header-only read) are skipped.
+
+    Each element is first converted with pydicom's validation set to raise. A violation rejects
+    the input (``found is None``: strict mode) or is appended to ``found`` as an
+    ``INVALID_VALUE`` anomaly and the element converted leniently, as pydicom's ``warn`` mode does.
+    """
     for tag in list(ds.keys()):
         raw = ds.get_item(tag)
         if getattr(raw, "value", b"") is None and getattr(raw, "length", 0):
             continue  # deferred: left in the file
         try:
-            elem = ds[tag]
+            with _validation("raise"):
+                elem = ds[tag]
         except ValueError as exc:
-            vr = getattr(raw, "VR", None) or "??"
-            what = "too long" if "length" in str(exc).lower() else "malformed"
-            raise InputRejected(
-                Reason.INVALID_VALUE,
-                f"{_element_name(tag)} has a {what} {vr} value (pydicom validation set to raise; "
-                "RADFLOW_LIMITS__VALIDATION=warn reads it leniently)",
-            ) from None
+            vr = getattr(raw, "VR", None) or _dictionary_vr(tag)
+            where = f"{_element_name(tag)} {vr}"
+            if found is None:
+                what = "too long" if "length" in str(exc).lower() else "malformed"
+                raise InputRejected(
+                    Reason.INVALID_VALUE,
+                    f"{_element_name(tag)} has a {what} {vr} value (strict reading: RADFLOW_LIMITS__VALIDATION=raise; "
+                    "the default, warn, keeps the input and records the anomaly)",
+                ) from None
+            found.append(anomaly(Anomaly.INVALID_VALUE, where))
+            with _validation("warn"):
+                elem = ds[tag]
         if elem.VR == "SQ":
             for item in elem.value:
-                _convert_all(item)
+                _convert_all(item, found)
 
 
-def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False, validation: str = "raise") -> pydicom.Dataset:
+def _dictionary_vr(tag: BaseTag) -> str:
+    """The VR the data dictionary gives ``tag`` (implicit-VR files do not carry one)."""
+    try:
+        return pydicom.datadict.dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+_NO_META = "missing dicom file meta information"
+_PLAUSIBLE = ("SOPClassUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "Rows")
+
+
+def _read_without_meta(fobj: BinaryIO, start: int, header_only: bool) -> pydicom.Dataset:
+    """A bare dataset (no preamble, no file meta) read with pydicom's ``force``, the way dcmtk and GDCM
+    read such files; ``NOT_DICOM`` unless it parses into a plausible DICOM object. The inferred
+    transfer syntax is set in a new file meta so the pixel data can be decoded."""
+    fobj.seek(start)
+    ds = pydicom.dcmread(fobj, force=True, defer_size="1 KB" if header_only else None)
+    tags = list(ds.keys())
+    plausible = bool(tags) and all(t.group >= 0x0008 for t in tags) and any(kw in ds for kw in _PLAUSIBLE)
+    if not plausible:
+        raise InvalidDicomError("no preamble or file meta, and the bytes do not parse as a DICOM dataset")
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.TransferSyntaxUID = _inferred_syntax(ds)
+    ds.file_meta = meta
+    return ds
+
+
+def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False, validation: str = "warn",
+                 anomalies: list[str] | None = None) -> pydicom.Dataset:
     """Parse a DICOM object; failures become ``NOT_DICOM``/``TRUNCATED``/``INVALID_VALUE`` rejections.
 
     ``header_only`` defers every value larger than 1 KiB, so pixel bytes are never read.
-    ``validation="raise"`` reads with pydicom's validation set to raise (values that break
-    the standard's VR rules, or an encoding that contradicts the transfer syntax, reject the
-    input); ``"warn"`` is pydicom's lenient default.
+    ``validation="warn"`` (the default) reads as pydicom's lenient mode and the reference toolkits
+    do, appending what it tolerated to ``anomalies`` (closed codes of
+    :class:`radflow.errors.Anomaly` with element and VR): invalid values, a missing preamble or
+    file meta, an encoding that contradicts the transfer syntax. ``validation="raise"`` rejects
+    each of them instead (``INVALID_VALUE``, ``NOT_DICOM``, ``SYNTAX_MISMATCH``).
     """
     fobj = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    lenient = validation != "raise"
+    found: list[str] = []
+    start = fobj.tell() if hasattr(fobj, "tell") and not isinstance(fobj, str) else 0
     try:
         with warnings.catch_warnings(record=True) as caught, _validation(validation):
             warnings.simplefilter("always")
-            if header_only:
-                ds = pydicom.dcmread(fobj, defer_size="1 KB")
-            else:
-                ds = pydicom.dcmread(fobj)
+            try:
+                ds = pydicom.dcmread(fobj, defer_size="1 KB") if header_only else pydicom.dcmread(fobj)
+            except InvalidDicomError as exc:
+                if not (lenient and _NO_META in str(exc).lower() and not isinstance(fobj, str)):
+                    raise
+                ds = _read_without_meta(fobj, start, header_only)
+                found.append(anomaly(Anomaly.NO_FILE_META, f"transfer syntax inferred as {UID(ds.file_meta.TransferSyntaxUID).name}"))
+            if not header_only:
                 _check_complete(ds)
-            _convert_all(ds)  # parse every element now, inside the guard
+            _convert_all(ds, found if lenient else None)  # parse every element now, inside the guard
     except InputRejected:
         raise
     except Exception as exc:  # pydicom raises many types for malformed input
         raise _classify_read_error(exc) from None
     for w in caught:
-        if "end of file" in str(w.message).lower():
+        text = str(w.message).lower()
+        if "end of file" in text:
             raise InputRejected(Reason.TRUNCATED, "file ends inside an element (pydicom reached end of file before its delimiter)")
+        if "expected explicit vr" in text or "expected implicit vr" in text:
+            found.append(anomaly(Anomaly.SYNTAX_MISMATCH_REPAIRED, "VR encoding differs from the transfer syntax; read as encoded"))
+    if anomalies is not None:
+        anomalies.extend(dict.fromkeys(found))  # each finding once, in order
     return ds
 
 
@@ -233,22 +296,33 @@ def _check_complete(ds: pydicom.Dataset) -> None:
             raise InputRejected(Reason.TRUNCATED, f"file ends inside {kw}: {len(value)} of {length} declared bytes present")
 
 
+def _inferred_syntax(ds: pydicom.Dataset) -> str:
+    """The uncompressed transfer syntax pydicom found the bytes in (no file meta to say it)."""
+    if ds.is_implicit_VR:
+        return pydicom.uid.ImplicitVRLittleEndian
+    return pydicom.uid.ExplicitVRLittleEndian if ds.is_little_endian else pydicom.uid.ExplicitVRBigEndian
+
+
 def _transfer_syntax(ds: pydicom.Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    if ts is None:
-        # No file meta: pydicom decided from the bytes.
-        return pydicom.uid.ImplicitVRLittleEndian if ds.is_implicit_VR else pydicom.uid.ExplicitVRLittleEndian
-    return str(ts)
+    return _inferred_syntax(ds) if ts is None else str(ts)
 
 
-def _lut(ds: pydicom.Dataset, keyword: str) -> tuple[int, int, tuple[int, ...]] | None:
-    """The first LUT of a Modality or VOI LUT Sequence: ``(first stored value mapped, bits, data)``."""
+def _lut(ds: pydicom.Dataset, keyword: str, found: list[str]) -> tuple[int, int, tuple[int, ...]] | None:
+    """The first LUT of a Modality or VOI LUT Sequence: ``(first stored value mapped, bits, data)``.
+
+    An item whose LUT Descriptor is empty or not three numbers is ignored and recorded as
+    ``LUT_DESCRIPTOR_EMPTY`` (the image is kept; the LUT cannot be applied)."""
     seq = ds.get(keyword)
     if not seq or "LUTDescriptor" not in seq[0] or "LUTData" not in seq[0]:
         return None
     desc = seq[0].LUTDescriptor
     data = seq[0].LUTData
+    if not isinstance(desc, (list, tuple, pydicom.multival.MultiValue)) or len(desc) != 3 or data is None \
+            or any(not isinstance(v, (int, float)) for v in desc):
+        found.append(anomaly(Anomaly.LUT_DESCRIPTOR_EMPTY, f"{keyword} LUTDescriptor (0028,3002) US/SS"))
+        return None
     if isinstance(data, (bytes, bytearray)):
         data = np.frombuffer(data, dtype="<u2" if int(desc[2]) > 8 else "u1").tolist()
     elif not isinstance(data, (list, tuple, pydicom.multival.MultiValue)):
@@ -314,8 +388,12 @@ def burned_in_rules(ds: pydicom.Dataset) -> str:
     return "; ".join(rules)
 
 
-def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
-    """Build a :class:`Header` and check declared sizes against ``limits``."""
+def header_from_dataset(ds: pydicom.Dataset, limits: Limits, anomalies: list[str] | tuple[str, ...] = ()) -> Header:
+    """Build a :class:`Header` and check declared sizes against ``limits``.
+
+    ``anomalies`` are what :func:`read_dataset` recorded; the header carries them with its own
+    findings (an unusable LUT descriptor)."""
+    found = list(anomalies)
     if not any(kw in ds for kw in _PIXEL_KEYWORDS):
         meta = getattr(ds, "file_meta", None)
         if "SOPClassUID" not in ds and (meta is None or "MediaStorageSOPClassUID" not in meta):
@@ -330,6 +408,9 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
         frames = int(get_nr_frames(ds, warn=False))
         photometric = str(ds.get("PhotometricInterpretation", "") or "")
     except (AttributeError, TypeError, ValueError) as exc:
+        invalid = [a for a in found if a.startswith(Anomaly.INVALID_VALUE.value) and "(0028," in a]
+        if invalid:  # the image module itself holds the invalid value: nothing to decode with
+            raise InputRejected(Reason.INVALID_VALUE, f"image module unusable: {invalid[0][len('INVALID_VALUE '):]} is invalid") from None
         raise InputRejected(Reason.DECODE_ERROR, f"image module incomplete ({type(exc).__name__}: missing or invalid Rows/Columns/BitsAllocated)") from None
     if rows <= 0 or cols <= 0 or frames <= 0 or samples <= 0:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"declared size {frames}x{rows}x{cols}x{samples} is empty")
@@ -382,8 +463,9 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
         model=str(ds.get("ManufacturerModelName", "") or ""),
         burned_in=burned_in_rules(ds),
         frame_of_reference=str(ds.get("FrameOfReferenceUID", "") or ""),
-        modality_lut=_lut(ds, "ModalityLUTSequence"),
-        voi_lut=_lut(ds, "VOILUTSequence"),
+        modality_lut=_lut(ds, "ModalityLUTSequence", found),
+        voi_lut=_lut(ds, "VOILUTSequence", found),
+        anomalies=tuple(dict.fromkeys(found)),
         identity=Identity(
             patient_id=str(ds.get("PatientID", "") or ""),
             study_uid=str(ds.get("StudyInstanceUID", "") or ""),
@@ -395,7 +477,9 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits) -> Header:
 
 def read_header(src: bytes | BinaryIO | str, limits: Limits) -> Header:
     """Read and check one object's header without reading its pixel data."""
-    return header_from_dataset(read_dataset(src, header_only=True, validation=limits.validation), limits)
+    found: list[str] = []
+    ds = read_dataset(src, header_only=True, validation=limits.validation, anomalies=found)
+    return header_from_dataset(ds, limits, found)
 
 
 def _decoder_for(ts: UID):
@@ -417,15 +501,26 @@ def _plugin_order(decoder) -> list[str]:
     return [p for p in order if p in decoder.available_plugins]
 
 
-def decode_frames(ds: pydicom.Dataset, header: Header) -> tuple[np.ndarray, str]:
+#: Decoders tried after every pydicom plugin has failed (their frames carry a DECODER_FALLBACK anomaly).
+FALLBACK_DECODERS = ("gdcm-image-reader",)
+
+
+def decode_frames(ds: pydicom.Dataset, header: Header, source: bytes | None = None) -> tuple[np.ndarray, str]:
     """Decode all frames of ``ds``.
+
+    Parameters
+    ----------
+    source : the object's bytes, when at hand: if every pydicom plugin fails, GDCM's own image
+        reader decodes them (it reads 12-bit lossy JPEG, which no pydicom plugin does).
 
     Returns
     -------
     frames : (frames, rows, cols) or (frames, rows, cols, samples) ndarray
-        Exactly what ``ds.pixel_array`` returns, with a leading frame axis always.
+        Exactly what ``ds.pixel_array`` returns (or the fallback decoder's output, in the same
+        layout and dtype), with a leading frame axis always.
     decoder : str
-        ``"<plugin>"`` that produced it (``"pydicom"`` for native encodings).
+        ``"<plugin>"`` that produced it (``"pydicom"`` for native encodings, ``"gdcm-image-reader"``
+        for the fallback).
     """
     if "PixelData" not in ds:
         arr = ds.pixel_array  # float/double float pixel data: native only
@@ -455,7 +550,75 @@ def decode_frames(ds: pydicom.Dataset, header: Header) -> tuple[np.ndarray, str]
             errors.append(f"{plugin}: {type(exc).__name__}")
             ds._pixel_array = None
             ds._pixel_id = {}
+    if source is not None:
+        try:
+            arr = _gdcm_image(source, header)
+        except InputRejected as exc:
+            errors.append(f"gdcm-image-reader: {exc.detail}")
+        else:
+            return _with_frame_axis(arr, header), FALLBACK_DECODERS[0]
     raise InputRejected(Reason.DECODE_ERROR, f"{ts.name} pixel data failed to decode ({'; '.join(errors)})")
+
+
+_GDCM_DTYPES = {"UINT8": "u1", "INT8": "i1", "UINT12": "u2", "INT12": "i2", "UINT16": "u2", "INT16": "i2",
+                "UINT32": "u4", "INT32": "i4", "FLOAT32": "f4", "FLOAT64": "f8"}
+
+
+def _gdcm_image(source: bytes, header: Header) -> np.ndarray:
+    """Decode ``source`` with GDCM's own image reader (not pydicom's GDCM plugin, which refuses some
+    syntaxes GDCM itself reads). GDCM reads from a file: the bytes go to a private temporary file
+    (in memory-backed ``/dev/shm`` where it exists) that is removed at once."""
+    try:
+        import gdcm
+    except ImportError:
+        raise InputRejected(Reason.NO_DECODER, "not installed (pip install python-gdcm)") from None
+    import os
+    import tempfile
+
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, path = tempfile.mkstemp(suffix=".dcm", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(source)
+        return _gdcm_read(gdcm, path, header)
+    except InputRejected:
+        raise
+    except Exception as exc:  # GDCM's wrappers raise assorted types on data they cannot read
+        raise InputRejected(Reason.DECODE_ERROR, f"{type(exc).__name__}") from None
+    finally:
+        os.unlink(path)
+
+
+def _gdcm_read(gdcm: Any, path: str, header: Header) -> np.ndarray:
+    reader = gdcm.ImageReader()
+    reader.SetFileName(path)
+    if not reader.Read():
+        raise InputRejected(Reason.DECODE_ERROR, "cannot read the object")
+    image = reader.GetImage()
+    fmt = image.GetPixelFormat()
+    dims = [int(d) for d in image.GetDimensions()]
+    samples = int(fmt.GetSamplesPerPixel())
+    dtype = _GDCM_DTYPES.get(fmt.GetScalarTypeAsString())
+    if dtype is None:
+        raise InputRejected(Reason.DECODE_ERROR, f"unsupported pixel format {fmt.GetScalarTypeAsString()}")
+    buf = image.GetBuffer()
+    if buf is None:
+        raise InputRejected(Reason.DECODE_ERROR, "no pixel buffer")
+    data = buf.encode("utf-8", "surrogateescape") if isinstance(buf, str) else bytes(buf)
+    photometric = image.GetPhotometricInterpretation().GetString().strip()
+    cols, rows = dims[0], dims[1]
+    frames = dims[2] if len(dims) > 2 else 1
+    arr = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
+    if arr.size != frames * rows * cols * samples:
+        raise InputRejected(Reason.DECODE_ERROR, f"{arr.size} values for {frames}x{rows}x{cols}x{samples}")
+    arr = arr.reshape((frames, rows, cols, samples) if samples > 1 else (frames, rows, cols))
+    if samples == 3 and photometric.startswith("YBR_FULL"):
+        from pydicom.pixels import convert_color_space
+
+        arr = convert_color_space(arr, photometric, "RGB")  # as pixel_array returns colour
+    if arr.dtype.newbyteorder("=") != np.dtype(header.dtype):
+        raise InputRejected(Reason.DECODE_ERROR, f"GDCM gave {arr.dtype.name}, the header declares {np.dtype(header.dtype).name}")
+    return np.ascontiguousarray(arr, dtype=np.dtype(header.dtype))
 
 
 def _with_frame_axis(arr: np.ndarray, header: Header) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Duplicates by SOP Instance UID: the first stored copy is kept, later copies are compared.
 
-A later input whose (remapped) SOP Instance UID is already stored is decoded and its
-frames' CRC32 compared with the stored ones: the same pixels (in any transfer syntax)
-give ``DUPLICATE_IDENTICAL``, different pixels ``DUPLICATE_CONFLICT``. Nothing stored is
-ever overwritten.
+A later input whose (remapped) SOP Instance UID is already stored is decoded and compared
+with the stored frames *by value*: same dtype, same shape and the same CRC32 of the values
+in native byte order. The same values in another byte order or transfer syntax give
+``DUPLICATE_IDENTICAL``; other values, another shape, or the same bytes under another dtype
+(a uint16 copy of an int16 image) give ``DUPLICATE_CONFLICT``. Nothing stored is ever
+overwritten.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
-from radflow.storage.batches import frame_crc32, ledger_row
+from radflow.storage.batches import apply_masks, frame_crc32, ledger_row, mask_regions
 from radflow.storage.dicom import decode_frames, header_from_dataset, read_dataset
 from radflow.storage.sources import read_bytes
 from radflow.storage.tables import LEDGER_SCHEMA, write_part
@@ -38,14 +40,42 @@ def split_duplicates(candidates: list[dict[str, Any]], stored: set[str]) -> tupl
     return primaries, duplicates
 
 
-def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict[str, list[tuple[int, int]]], *,
-                     limits: Limits, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+Frame = tuple[int, int, str, int, int, int]  # stored frame: index, crc32, dtype name, rows, cols, samples
+
+
+def _frame_key(frame: Any) -> tuple[int, str, int, int, int]:
+    """What two frames must share to hold the same values: CRC32 (native order), dtype, shape."""
+    samples = frame.shape[2] if frame.ndim == 3 else 1
+    return frame_crc32(frame), frame.dtype.newbyteorder("=").name, frame.shape[0], frame.shape[1], samples
+
+
+def _compare(frames: Any, stored: list[Frame]) -> tuple[bool, str]:
+    """``(same values, why not)`` of decoded ``frames`` against the stored copy's frames."""
+    got = [_frame_key(f) for f in frames]
+    want = [tuple(s[1:]) for s in stored]
+    if len(got) != len(want):
+        return False, f"{len(got)} frames vs {len(want)} stored"
+    for g, w in zip(got, want):
+        if g[1] != w[1]:
+            return False, f"dtype {g[1]} vs {w[1]} stored"
+        if g[2:] != w[2:]:
+            return False, f"shape {g[2:]} vs {w[2:]} stored"
+        if g[0] != w[0]:
+            return False, "different pixel values"
+    return True, ""
+
+
+def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict[str, list[Frame]], *,
+                     limits: Limits, storage_options: dict[str, Any] | None = None,
+                     masks: dict[str, list[tuple[int, int, int, int]]] | None = None) -> dict[str, Any]:
     """Decode each duplicate candidate and compare its frames with the stored instance.
 
     Parameters
     ----------
     items : index rows (``uri, size, version, sop_key``)
-    expected : ``sop_key`` → ``[(index, crc32), ...]`` of the stored frames, in frame order
+    expected : ``sop_key`` → ``[(index, crc32, dtype, rows, cols, samples), ...]`` of the stored
+        frames, in frame order
+    masks : the privacy masks the store applies (a copy is masked the same way before comparing)
 
     Returns counts by reason; writes one ledger part named after the items.
     """
@@ -58,13 +88,15 @@ def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict
         try:
             data = read_bytes(item["uri"], storage_options, max_bytes=limits.max_file_bytes)
             sha = hashlib.sha256(data).hexdigest()
-            ds = read_dataset(data, validation=limits.validation)
-            frames, _ = decode_frames(ds, header_from_dataset(ds, limits))
-            crcs = [frame_crc32(f) for f in frames]
-            same = crcs == [c for _, c in stored]
+            found: list[str] = []
+            ds = read_dataset(data, validation=limits.validation, anomalies=found)
+            header = header_from_dataset(ds, limits, found)
+            frames, _ = decode_frames(ds, header, data)
+            frames = apply_masks(frames, mask_regions(masks or {}, header))
+            same, why = _compare(frames, stored)
             reason = Reason.DUPLICATE_IDENTICAL if same else Reason.DUPLICATE_CONFLICT
             detail = (f"same SOP Instance UID as stored frame index {stored[0][0]}; "
-                      + ("identical pixels" if same else f"different pixels ({len(crcs)} frames vs {len(stored)} stored)"))
+                      + ("identical pixel values" if same else f"different: {why}"))
             rows.append(ledger_row(item.get("source") or item["uri"], item["size"], item["version"], status="duplicate", reason=reason,
                                    detail=detail, sha256=sha, frames=0, batch=f"dup-{part}", seconds=time.perf_counter() - t0))
         except InputRejected as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from radflow.storage.store import open_store
-from radflow.storage.tables import TABLES, list_parts
+from radflow.storage.tables import TABLES, anomaly_counts, list_parts
 from radflow.storage.urls import filesystem
 
 __all__ = ["describe"]
@@ -63,6 +63,7 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[st
         "privacy": privacy_summary(st.privacy),
         "burned_in_risk": int(inst["burned_in_risk"].fillna(False).sum()) if "burned_in_risk" in inst else 0,
         "ledger": by_status,
+        "anomalies": anomaly_counts(ledger[ledger["status"] == "ok"]) if "status" in ledger else {},
         "frames": frames,
         "arrays": arrays,
         "tables": tables,

@@ -16,6 +16,8 @@ import io
 import numpy as np
 import pandas as pd
 
+from radflow.storage.tables import anomaly_counts
+
 __all__ = ["qc_report", "roc_curve"]
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
@@ -147,6 +149,10 @@ def qc_report(store, *, labels: pd.DataFrame | None = None, per_group: int = 6, 
     if not ledger.empty:
         status = ledger.fillna({"reason": ""}).groupby(["status", "reason"]).size().reset_index(name="inputs")
         parts.append(_table(status))
+        kept = anomaly_counts(ledger[ledger["status"] == "ok"])
+        if kept:
+            parts.append("<h3>Kept with anomalies (read leniently, recorded)</h3>")
+            parts.append(_table(pd.DataFrame({"anomaly": list(kept), "inputs": list(kept.values())})))
 
     parts.append("<h2>Sampled frames by modality and view</h2>")
     risky = inst["burned_in_risk"].fillna(False).astype(bool) if "burned_in_risk" in inst else pd.Series(False, index=inst.index)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from radflow.storage.urls import filesystem, is_remote, join
 
-__all__ = ["LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
+__all__ = ["anomaly_counts", "LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ LEDGER_SCHEMA = pa.schema(
         ("frames", pa.int32()),
         ("batch", pa.string()),
         ("seconds", pa.float64()),
+        ("anomalies", pa.list_(pa.string())),  # what was read leniently (radflow.errors.Anomaly codes; no values)
     ]
 )
 
@@ -81,6 +82,7 @@ INSTANCES_SCHEMA = pa.schema(
         ("frame_of_reference", pa.string()),
         ("transfer_syntax", pa.string()),
         ("decoder", pa.string()),
+        ("anomalies", pa.list_(pa.string())),
         ("crc32", pa.int64()),
         ("batch", pa.string()),
     ]
@@ -98,6 +100,19 @@ HEADERS_SCHEMA = pa.schema(
 TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "headers": HEADERS_SCHEMA, "features": None, "predictions": None, "errors": None,
           "kspace": None, "sinograms": None, "volumes": None,
           "luts": None}
+
+
+def anomaly_counts(rows: pd.DataFrame | list[dict[str, Any]]) -> dict[str, int]:
+    """Inputs (or frames) per anomaly code, from ledger or instance rows with an ``anomalies`` list
+    (``"CODE element VR"`` strings); rows without the column (older stores) count as none."""
+    lists = rows.get("anomalies") if isinstance(rows, pd.DataFrame) else [r.get("anomalies") for r in rows]
+    counts: dict[str, int] = {}
+    for found in ([] if lists is None else lists):
+        if found is None or len(found) == 0:
+            continue
+        for code in sorted({str(a).split(" ", 1)[0] for a in found}):
+            counts[code] = counts.get(code, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def table_url(store_url: str, name: str) -> str:

@@ -34,9 +34,7 @@ def write_volume(store_url: str, plan: Any, frames: pd.DataFrame, storage_option
     out = root.create_array(
         f"volumes/{plan.key}", shape=volume.shape, chunks=(zchunk, *volume.shape[1:]), dtype=volume.dtype,
         compressors=[ZstdCodec(level=1), Crc32cCodec()], fill_value=0, dimension_names=("z", "y", "x"),
-        attributes={"kind": "volume", "spacing": list(plan.spacing), "affine": plan.affine, "indices": plan.indices,
-                    "uneven_spacing": plan.uneven_spacing, "tilt_degrees": plan.tilt_degrees,
-                    "duplicate_positions": plan.duplicates},
+        attributes=plan.attributes(),
         overwrite=True,
     )
     out[:] = volume

@@ -13,12 +13,37 @@ import array_api_compat
 import numpy as np
 from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 
-__all__ = ["namespace", "device", "from_host", "to_host", "bincount", "quantiles", "is_numpy_array", "is_torch_array", "is_cupy_array"]
+__all__ = ["namespace", "device", "from_host", "to_host", "bincount", "quantiles", "require_ndim", "check_axis",
+           "is_numpy_array", "is_torch_array", "is_cupy_array"]
 
 
 def namespace(*arrays: Any):
     """The array-API namespace of the inputs (NumPy, CuPy or torch); mixed inputs raise TypeError."""
     return array_api_compat.array_namespace(*arrays)
+
+
+def require_ndim(x: Any, name: str, *, at_least: int | None = None, exactly: int | None = None) -> None:
+    """``ValueError`` naming ``name`` unless ``x`` has the number of axes a kernel needs."""
+    nd = getattr(x, "ndim", None)
+    if nd is None:
+        raise ValueError(f"{name} must be an array, got {type(x).__name__}")
+    if exactly is not None and nd != exactly:
+        raise ValueError(f"{name} must have {exactly} axes, got shape {tuple(x.shape)}")
+    if at_least is not None and nd < at_least:
+        raise ValueError(f"{name} must have at least {at_least} axes, got shape {tuple(x.shape)}")
+
+
+def check_axis(axis: int, ndim: int, name: str, *, before_last: int = 0) -> int:
+    """``axis`` as a non-negative index into ``ndim`` axes; ``ValueError`` naming ``name`` when it does
+    not exist or (``before_last=k``) is one of the last ``k`` axes."""
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise ValueError(f"{name} must be an integer axis, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}={axis} does not exist in an array of {ndim} axes")
+    axis = int(axis) % ndim
+    if before_last and axis >= ndim - before_last:
+        raise ValueError(f"{name}={axis} must come before the last {before_last} axes of an array of {ndim} axes")
+    return axis
 
 
 def device(x: Any) -> Any:

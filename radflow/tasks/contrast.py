@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from radflow.tasks._xp import bincount, from_host, namespace, quantiles
+from radflow.tasks._xp import bincount, from_host, namespace, quantiles, require_ndim
 
 __all__ = ["zscore", "percentile_clip", "apply_lut", "equalize_hist", "clahe"]
 
@@ -87,6 +87,9 @@ def clahe(x: Any, tiles: tuple[int, int] = (8, 8), clip_limit: float = 0.01, nbi
     -------
     (H, W) float32 in [0, 1], same library and device.
     """
+    require_ndim(x, "x", exactly=2)
+    if len(tiles) != 2 or min(tiles) < 1:
+        raise ValueError(f"tiles must be two positive counts, got {tuple(tiles)}")
     xp = namespace(x)
     x = xp.clip(xp.astype(x, xp.float32), 0.0, 1.0)
     h, w = x.shape

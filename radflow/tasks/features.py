@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from radflow.tasks._xp import bincount, from_host, namespace, quantiles, to_host
+from radflow.tasks._xp import bincount, from_host, namespace, quantiles, require_ndim, to_host
 from radflow.tasks.preprocess import fit_geometry
 
 __all__ = ["FEATURES", "frame_features", "block_features", "glcm_contrast_homogeneity", "high_frequency_fraction"]
@@ -22,6 +22,7 @@ def glcm_contrast_homogeneity(img: Any, levels: int = 32) -> tuple[float, float]
     Symmetric, normalized co-occurrence matrix of ``levels`` grey levels over the
     offsets (0, 1) and (1, 0), averaged (skimage's ``graycoprops`` definitions).
     """
+    require_ndim(img, "img", exactly=2)
     xp = namespace(img)
     q = xp.astype(xp.clip(xp.floor(img * levels), 0, levels - 1), xp.int64)
     counts = None
@@ -39,6 +40,7 @@ def glcm_contrast_homogeneity(img: Any, levels: int = 32) -> tuple[float, float]
 
 def high_frequency_fraction(img: Any, cutoff: float = 0.25) -> float:
     """Fraction of the (mean-removed) 2-D power spectrum above ``cutoff`` cycles/pixel."""
+    require_ndim(img, "img", exactly=2)
     xp = namespace(img)
     z = img - xp.mean(img)
     f = xp.fft.fft2(z)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from radflow.tasks._ndimage import ndimage_for, symmetric_pad
-from radflow.tasks._xp import namespace
+from radflow.tasks._xp import namespace, require_ndim
 
 __all__ = ["gaussian", "median", "unsharp_mask", "uniform", "gaussian_kernel"]
 
@@ -47,6 +47,7 @@ def gaussian(x: Any, sigma: float, *, truncate: float = 4.0) -> Any:
     x : (..., H, W) float array (NumPy, CuPy or torch)
     sigma : standard deviation in pixels
     """
+    require_ndim(x, "x", at_least=2)
     if sigma <= 0:
         return x
     nd = ndimage_for(x)
@@ -61,6 +62,7 @@ def median(x: Any, size: int = 3) -> Any:
     """Median filter over a ``size × size`` window of the last two axes (``mode="reflect"``)."""
     if size < 1 or size % 2 == 0:
         raise ValueError(f"median size must be odd and positive, got {size}")
+    require_ndim(x, "x", at_least=2)
     nd = ndimage_for(x)
     if nd is not None:
         return nd.median_filter(x, size=(1,) * (x.ndim - 2) + (size, size), mode="reflect")
@@ -86,6 +88,7 @@ def uniform(x: Any, size: int) -> Any:
     """Mean over a ``size × size`` window (odd ``size``) of the last two axes (``mode="reflect"``)."""
     if size < 1 or size % 2 == 0:
         raise ValueError(f"window size must be odd and positive, got {size}")
+    require_ndim(x, "x", at_least=2)
     nd = ndimage_for(x)
     if nd is not None:
         return nd.uniform_filter(x, size=(1,) * (x.ndim - 2) + (size, size), mode="reflect")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from radflow.tasks._xp import device, from_host, namespace, quantiles
+from radflow.tasks._xp import device, from_host, namespace, quantiles, require_ndim
 
 __all__ = [
     "FrameParams",
@@ -154,6 +154,9 @@ def resize(x: Any, shape: tuple[int, int], method: Method = "area", *, antialias
     -------
     (..., out_H, out_W) array of ``x``'s library and dtype.
     """
+    require_ndim(x, "x", at_least=2)
+    if len(shape) != 2 or min(int(shape[0]), int(shape[1])) < 1:
+        raise ValueError(f"shape must be two positive sizes (out_H, out_W), got {tuple(shape)}")
     y = _resample_axis(x, x.ndim - 2, int(shape[0]), method, antialias)
     return _resample_axis(y, y.ndim - 1, int(shape[1]), method, antialias)
 
@@ -171,6 +174,9 @@ def fit_geometry(rows: int, cols: int, canvas: int) -> tuple[int, int, int, int]
 
 def pad_to_canvas(x: Any, canvas: int, top: int, left: int) -> Any:
     """Place 2-D ``x`` at ``(top, left)`` on a zero ``canvas × canvas`` of its library."""
+    require_ndim(x, "x", exactly=2)
+    if top < 0 or left < 0 or top + x.shape[0] > canvas or left + x.shape[1] > canvas:
+        raise ValueError(f"a {tuple(x.shape)} frame at ({top}, {left}) does not fit a {canvas}x{canvas} canvas")
     xp = namespace(x)
     out = xp.zeros((canvas, canvas), dtype=x.dtype, device=device(x))
     out[top : top + x.shape[0], left : left + x.shape[1]] = x
@@ -179,6 +185,8 @@ def pad_to_canvas(x: Any, canvas: int, top: int, left: int) -> Any:
 
 def to_grayscale(x: Any) -> Any:
     """(H, W, 3) RGB → (H, W) luminance (ITU-R BT.601 weights); 2-D input passes through."""
+    if getattr(x, "ndim", None) not in (2, 3):
+        raise ValueError(f"x must be (H, W) or (H, W, samples), got shape {tuple(getattr(x, 'shape', ()))}")
     if x.ndim == 2:
         return x
     xp = namespace(x)

@@ -1,8 +1,10 @@
 """Reconstruction kernels: CT filtered back-projection and MRI k-space → image.
 
 Both follow established conventions so results can be checked against the reference
-libraries: :func:`fbp` matches scikit-image's ``iradon`` (sinogram
-``(n_detectors, n_angles)``, ``theta`` in degrees, same filters and geometry) and
+libraries: :func:`fbp` takes scikit-image ``iradon``'s conventions (sinogram
+``(n_detectors, n_angles)``, ``theta`` in degrees, same filters and geometry); its
+``method="interp"`` equals ``iradon`` to rounding, its default Fourier (gridrec) path does
+not (see :func:`fbp`), and
 :func:`kspace_to_image` matches fastMRI (centred orthonormal 2-D inverse FFT, then
 root-sum-of-squares over coils). Inputs may be NumPy, CuPy or torch arrays; the
 result is of the same library and on the same device.
@@ -15,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from radflow.tasks._xp import device, from_host, is_cupy_array, is_numpy_array, is_torch_array, namespace
+from radflow.tasks._xp import check_axis, device, from_host, is_cupy_array, is_numpy_array, is_torch_array, namespace, require_ndim
 
 __all__ = ["FILTERS", "fourier_filter", "fbp", "kspace_to_image", "ifft2c", "fft2c", "rss", "center_crop"]
 
@@ -112,6 +114,13 @@ def fbp(
 ) -> Any:
     """Filtered back-projection (parallel beam), scikit-image ``iradon`` conventions.
 
+    What each method matches: ``interp`` equals ``iradon`` (same filter, linear
+    interpolation) to float rounding. ``fourier`` (the CPU default) is a different
+    reconstruction of the same data: on a Shepp–Logan phantom of maximum 1.0 it differs
+    from ``iradon`` by up to about 0.09 per pixel while its RMSE against the phantom is
+    at or below ``iradon``'s in most configurations. Use ``method="interp"`` when results
+    must equal scikit-image's.
+
     Parameters
     ----------
     sinogram : (..., n_detectors, n_angles) float32/float64, NumPy, CuPy or torch
@@ -133,6 +142,7 @@ def fbp(
     -------
     (..., output_size, output_size) reconstruction, same library, device and float dtype.
     """
+    require_ndim(sinogram, "sinogram", at_least=2)
     xp = namespace(sinogram)
     if sinogram.ndim > 2:
         lead = sinogram.shape[:-2]
@@ -240,6 +250,7 @@ def ifft2c(kspace: Any) -> Any:
     are folded into the transform as checkerboard modulations (no shifted copies) and
     the transform runs multi-threaded (``scipy.fft``). Complex64 in, complex64 out.
     """
+    require_ndim(kspace, "kspace", at_least=2)
     xp = namespace(kspace)
     ny, nx = kspace.shape[-2:]
     if is_numpy_array(kspace) and ny % 2 == 0 and nx % 2 == 0:
@@ -257,6 +268,7 @@ def ifft2c(kspace: Any) -> Any:
 
 def fft2c(image: Any) -> Any:
     """Centred orthonormal 2-D FFT over the last two axes (inverse of :func:`ifft2c`)."""
+    require_ndim(image, "image", at_least=2)
     xp = namespace(image)
     x = xp.fft.ifftshift(image, axes=(-2, -1))
     x = xp.fft.fft2(x, norm="ortho") if hasattr(xp.fft, "fft2") else xp.fft.fftn(x, axes=(-2, -1), norm="ortho")
@@ -264,9 +276,14 @@ def fft2c(image: Any) -> Any:
 
 
 def rss(coil_images: Any, axis: int = -3) -> Any:
-    """Root-sum-of-squares over ``axis`` of complex coil images; float32 magnitude."""
+    """Root-sum-of-squares over ``axis`` of complex coil images; float32 magnitude.
+
+    ``coil_images`` : (..., coils, H, W) complex; ``axis`` must exist and come before the two image axes.
+    """
+    require_ndim(coil_images, "coil_images", at_least=3)
     xp = namespace(coil_images)
     nd = coil_images.ndim
+    axis = check_axis(axis, nd, "axis", before_last=2)
     if is_numpy_array(coil_images) and coil_images.dtype == np.complex64 and (axis % nd) == nd - 3 \
             and coil_images.flags.c_contiguous:
         lead, (c, h, w) = coil_images.shape[:-3], coil_images.shape[-3:]
@@ -285,6 +302,7 @@ def rss(coil_images: Any, axis: int = -3) -> Any:
 
 def center_crop(x: Any, shape: tuple[int, int]) -> Any:
     """Centre crop of the last two axes to ``shape`` (fastMRI's ``center_crop``)."""
+    require_ndim(x, "x", at_least=2)
     h, w = int(shape[0]), int(shape[1])
     if not (0 < h <= x.shape[-2] and 0 < w <= x.shape[-1]):
         raise ValueError(f"crop {shape} does not fit {tuple(x.shape[-2:])}")
@@ -300,12 +318,18 @@ def kspace_to_image(kspace: Any, coil_axis: int | None = -3, crop: tuple[int, in
     ----------
     kspace : (..., coils, ky, kx) complex64 (NumPy, CuPy or torch); ``coil_axis=None``
         for single-coil ``(..., ky, kx)``
+    coil_axis : the coil axis, which must exist and come before the two k-space axes (a 2-D
+        k-space with the default ``-3`` is a ``ValueError``, never a silently wrong image);
+        ``None``: single coil, magnitude of the inverse FFT
     crop : optional ``(h, w)`` centre crop of the result (fastMRI's 320×320 convention)
 
     Returns
     -------
     (..., h, w) float32 magnitude, same library and device.
     """
+    require_ndim(kspace, "kspace", at_least=2 if coil_axis is None else 3)
+    if coil_axis is not None:
+        coil_axis = check_axis(coil_axis, kspace.ndim, "coil_axis", before_last=2)
     xp = namespace(kspace)
     if kspace.dtype != xp.complex64:
         kspace = xp.astype(kspace, xp.complex64)
@@ -318,8 +342,5 @@ def kspace_to_image(kspace: Any, coil_axis: int | None = -3, crop: tuple[int, in
         re, im = xp.real(images), xp.imag(images)
         out = xp.sqrt(re * re + im * im)
     else:
-        axis = coil_axis if coil_axis >= 0 else kspace.ndim + coil_axis
-        if axis >= kspace.ndim - 2:
-            raise ValueError(f"coil_axis {coil_axis} must be before the two k-space axes")
-        out = rss(images, axis=axis)
+        out = rss(images, axis=coil_axis)
     return center_crop(out, crop) if crop is not None else out
