@@ -12,8 +12,10 @@ setup:
 	$(PIP) install --quiet -e ".[dev]"
 
 browser:
-	# headless Chromium renders the QC report in its test (Debian's package; needs root)
-	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	# Debian tools the tests use as independent references (needs root): headless Chromium renders the QC
+	# report; dcmtk decompresses the lossless corpus for the decoder cross-check; dcm2niix places slices
+	{ command -v chromium && command -v dcmdjpeg && command -v dcm2niix; } >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dcmtk dcm2niix >/dev/null; }
 
 demo: setup
 	$(PYTHON) -m radflow demo --out radflow-demo

@@ -28,11 +28,15 @@ def ct_phantom(slices: int, size: int) -> np.ndarray:
 
 def write_ct_series(root: str | os.PathLike[str], *, slices: int = 12, size: int = 64, spacing: float = 2.5,
                     pixel: float = 0.8, origin: tuple[float, float, float] = (-25.0, -25.0, -100.0),
-                    skip: tuple[int, ...] = (), duplicate: int | None = None, seed: int = 0) -> tuple[list[str], np.ndarray]:
+                    skip: tuple[int, ...] = (), duplicate: int | None = None, seed: int = 0,
+                    offsets: tuple[float, ...] | None = None, tilt: float = 0.0) -> tuple[list[str], np.ndarray]:
     """Write one axial CT series; return ``(paths, expected volume in z order)``.
 
-    ``skip`` leaves slices out (uneven spacing); ``duplicate`` writes a second instance at
+    ``skip`` leaves slices out (missing slices); ``duplicate`` writes a second instance at
     that slice's position with different pixels (the first one stored should win).
+    ``offsets`` gives each slice's table position in mm (uneven spacing; default
+    ``k * spacing``); ``tilt`` (degrees) tilts the image plane about the x axis as a tilted
+    gantry does, while the table still moves along z.
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -54,8 +58,10 @@ def write_ct_series(root: str | os.PathLike[str], *, slices: int = 12, size: int
         ds.Modality = "CT"
         ds.InstanceNumber = int(rng.integers(1, 1000))  # misleading on purpose
         ds.AcquisitionNumber = 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing]
+        t = np.deg2rad(tilt)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, round(float(np.cos(t)), 6), round(float(np.sin(t)), 6)]
+        z = offsets[k] if offsets is not None else k * spacing
+        ds.ImagePositionPatient = [origin[0], origin[1], round(origin[2] + z, 4)]
         ds.PixelSpacing = [pixel, pixel]
         ds.SliceThickness = spacing
         ds.Rows = ds.Columns = size

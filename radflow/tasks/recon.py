@@ -327,8 +327,11 @@ def kspace_to_image(kspace: Any, coil_axis: int | None = -3, crop: tuple[int, in
     -------
     (..., h, w) float32 magnitude, same library and device.
     """
-    require_ndim(kspace, "kspace", at_least=2 if coil_axis is None else 3)
+    require_ndim(kspace, "kspace", at_least=2)
     if coil_axis is not None:
+        if kspace.ndim < 3:
+            raise ValueError(f"coil_axis={coil_axis} does not exist in a k-space of shape {tuple(kspace.shape)}; "
+                             "pass coil_axis=None for single-coil (ky, kx) k-space")
         coil_axis = check_axis(coil_axis, kspace.ndim, "coil_axis", before_last=2)
     xp = namespace(kspace)
     if kspace.dtype != xp.complex64:

@@ -85,6 +85,7 @@ def _plan_group(series: str, part: int, g: pd.DataFrame, tol_mm: float) -> list[
     iop = g[_IOP].iloc[0].to_numpy(float)
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
+    normal = normal / max(float(np.linalg.norm(normal)), 1e-12)  # headers round the cosines: make it a unit vector
     pos = g[["ipp_x", "ipp_y", "ipp_z"]].to_numpy(float)
     along = pos @ normal
     order = np.argsort(along, kind="stable")

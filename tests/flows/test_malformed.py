@@ -1,11 +1,13 @@
-"""A generated malformed corpus: every class rejected with its reason, before any large allocation,
-and the run completes with one ledger row per file."""
+"""A generated malformed corpus: every class that cannot be kept is rejected with its reason, before
+any large allocation; what the reference toolkits read is kept with its anomaly recorded (and rejected
+by the strict mode); the run completes with one ledger row per file."""
 
 from __future__ import annotations
 
 import io
 import os
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -64,28 +66,60 @@ CASES = {
     "short_pixel_data.dcm": (lambda: _resave(make_dicom(rows=64, cols=64), _short_pixels), "PIXEL_LENGTH_MISMATCH"),
     "absurd_dimensions.dcm": (lambda: _resave(make_dicom(rows=16, cols=16), lambda ds: (setattr(ds, "Rows", 65535), setattr(ds, "Columns", 65535), setattr(ds, "NumberOfFrames", 9999))), "DIMENSION_LIMIT"),
     "unknown_syntax.dcm": (unknown_syntax, "NO_DECODER"),
-    "lying_syntax.dcm": (_lying_syntax, "DECODE_ERROR"),
-    "invalid_value.dcm": (_invalid_value, "INVALID_VALUE"),
-    "implicit_under_explicit.dcm": (_implicit_under_explicit, "SYNTAX_MISMATCH"),
     "structured_report.dcm": (lambda: make_dicom(pixels=False, sop_class=BASIC_SR), "NON_IMAGE"),
     "no_rows.dcm": (lambda: _resave(make_dicom(), lambda ds: delattr(ds, "Rows")), "DECODE_ERROR"),
     "bad_bits.dcm": (lambda: _resave(make_dicom(), lambda ds: setattr(ds, "BitsAllocated", 13)), "DECODE_ERROR"),
 }
 
 
+#: kept by default with the anomaly each carries; rejected by the strict mode with the reason given
+KEPT = {
+    "lying_syntax.dcm": (_lying_syntax, "DECODER_FALLBACK", None),  # GDCM reads the native bytes under the RLE claim
+    "invalid_value.dcm": (_invalid_value, "INVALID_VALUE PatientName (0010,0010) PN", "INVALID_VALUE"),
+    "implicit_under_explicit.dcm": (_implicit_under_explicit, "SYNTAX_MISMATCH_REPAIRED", "SYNTAX_MISMATCH"),
+}
+
+
 def test_malformed_corpus(tmp_path, prefect_api, dask_client):
+    from radflow.config import Limits
+    from radflow.errors import InputRejected
+    from radflow.storage.dicom import decode_frames, header_from_dataset, read_dataset
+
     src = tmp_path / "bad"
     src.mkdir()
     for name, (make, _) in CASES.items():
+        (src / name).write_bytes(make())
+    for name, (make, _, _) in KEPT.items():
         (src / name).write_bytes(make())
     (src / "good.dcm").write_bytes(make_dicom(rows=32, cols=32))
     store = str(tmp_path / "bad.zarr")
     summary = radflow.ingest(str(src), store)
     ledger = radflow.open_store(store).ledger().set_index("source")
-    assert len(ledger) == len(CASES) + 1 == summary["discovered"]
+    assert len(ledger) == len(CASES) + len(KEPT) + 1 == summary["discovered"]
     got = {os.path.basename(s): r for s, r in ledger["reason"].items()}
     expected = {name: reason for name, (_, reason) in CASES.items()}
     assert {k: got[k] for k in expected} == expected
     assert ledger.loc[str(src / "good.dcm"), "status"] == "ok"
     assert len(set(expected.values())) >= 7 and len(expected) >= 10
     assert "CANARY" not in ledger.to_csv()
+    st = radflow.open_store(store)
+    inst = st.instances().set_index("source")
+    reference = pydicom.dcmread(io.BytesIO(make_dicom(rows=64, cols=64))).pixel_array
+    for name, (make, anomaly, strict) in KEPT.items():
+        row = ledger.loc[str(src / name)]
+        assert row["status"] == "ok", (name, row["reason"], row["detail"])
+        assert any(a.startswith(anomaly) for a in row["anomalies"]), (name, list(row["anomalies"]))
+        assert any(a.startswith(anomaly) for a in inst.loc[str(src / name), "anomalies"])
+        if strict is None:
+            continue
+        with pytest.raises(InputRejected) as info:  # the opt-in strict mode rejects it
+            ds = read_dataset(make(), validation="raise")
+            decode_frames(ds, header_from_dataset(ds, Limits(validation="raise")))
+        assert info.value.reason.value == strict
+    from radflow.storage.inspect import describe
+
+    assert describe(store)["anomalies"] == summary["anomalies"] == {
+        "DECODER_FALLBACK": 1, "INVALID_VALUE": 1, "SYNTAX_MISMATCH_REPAIRED": 1}  # counted for inspect and the summary
+    lying = inst.loc[str(src / "lying_syntax.dcm")]
+    assert lying["decoder"] == "gdcm-image-reader"
+    np.testing.assert_array_equal(st.raw_frame(int(lying["index"])), reference)
