@@ -35,8 +35,8 @@ def main() -> None:
     )
 
     from radflow.config import Limits
-    from radflow.storage.batches import frame_crc32
-    from radflow.storage.dicom import decode_frames, header_from_dataset, read_dataset
+    from radflow.store.layout import frame_crc32
+    from radflow.dicom.read import decode_frames, header_from_dataset, read_dataset
     from radflow.synth.radiographs import chest_radiograph
 
     rng = np.random.default_rng(0)

@@ -38,7 +38,7 @@ def main() -> None:
     import radflow
     from radflow.cluster import connect
     from radflow.config import ClusterSettings
-    from radflow.storage.models import save_model
+    from radflow.models.loading import save_model
     from radflow.synth import write_archive
     from radflow.tasks.infer import ModelCard, to_model_input
     from radflow.tasks.train import build_model

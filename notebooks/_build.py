@@ -120,7 +120,7 @@ async def latest(key):
 from IPython.display import Markdown
 Markdown((await latest("radflow-ingest")).data)'''),
         ("md", "## What is in the store"),
-        ("code", '''from radflow.storage.inspect import describe
+        ("code", '''from radflow.store.inspect import describe
 
 info = describe(store_url)
 info["privacy"], info["tables"], f"{info['objects_per_1000_inputs']:.0f} objects per 1,000 inputs"'''),

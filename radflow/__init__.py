@@ -14,15 +14,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__version__ = "0.1.0"
+from radflow.config import VERSION as __version__
 __all__ = ["__version__", "ingest", "process", "verify", "digest", "open_store", "Settings"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# The ingest engine is the package ``radflow.ingest``; the public API is the function ``radflow.ingest``.
+# Importing the (light) package first registers it in ``sys.modules``, so the ``def ingest`` below keeps
+# the name in this namespace: later ``from radflow.ingest.batches import ...`` find the package through
+# ``sys.modules`` and no longer rebind ``radflow.ingest`` to the module.
+import radflow.ingest  # noqa: E402,F401  (must stay before ``def ingest``)
+
 
 def open_store(url: str, storage_options: dict[str, Any] | None = None):
-    """Open a radflow store for reading; see :class:`radflow.storage.store.Store`."""
-    from radflow.storage.store import open_store as _open
+    """Open a radflow store for reading; see :class:`radflow.store.handle.Store`."""
+    from radflow.store.handle import open_store as _open
 
     return _open(url, storage_options)
 
@@ -52,8 +58,8 @@ def verify(store: str, **options: Any) -> dict[str, Any]:
 
 def digest(store: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
     """Content digests of a store (arrays, tables, attributes; no timestamps or timings);
-    see :func:`radflow.storage.verify.content_digest`."""
-    from radflow.storage.verify import content_digest
+    see :func:`radflow.store.verify.content_digest`."""
+    from radflow.store.verify import content_digest
 
     return content_digest(store, storage_options)
 

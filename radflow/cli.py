@@ -165,7 +165,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     card = None
     if args.card:
-        from radflow.storage.models import read_card_file
+        from radflow.models.loading import read_card_file
 
         card = read_card_file(args.card)
     s = _with_progress(lambda: radflow.process(args.store, steps=_steps(args.steps), model=args.model, arch=args.arch,
@@ -277,7 +277,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from importlib import metadata
 
     import radflow
-    from radflow.storage.dicom import decodable_syntaxes
+    from radflow.dicom.read import decodable_syntaxes
 
     print(f"radflow {radflow.__version__} (Python {sys.version.split()[0]})")
     for pkg in ("numpy", "zarr", "dask", "distributed", "xarray", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg",
@@ -303,7 +303,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from radflow.storage.inspect import describe
+    from radflow.store.inspect import describe
 
     info = describe(args.store, _storage_options(args))
     if args.json:

@@ -16,7 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "ClusterSettings", "KubernetesSettings", "PrivacySettings", "Limits", "resolve_secret_key", "key_fingerprint"]
+#: radflow's version, recorded in every store it writes (radflow.__version__ re-exports it)
+VERSION = "0.1.0"
+
+__all__ = ["VERSION", "Settings", "ClusterSettings", "KubernetesSettings", "PrivacySettings", "Limits", "resolve_secret_key", "key_fingerprint"]
 
 
 class Limits(BaseModel):
@@ -83,7 +86,7 @@ class ClusterSettings(BaseModel):
 
 
 class PrivacySettings(BaseModel):
-    """What radflow does with identifying values (DICOM PS3.15 Annex E, see radflow.storage.deid)."""
+    """What radflow does with identifying values (DICOM PS3.15 Annex E, see radflow.dicom.deid)."""
 
     mode: Literal["deidentify", "keep-identifiers"] = Field(
         "deidentify", description="`deidentify` applies the Basic Profile to every header value written; "

@@ -27,7 +27,7 @@ PARAM_COLUMNS = (
 
 @functools.lru_cache(maxsize=8)
 def _raw_arrays(store_url: str, options_json: str) -> dict[str, Any]:
-    from radflow.storage.store import open_store
+    from radflow.store.handle import open_store
 
     return open_store(store_url, json.loads(options_json) or None).raw_arrays()
 
@@ -90,7 +90,7 @@ def infer_block(block: np.ndarray, *, spec: Any, autocast: str | None = None, em
 
     Returns ``(n, outputs + embedding_dim)`` float32: scores, then the embedding when asked.
     """
-    from radflow.cluster.plugins import cached_model
+    from radflow.models.cache import cached_model
     from radflow.tasks.infer import predict, to_model_input
 
     model = cached_model(spec)
@@ -109,7 +109,7 @@ def infer_block(block: np.ndarray, *, spec: Any, autocast: str | None = None, em
             return np.concatenate([out.scores, out.embeddings], axis=1).astype(np.float32)
         return predict(model.module, x, model.card, **kw)
 
-    return model.runner.submit(run).result()  # the model's own inference thread (see cluster.plugins)
+    return model.runner.submit(run).result()  # the model's own inference thread (see models.cache)
 
 
 def recon_block(kspace: np.ndarray, *, crop: tuple[int, int] | None) -> np.ndarray:

@@ -79,7 +79,7 @@ def performance_report(store: str, settings: Settings, storage_options: dict[str
         return
     from distributed import performance_report as dask_report
 
-    from radflow.storage.urls import filesystem, join
+    from radflow.store.urls import filesystem, join
 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     url = join(store, "reports", f"{name}-{stamp}.html")

@@ -22,8 +22,8 @@ from radflow.flows._progress import report
 from radflow.flows.evaluate import evaluate_flow, join_labels
 from radflow.flows.ingest import ingest_flow
 from radflow.flows.process import process_flow
-from radflow.storage.models import save_model
-from radflow.storage.store import open_store
+from radflow.models.loading import save_model
+from radflow.store.handle import open_store
 from radflow.synth import write_archive
 from radflow.tasks.infer import ModelCard
 from radflow.tasks.train import train_classifier

@@ -11,10 +11,10 @@ from prefect.artifacts import create_markdown_artifact
 from radflow.config import resolve_secret_key
 from radflow.errors import ConfigError
 from radflow.flows._common import build_settings, markdown_table, run_logger
-from radflow.storage.pseudonym import remap_uid
-from radflow.storage.store import open_store
-from radflow.storage.tables import write_part
-from radflow.storage.urls import filesystem, normalize
+from radflow.dicom.pseudonym import remap_uid
+from radflow.store.handle import open_store
+from radflow.store.tables import write_part
+from radflow.store.urls import filesystem, normalize
 from radflow.tasks.metrics import evaluate_predictions
 
 __all__ = ["evaluate_flow", "join_labels", "remap_labels"]

@@ -20,24 +20,23 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
-import radflow
 from radflow.cluster import connect, dashboard_link
-from radflow.config import Settings, key_fingerprint, resolve_secret_key
+from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
 from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
-from radflow.storage import layout
-from radflow.storage.batches import (BatchInput, BatchPlan, index_inputs, ledger_row, lost_detail, plan_batches,
+from radflow.store import layout
+from radflow.ingest.batches import (BatchInput, BatchPlan, index_inputs, ledger_row, lost_detail, plan_batches,
                                      probe_input, write_batch)
-from radflow.storage.deid import privacy_record
-from radflow.storage.journal import (Journal, completed_batches, pending_journals, remove_journal, with_uris,
+from radflow.dicom.deid import privacy_record
+from radflow.ingest.journal import (Journal, completed_batches, pending_journals, remove_journal, with_uris,
                                     write_journal)
-from radflow.storage.pseudonym import source_label
-from radflow.storage.duplicates import check_duplicates, split_duplicates
-from radflow.storage.acquisitions import KINDS, reference_path
-from radflow.storage.sources import InputRef, discover
-from radflow.storage.tables import LEDGER_SCHEMA, read_table, write_part
-from radflow.storage.urls import normalize, zarr_store
+from radflow.dicom.pseudonym import source_label
+from radflow.ingest.duplicates import check_duplicates, split_duplicates
+from radflow.ingest.acquisitions import KINDS, reference_path
+from radflow.ingest.sources import InputRef, discover
+from radflow.store.tables import LEDGER_SCHEMA, read_table, write_part
+from radflow.store.urls import normalize, zarr_store
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
 
@@ -341,7 +340,7 @@ def ingest_flow(
     src, dst = normalize(source), normalize(store)
     key = resolve_secret_key(cfg)
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
-                       radflow_version=radflow.__version__, privacy=privacy_record(cfg.privacy, key))
+                       radflow_version=VERSION, privacy=privacy_record(cfg.privacy, key))
     results: list[dict[str, Any]] = []
     inputs, new = discover_task(src, dst, storage_options, cfg)
     if pending_journals(dst, storage_options):  # a killed run left reservations: finish them first

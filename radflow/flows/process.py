@@ -28,13 +28,13 @@ from radflow.errors import ConfigError
 from radflow.flows import _blocks
 from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report as progress
-from radflow.storage import layout
-from radflow.storage.acquisitions import KINDS, kind_of_array, reference_path
-from radflow.storage.models import ModelSpec, load_model
-from radflow.storage.store import open_store
-from radflow.storage.tables import write_part
-from radflow.storage.volumes import write_volume
-from radflow.storage.urls import normalize, zarr_store
+from radflow.store import layout
+from radflow.ingest.acquisitions import KINDS, kind_of_array, reference_path
+from radflow.models.loading import ModelSpec, load_model
+from radflow.store.handle import open_store
+from radflow.store.tables import write_part
+from radflow.store.volumes import write_volume
+from radflow.store.urls import normalize, zarr_store
 from radflow.tasks.features import FEATURES
 from radflow.tasks.preprocess import Enhancements
 from radflow.tasks.volumes import VolumePlan, plan_volumes
@@ -421,7 +421,7 @@ def process_flow(
                 spec = ModelSpec(normalize(model), arch=arch or "", card=card, storage_options=storage_options)
                 plan = plan_inference(spec, cfg.canvas, embeddings=embeddings, gpu=_has_gpu_workers(client),
                                       autocast=None if cfg.infer_autocast == "none" else cfg.infer_autocast)
-                from radflow.cluster.plugins import ModelCache
+                from radflow.models.cache import ModelCache
 
                 client.register_plugin(ModelCache(), name=ModelCache.name)
                 keys = inst[["index", "patient_key", "study_key", "sop_uid"]]

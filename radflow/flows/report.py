@@ -1,4 +1,4 @@
-"""The QC report flow: render :func:`radflow.storage.report.qc_report` and save it beside the tables."""
+"""The QC report flow: render :func:`radflow.report.qc.qc_report` and save it beside the tables."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from prefect.artifacts import create_link_artifact
 from radflow.config import resolve_secret_key
 from radflow.flows._common import build_settings, run_logger
 from radflow.flows.evaluate import remap_labels
-from radflow.storage.report import qc_report
-from radflow.storage.store import open_store
-from radflow.storage.urls import filesystem, join, normalize
+from radflow.report.qc import qc_report
+from radflow.store.handle import open_store
+from radflow.store.urls import filesystem, join, normalize
 
 __all__ = ["report_flow", "write_report"]
 

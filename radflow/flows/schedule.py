@@ -20,7 +20,7 @@ __all__ = ["serve_ingest"]
 def serve_ingest(source: str, store: str, *, cron: str, name: str = "scheduled", timezone: str = "UTC",
                  cluster: str | None = None, settings: dict[str, Any] | None = None) -> None:
     """Serve the ingest flow on ``cron`` until interrupted (blocks)."""
-    from radflow.storage.urls import normalize
+    from radflow.store.urls import normalize
 
     params: dict[str, Any] = {"source": normalize(source), "store": normalize(store)}
     if cluster:

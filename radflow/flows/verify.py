@@ -16,10 +16,10 @@ from prefect.utilities.annotations import quote  # large inputs: Prefect would v
 from radflow.cluster import connect
 from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
-from radflow.storage.acquisitions import KINDS
-from radflow.storage.store import open_store
-from radflow.storage.urls import normalize
-from radflow.storage.verify import verify_frames
+from radflow.ingest.acquisitions import KINDS
+from radflow.store.handle import open_store
+from radflow.store.urls import normalize
+from radflow.store.verify import verify_frames
 
 __all__ = ["verify_flow", "frames_to_verify"]
 

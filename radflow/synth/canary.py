@@ -76,7 +76,7 @@ def _nested_item(n: int) -> Dataset:
 
 def canary_dataset(patient: int, study: int, study_date: str) -> tuple[Dataset, list[str], list[str]]:
     """One secondary-capture image whose every Table E.1-1 attribute holds a canary."""
-    from radflow.storage.deid import annex_e_rules
+    from radflow.dicom.deid import annex_e_rules
 
     ds = Dataset()
     canaried, skipped = [], []

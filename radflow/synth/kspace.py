@@ -15,7 +15,25 @@ from pathlib import Path
 
 import numpy as np
 
-from radflow.tasks.recon import center_crop, fft2c, ifft2c, rss
+
+
+def fft2c(image: np.ndarray) -> np.ndarray:
+    """Centred orthonormal 2-D FFT over the last two axes (fastMRI's convention), written here with
+    NumPy so the synthetic data does not depend on the kernels it tests."""
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def ifft2c(kspace: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def rss(coil_images: np.ndarray, axis: int) -> np.ndarray:
+    return np.sqrt(np.sum(np.abs(coil_images) ** 2, axis=axis))
+
+
+def center_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    top, left = (x.shape[-2] - shape[0]) // 2, (x.shape[-1] - shape[1]) // 2
+    return x[..., top : top + shape[0], left : left + shape[1]]
 
 __all__ = ["shepp_logan", "coil_sensitivities", "write_fastmri"]
 

@@ -14,7 +14,7 @@ import pytest
 
 import radflow
 from radflow.config import Limits
-from radflow.storage.archives import list_members
+from radflow.ingest.archives import list_members
 
 pytestmark = pytest.mark.slow
 

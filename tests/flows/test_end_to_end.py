@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import radflow
-from radflow.storage.batches import frame_crc32
-from radflow.storage.models import ModelSpec, load_model, save_model
+from radflow.store.layout import frame_crc32
+from radflow.models.loading import ModelSpec, load_model, save_model
 from radflow.tasks.infer import ModelCard, predict
 from radflow.tasks.train import build_model
 from tests.helpers import tree_digest, tree_mtimes

@@ -9,7 +9,7 @@ import torch
 
 import radflow
 from radflow.flows.evaluate import evaluate_flow
-from radflow.storage.models import ModelSpec, load_model, save_model
+from radflow.models.loading import ModelSpec, load_model, save_model
 from radflow.tasks.infer import ModelCard, predict, to_model_input
 from radflow.tasks.train import build_model
 

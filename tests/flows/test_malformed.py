@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 import radflow
-from tests.storage.test_dicom import BASIC_SR, make_dicom, truncated_encapsulated, unknown_syntax
+from tests.dicom.test_read import BASIC_SR, make_dicom, truncated_encapsulated, unknown_syntax
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ KEPT = {
 def test_malformed_corpus(tmp_path, prefect_api, dask_client):
     from radflow.config import Limits
     from radflow.errors import InputRejected
-    from radflow.storage.dicom import decode_frames, header_from_dataset, read_dataset
+    from radflow.dicom.read import decode_frames, header_from_dataset, read_dataset
 
     src = tmp_path / "bad"
     src.mkdir()
@@ -116,7 +116,7 @@ def test_malformed_corpus(tmp_path, prefect_api, dask_client):
             ds = read_dataset(make(), validation="raise")
             decode_frames(ds, header_from_dataset(ds, Limits(validation="raise")))
         assert info.value.reason.value == strict
-    from radflow.storage.inspect import describe
+    from radflow.store.inspect import describe
 
     assert describe(store)["anomalies"] == summary["anomalies"] == {
         "DECODER_FALLBACK": 1, "INVALID_VALUE": 1, "SYNTAX_MISMATCH_REPAIRED": 1}  # counted for inspect and the summary

@@ -149,7 +149,7 @@ def test_uids_consistent_across_runs_and_workers_and_opt_out_is_explicit(tmp_pat
     st = radflow.open_store(kept)
     assert st.privacy["mode"] == "keep-identifiers" and st.privacy["patient_identity_removed"] == "NO"
     assert any(d.PatientID.startswith("CANARY") for d in st.headers(parse=True)["dataset"])
-    from radflow.storage.inspect import describe
+    from radflow.store.inspect import describe
 
     assert describe(kept)["privacy"]["mode"] == "keep-identifiers"
 
@@ -157,7 +157,7 @@ def test_uids_consistent_across_runs_and_workers_and_opt_out_is_explicit(tmp_pat
 def test_burned_in_flags_and_configured_masks(tmp_path, prefect_api, dask_client):
     import numpy as np
 
-    from tests.storage.test_dicom import make_dicom
+    from tests.dicom.test_read import make_dicom
 
     src = tmp_path / "src"
     src.mkdir()

@@ -20,7 +20,7 @@ import pytest
 import radflow
 from radflow.config import Limits
 from radflow.errors import InputRejected
-from radflow.storage.dicom import decode_frames, header_from_dataset, read_dataset
+from radflow.dicom.read import decode_frames, header_from_dataset, read_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def corpus_store(tmp_path_factory, pydicom_test_files, prefect_api, dask_client)
 
 def test_every_real_image_is_kept(corpus_store):
     from radflow.config import Settings, resolve_secret_key
-    from radflow.storage.pseudonym import remap_uid
+    from radflow.dicom.pseudonym import remap_uid
 
     store, files, summary = corpus_store
     key = resolve_secret_key(Settings())
@@ -202,7 +202,7 @@ def test_lossless_frames_equal_an_independent_decoder(corpus_store):
             pytest.fail("dcmtk is not installed (make test installs Debian's dcmtk)")
         pytest.skip("dcmtk not installed (apt-get install dcmtk)")
     from radflow.config import Settings, resolve_secret_key
-    from radflow.storage.pseudonym import remap_uid
+    from radflow.dicom.pseudonym import remap_uid
 
     store, files, _ = corpus_store
     key = resolve_secret_key(Settings())

@@ -93,15 +93,15 @@ def test_transient_faults_are_retried_and_content_is_unchanged(s3, s3_server, pr
             radflow.process(url, steps=["preprocess", "features"], canvas=64, storage_options=o)
             stores[name] = url
         faults = dict(proxy.injected)
+        proxy.enabled = False  # no injected fault on the 403 and 404 probes: count their requests exactly
         t0 = time.monotonic()
-        from radflow.storage.urls import filesystem
+        from radflow.store.urls import filesystem
 
         pfs, path = filesystem("s3://radflow-test/forbidden/key", {**opts, "endpoint_url": proxy.url, "skip_instance_cache": True})
         with pytest.raises(PermissionError):
             pfs.cat_file(path)
         denied_seconds = time.monotonic() - t0
         denied = {p: n for p, n in proxy.requests.items() if "forbidden" in p}
-        proxy.enabled = False  # no injected fault on the 404 probe: count its requests exactly
         mfs, missing = filesystem("s3://radflow-test/no-such-key", {**opts, "endpoint_url": proxy.url, "skip_instance_cache": True})
         with pytest.raises(FileNotFoundError):
             mfs.cat_file(missing)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import radflow
-from radflow.storage.urls import zarr_store
+from radflow.store.urls import zarr_store
 
 pytestmark = pytest.mark.slow
 

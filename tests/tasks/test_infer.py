@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from radflow.errors import ModelError
-from radflow.storage.models import ModelSpec, load_model, loaders, save_model
+from radflow.models.loading import ModelSpec, load_model, loaders, save_model
 from radflow.tasks.infer import ModelCard, predict, to_model_input
 from radflow.tasks.metrics import calibration_table, roc_auc, sensitivity_specificity
 from radflow.tasks.train import build_model

@@ -16,7 +16,7 @@ import io
 import numpy as np
 import pandas as pd
 
-from radflow.storage.tables import anomaly_counts
+from radflow.store.tables import anomaly_counts
 
 __all__ = ["qc_report", "roc_curve"]
 
@@ -126,12 +126,12 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;paddin
 
 
 def qc_report(store, *, labels: pd.DataFrame | None = None, per_group: int = 6, seed: int = 0) -> str:
-    """The report of ``store`` (a :class:`~radflow.storage.store.Store`) as one HTML string.
+    """The report of ``store`` (a :class:`~radflow.store.handle.Store`) as one HTML string.
 
     ``labels``: optional ``sop_uid`` (remapped, as in ``instances``) plus one 0/1 column per
     label; with predictions for those labels, ROC curves are drawn.
     """
-    from radflow.storage.inspect import privacy_summary
+    from radflow.store.inspect import privacy_summary
 
     ledger, inst = store.ledger(), store.instances()
     privacy = privacy_summary(store.privacy)

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from radflow.errors import MissingChunkError, StoreFormatError, StoreNotFoundError
-from radflow.storage import layout
-from radflow.storage.urls import zarr_store
+from radflow.store import layout
+from radflow.store.urls import zarr_store
 
 
 @given(st.integers(1, 20000))

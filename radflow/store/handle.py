@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from radflow.storage import layout
-from radflow.storage.tables import read_table, list_parts
-from radflow.storage.urls import normalize, zarr_store
+from radflow.store import layout
+from radflow.store.layout import KINDS, reference_path
+from radflow.store.tables import read_table, list_parts
+from radflow.store.urls import normalize, zarr_store
 
 __all__ = ["Store", "open_store"]
 
@@ -85,8 +86,6 @@ class Store:
         return self._acquisitions("sinogram")
 
     def _acquisitions(self, kind: str) -> pd.DataFrame:
-        from radflow.storage.acquisitions import KINDS
-
         k = KINDS[kind]
         df = self.table(k.table)
         return df.sort_values(k.index_col).reset_index(drop=True) if k.index_col in df else df
@@ -103,8 +102,6 @@ class Store:
         return self._slice("sinogram", sinogram_index, recon, reference)
 
     def _slice(self, kind: str, index: int, recon: bool, reference: bool = False) -> np.ndarray:
-        from radflow.storage.acquisitions import KINDS, reference_path
-
         k = KINDS[kind]
         table = self._acquisitions(kind).set_index(k.index_col)
         try:
@@ -195,7 +192,7 @@ class Store:
 
     def object_count(self) -> int:
         """Number of objects (files) the store consists of."""
-        from radflow.storage.urls import filesystem
+        from radflow.store.urls import filesystem
 
         fs, path = filesystem(self.url, self.storage_options)
         return len(fs.find(path))

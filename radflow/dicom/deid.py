@@ -41,7 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from radflow.storage.pseudonym import keyed_hash, remap_uid
+from radflow.dicom.pseudonym import keyed_hash, remap_uid
 
 __all__ = ["Rule", "annex_e_rules", "Deidentifier", "PROFILE_NAME", "TABLE_EDITION", "method_codes"]
 
@@ -84,7 +84,7 @@ class Rule:
 @functools.cache
 def annex_e_rules() -> dict[int, Rule]:
     """Table E.1-1 keyed by tag (rows with a group or element mask are handled as patterns)."""
-    text = resources.files("radflow.storage").joinpath("data/confidentiality_profile_attributes.json").read_text()
+    text = resources.files("radflow.dicom").joinpath("data/confidentiality_profile_attributes.json").read_text()
     rules: dict[int, Rule] = {}
     for row in json.loads(text):
         hexdigits = row["tag"][1:5] + row["tag"][6:10]

@@ -1,4 +1,4 @@
-"""DICOM PS3.15 Annex E de-identification of headers (radflow.storage.deid)."""
+"""DICOM PS3.15 Annex E de-identification of headers (radflow.dicom.deid)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 import pytest
 from pydicom.dataset import Dataset
 
-from radflow.storage.deid import Deidentifier, annex_e_rules
-from radflow.storage.pseudonym import remap_uid
+from radflow.dicom.deid import Deidentifier, annex_e_rules
+from radflow.dicom.pseudonym import remap_uid
 from radflow.synth.canary import CanaryCorpus, SAFE_PRIVATE, canary_dataset
 
 KEY = b"k" * 32
@@ -102,7 +102,7 @@ def test_allowlist_entries_are_checked():
 
 
 def test_burned_in_rules():
-    from radflow.storage.dicom import burned_in_rules
+    from radflow.dicom.read import burned_in_rules
 
     ds = Dataset()
     ds.Modality = "CR"
@@ -123,7 +123,7 @@ def test_values_read_leniently_never_cost_the_image(pydicom_test_files):
     element that cannot be expressed is left out, the rest is kept."""
     import os
 
-    from radflow.storage.dicom import read_dataset
+    from radflow.dicom.read import read_dataset
 
     data = open(os.path.join(pydicom_test_files, "badVR.dcm"), "rb").read()
     ds = read_dataset(data, validation="warn")

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from radflow.storage.urls import filesystem, is_remote, join
+from radflow.store.urls import filesystem, is_remote, join
 
 __all__ = ["anomaly_counts", "LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
 

@@ -16,10 +16,11 @@ from typing import Any
 
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
-from radflow.storage.batches import apply_masks, frame_crc32, ledger_row, mask_regions
-from radflow.storage.dicom import decode_frames, header_from_dataset, read_dataset
-from radflow.storage.sources import read_bytes
-from radflow.storage.tables import LEDGER_SCHEMA, write_part
+from radflow.ingest.batches import apply_masks, ledger_row, mask_regions
+from radflow.store.layout import frame_crc32
+from radflow.dicom.read import decode_frames, header_from_dataset, read_dataset
+from radflow.ingest.sources import read_bytes
+from radflow.store.tables import LEDGER_SCHEMA, write_part
 
 __all__ = ["split_duplicates", "check_duplicates"]
 

@@ -1,6 +1,6 @@
 import re
 
-from radflow.storage.pseudonym import keyed_hash, remap_uid
+from radflow.dicom.pseudonym import keyed_hash, remap_uid
 
 
 def test_keyed_hash_is_deterministic_keyed_and_purpose_separated():

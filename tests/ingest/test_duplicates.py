@@ -10,9 +10,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
 
 from radflow.config import Limits
-from radflow.storage.batches import frame_crc32
-from radflow.storage.duplicates import check_duplicates
-from radflow.storage.tables import read_table
+from radflow.store.layout import frame_crc32
+from radflow.ingest.duplicates import check_duplicates
+from radflow.store.tables import read_table
 
 PIXELS = (np.arange(24 * 32, dtype=np.int32).reshape(24, 32) * 37 % 4001 - 2000).astype(np.int16)
 

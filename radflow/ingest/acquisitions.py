@@ -18,52 +18,23 @@ import hashlib
 import io
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
-from radflow.storage import layout
-from radflow.storage.batches import batch_summary, each_input, frame_crc32
-from radflow.storage.pseudonym import keyed_hash
-from radflow.storage.tables import write_part
-from radflow.storage.urls import zarr_store
+from radflow.store import layout
+from radflow.store.layout import KINDS, AcquisitionKind, frame_crc32, kind_of_array, reference_path
+from radflow.ingest.batches import batch_summary, each_input
+from radflow.dicom.pseudonym import keyed_hash
+from radflow.store.tables import write_part
+from radflow.store.urls import zarr_store
 
 __all__ = ["HDF5_SIGNATURE", "KINDS", "AcquisitionKind", "acquisition_index_row", "write_acquisition_batch",
            "reference_path", "kind_of_array"]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class AcquisitionKind:
-    kind: str  # batch kind and ledger/table vocabulary
-    dataset: str  # HDF5 dataset holding the slices
-    reference: str  # HDF5 dataset holding reference images
-    group: str  # Zarr group of the arrays
-    table: str  # Parquet table with one row per slice
-    index_col: str  # global slice index column
-    meta_key: str  # root attribute with the next free index
-    dtype: str
-
-
-KINDS = {
-    "kspace": AcquisitionKind("kspace", "kspace", "reconstruction_rss", "kspace", "kspace", "kspace_index",
-                              "next_kspace_index", "<c8"),
-    "sinogram": AcquisitionKind("sinogram", "sinogram", "reference", "sinograms", "sinograms", "sinogram_index",
-                                "next_sinogram_index", "<f4"),
-}
-
-
-def kind_of_array(path: str) -> AcquisitionKind:
-    group = path.split("/", 1)[0]
-    return next(k for k in KINDS.values() if k.group == group)
-
-
-def reference_path(array_path: str) -> str:
-    return "reference/" + array_path.split("/", 1)[1]
 
 
 def _open(src: BinaryIO | bytes):

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
-from radflow.storage.urls import filesystem
+from radflow.store.urls import filesystem
 
 __all__ = ["ARCHIVE_SUFFIXES", "is_archive", "is_member_uri", "list_members", "read_member"]
 

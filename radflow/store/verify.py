@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from radflow.storage import layout
-from radflow.storage.batches import frame_crc32
-from radflow.storage.urls import zarr_store
+from radflow.store import layout
+from radflow.store.layout import frame_crc32
+from radflow.store.urls import zarr_store
 
 __all__ = ["verify_frames", "content_digest"]
 
@@ -70,7 +70,7 @@ def content_digest(store_url: str, storage_options: dict[str, Any] | None = None
     import hashlib
     import json
 
-    from radflow.storage.tables import TABLES, list_parts, read_table
+    from radflow.store.tables import TABLES, list_parts, read_table
 
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r")
     out: dict[str, str] = {"attrs": hashlib.sha256(json.dumps(_stable(dict(root.attrs)), sort_keys=True,

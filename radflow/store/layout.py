@@ -5,7 +5,7 @@
     store.zarr/                       root group; attrs["radflow"] = format, versions, source, key
       raw/<dtype>_<H>x<W>[x<C>]       (n, H, W[, C]) padded canvases, chunk = 1 frame, sharded
       images                          (N, canvas, canvas) analysis-ready frames, chunk = infer batch
-      tables/<name>/part-*.parquet    Parquet datasets (see :mod:`radflow.storage.tables`)
+      tables/<name>/part-*.parquet    Parquet datasets (see :mod:`radflow.store.tables`)
 
 Frames of similar size share one ``raw`` array: the canvas is the frame size rounded
 up to a size class, so padding stays small and the number of arrays stays bounded.
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from radflow.errors import MissingChunkError, StoreFormatError, StoreNotFoundError
 
 __all__ = [
+    "AcquisitionKind", "KINDS", "kind_of_array", "reference_path", "frame_crc32",
     "FORMAT_VERSION",
     "size_class",
     "raw_array_name",
@@ -76,7 +79,7 @@ def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: s
                 privacy: dict[str, Any] | None = None) -> zarr.Group:
     """Create (or re-open) the store's root group and check it is a compatible radflow store.
 
-    ``privacy`` (the de-identification evidence, see :mod:`radflow.storage.deid`) is recorded at
+    ``privacy`` (the de-identification evidence, see :mod:`radflow.dicom.deid`) is recorded at
     creation; a later run with another privacy mode or source-path policy is refused, so one
     store never mixes de-identified and identified values.
     """
@@ -226,3 +229,42 @@ def require_chunk(arr: zarr.Array, frame: int) -> None:
             f"frame {frame} of {arr.path!r} is recorded as written but its chunk is missing from the store; "
             "run `radflow verify` and re-ingest the affected batch"
         )
+
+
+# -- raw acquisitions (k-space, sinograms) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcquisitionKind:
+    kind: str  # batch kind and ledger/table vocabulary
+    dataset: str  # HDF5 dataset holding the slices
+    reference: str  # HDF5 dataset holding reference images
+    group: str  # Zarr group of the arrays
+    table: str  # Parquet table with one row per slice
+    index_col: str  # global slice index column
+    meta_key: str  # root attribute with the next free index
+    dtype: str
+
+
+KINDS = {
+    "kspace": AcquisitionKind("kspace", "kspace", "reconstruction_rss", "kspace", "kspace", "kspace_index",
+                              "next_kspace_index", "<c8"),
+    "sinogram": AcquisitionKind("sinogram", "sinogram", "reference", "sinograms", "sinograms", "sinogram_index",
+                                "next_sinogram_index", "<f4"),
+}
+
+
+def kind_of_array(path: str) -> AcquisitionKind:
+    group = path.split("/", 1)[0]
+    return next(k for k in KINDS.values() if k.group == group)
+
+
+def reference_path(array_path: str) -> str:
+    return "reference/" + array_path.split("/", 1)[1]
+
+
+def frame_crc32(frame: np.ndarray) -> int:
+    """CRC32 of a frame's native-size pixels in C order and native byte order (a big-endian frame
+    gives the CRC of its values, not of its bytes): what ``instances.crc32`` records and verify checks."""
+    native = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
+    return zlib.crc32(native.view(np.uint8).reshape(-1)) & 0xFFFFFFFF

@@ -17,9 +17,9 @@ import json
 import os
 from typing import Any
 
-from radflow.storage.batches import BatchInput, BatchPlan
-from radflow.storage.tables import list_parts
-from radflow.storage.urls import filesystem, is_remote, join
+from radflow.ingest.batches import BatchInput, BatchPlan
+from radflow.store.tables import list_parts
+from radflow.store.urls import filesystem, is_remote, join
 
 __all__ = ["Journal", "write_journal", "pending_journals", "with_uris", "remove_journal", "completed_batches"]
 

@@ -1,7 +1,7 @@
 from hypothesis import given, settings, strategies as st
 
-from radflow.storage.batches import plan_batches
-from radflow.storage.layout import raw_array_name, size_class
+from radflow.ingest.batches import plan_batches
+from radflow.store.layout import raw_array_name, size_class
 
 def entry(uri, rows, cols, dtype, frames):
     return {"uri": uri, "size": 1, "version": "v", "kind": "dicom", "array": "raw/" + raw_array_name(dtype, rows, cols, 1),
@@ -48,8 +48,8 @@ def test_plan_is_deterministic_and_appends_after_existing():
 
 
 def test_journal_keeps_hashed_paths_hashed(tmp_path):
-    from radflow.storage.batches import BatchInput, BatchPlan
-    from radflow.storage.journal import pending_journals, remove_journal, with_uris, write_journal
+    from radflow.ingest.batches import BatchInput, BatchPlan
+    from radflow.ingest.journal import pending_journals, remove_journal, with_uris, write_journal
 
     store = str(tmp_path / "s.zarr")
     secret_path = "/archive/CANARY-SUBJECT-p10000032/s50414267/1.dcm"

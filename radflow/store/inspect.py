@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from radflow.storage.store import open_store
-from radflow.storage.tables import TABLES, anomaly_counts, list_parts
-from radflow.storage.urls import filesystem
+from radflow.store.handle import open_store
+from radflow.store.tables import TABLES, anomaly_counts, list_parts
+from radflow.store.urls import filesystem
 
 __all__ = ["describe"]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from radflow.storage import layout
-from radflow.storage.urls import zarr_store
+from radflow.store import layout
+from radflow.store.urls import zarr_store
 
 __all__ = ["write_volume"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from radflow.errors import MissingDependencyError, ModelError
-from radflow.storage.urls import filesystem, normalize
+from radflow.store.urls import filesystem, normalize
 from radflow.tasks.infer import ModelCard
 
 __all__ = ["ModelSpec", "LoadedModel", "load_model", "save_model", "card_url", "loaders", "OnnxModule", "read_card_file"]

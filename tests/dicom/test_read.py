@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from radflow.config import Limits
 from radflow.errors import InputRejected, NoDecoderError, Reason
-from radflow.storage.dicom import decodable_syntaxes, decode_frames, header_from_dataset, read_dataset, read_header
+from radflow.dicom.read import decodable_syntaxes, decode_frames, header_from_dataset, read_dataset, read_header
 
 
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"

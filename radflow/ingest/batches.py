@@ -15,7 +15,6 @@ import io
 import logging
 import math
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -23,14 +22,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from radflow.config import Limits, PrivacySettings
-from radflow.storage.deid import deidentifier
+from radflow.dicom.deid import deidentifier
 from radflow.errors import Anomaly, InputRejected, Reason, anomaly
-from radflow.storage import layout
-from radflow.storage.dicom import FALLBACK_DECODERS, Header, decode_frames, header_from_dataset, read_dataset
-from radflow.storage.pseudonym import keyed_hash, remap_uid
-from radflow.storage.sources import read_bytes
-from radflow.storage.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHEMA, anomaly_counts, write_part
-from radflow.storage.urls import zarr_store
+from radflow.store import layout
+from radflow.store.layout import frame_crc32
+from radflow.dicom.read import FALLBACK_DECODERS, Header, decode_frames, header_from_dataset, read_dataset
+from radflow.dicom.pseudonym import keyed_hash, remap_uid
+from radflow.ingest.sources import read_bytes
+from radflow.store.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHEMA, anomaly_counts, write_part
+from radflow.store.urls import zarr_store
 from radflow.watchdog import deadline
 
 def lost_detail(reason: str, what: str = "decoding this input") -> str:
@@ -39,7 +39,7 @@ def lost_detail(reason: str, what: str = "decoding this input") -> str:
     return f"{what} {happened} every time it was tried alone"
 
 
-__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "frame_crc32", "batch_summary", "each_input", "probe_input", "lost_detail"]
+__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "batch_summary", "each_input", "probe_input", "lost_detail"]
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +244,6 @@ def _geometry_columns(h: Header, frame: int) -> dict[str, float]:
     return {"ipp_x": pos[0], "ipp_y": pos[1], "ipp_z": pos[2], **{f"iop_{i}": iop[i] for i in range(6)}}
 
 
-def frame_crc32(frame: np.ndarray) -> int:
-    """CRC32 of a frame's native-size pixels in C order and native byte order (a big-endian frame
-    gives the CRC of its values, not of its bytes)."""
-    native = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
-    return zlib.crc32(native.view(np.uint8).reshape(-1)) & 0xFFFFFFFF
-
-
 def mask_regions(masks: dict[str, list[tuple[int, int, int, int]]], header: Header) -> list[tuple[int, int, int, int]]:
     """Configured regions for this object's device (``MANUFACTURER/MODEL``) or else its modality."""
     device = f"{header.manufacturer}/{header.model}".upper()
@@ -286,13 +279,13 @@ def write_batch(
     ``lost`` are inputs left out of ``plan`` because decoding them killed the worker
     (found by :func:`probe_input`); they get ``WORKER_LOST`` rows in this batch's ledger part.
     ``privacy`` decides what the ``headers`` table gets (each instance's header de-identified
-    by :mod:`radflow.storage.deid`) and which pixel regions are masked.
+    by :mod:`radflow.dicom.deid`) and which pixel regions are masked.
 
     Returns a summary (counts by status and reason, frames, bytes, seconds); contains
     no identifying values.
     """
     if plan.kind != "dicom":
-        from radflow.storage.acquisitions import write_acquisition_batch
+        from radflow.ingest.acquisitions import write_acquisition_batch
 
         return write_acquisition_batch(store_url, plan, secret=secret, limits=limits, storage_options=storage_options,
                                        lost=lost)
@@ -459,10 +452,10 @@ def index_inputs(
 def _index_one(row: dict[str, Any], uri: str, size: int, unsafe: str | None, limits: Limits,
                storage_options: dict[str, Any] | None, secret: bytes | None) -> None:
     """Fill ``row`` with the planning facts of one input's header (raises ``InputRejected``)."""
-    from radflow.storage.acquisitions import HDF5_SIGNATURE, acquisition_index_row
-    from radflow.storage.archives import is_member_uri
-    from radflow.storage.dicom import read_header
-    from radflow.storage.urls import filesystem
+    from radflow.ingest.acquisitions import HDF5_SIGNATURE, acquisition_index_row
+    from radflow.ingest.archives import is_member_uri
+    from radflow.dicom.read import read_header
+    from radflow.store.urls import filesystem
 
     if unsafe:
         raise InputRejected(Reason.ARCHIVE_UNSAFE_MEMBER, unsafe)

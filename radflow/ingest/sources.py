@@ -11,7 +11,7 @@ from typing import Any
 
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
-from radflow.storage.urls import filesystem, is_remote, normalize
+from radflow.store.urls import filesystem, is_remote, normalize
 
 __all__ = ["InputRef", "discover", "read_bytes"]
 
@@ -47,11 +47,11 @@ def discover(source: str, storage_options: dict[str, Any] | None = None, limits:
     """List every regular file under ``source`` (recursively), sorted by URI.
 
     Zip and tar archives (by suffix) are listed member by member instead of as files
-    (see :mod:`radflow.storage.archives`). A ``source`` that is a DICOMDIR file lists
+    (see :mod:`radflow.ingest.archives`). A ``source`` that is a DICOMDIR file lists
     the files that DICOM media directory references. Hidden files and folders (name
     starting with ``.``) are skipped.
     """
-    from radflow.storage.archives import is_archive, list_members
+    from radflow.ingest.archives import is_archive, list_members
 
     limits = limits or Limits()
     url = normalize(source)
@@ -109,7 +109,7 @@ def _dicomdir_members(fs, path: str) -> dict[str, dict[str, Any]]:
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None) -> bytes:
     """Read one input (a file or an archive member) whole; I/O failures become ``IO_ERROR`` rejections."""
-    from radflow.storage.archives import is_member_uri, read_member
+    from radflow.ingest.archives import is_member_uri, read_member
 
     if is_member_uri(uri):
         return read_member(uri, storage_options, max_bytes)

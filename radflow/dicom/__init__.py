@@ -1,0 +1,2 @@
+"""DICOM bytes → headers and frames: lenient reading with recorded anomalies, pixel decoding with
+fallbacks, de-identification (PS3.15 Annex E) and keyed pseudonyms."""
