@@ -19,17 +19,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: radflow's version, recorded in every store it writes (radflow.__version__ re-exports it)
 VERSION = "0.1.0"
 
-__all__ = ["VERSION", "Settings", "ClusterSettings", "KubernetesSettings", "PrivacySettings", "Limits", "resolve_secret_key", "key_fingerprint"]
+__all__ = ["VERSION", "MIN_KEY_BYTES", "check_key", "unknown_environment", "Settings", "ClusterSettings", "KubernetesSettings", "PrivacySettings", "Limits", "resolve_secret_key", "key_fingerprint"]
 
 
 class Limits(BaseModel):
     """Bounds checked against header-declared sizes *before* any pixel allocation."""
 
-    max_frame_pixels: int = Field(50_000_000, description="rows × columns × samples of one frame")
-    max_frames: int = Field(10_000, description="frames in one object")
-    max_object_bytes: int = Field(4 * 2**30, description="declared decoded size of one object")
-    max_file_bytes: int = Field(8 * 2**30, description="size of one input file")
-    max_compression_ratio: float = Field(200.0, description="uncompressed/compressed size above which an archive member is unsafe")
+    max_frame_pixels: int = Field(50_000_000, ge=1, description="rows × columns × samples of one frame")
+    max_frames: int = Field(10_000, ge=1, description="frames in one object")
+    max_object_bytes: int = Field(4 * 2**30, ge=1, description="declared decoded size of one object")
+    max_file_bytes: int = Field(8 * 2**30, ge=1, description="size of one input file")
+    max_compression_ratio: float = Field(200.0, gt=1, description="uncompressed/compressed size above which an archive member is unsafe")
     input_timeout_s: float = Field(
         900.0, ge=0, description="seconds one input may take to read and decode on a worker; past it the worker "
         "process is restarted and the input, probed alone, is recorded as TIMEOUT (0 = no deadline)")
@@ -67,7 +67,7 @@ class ClusterSettings(BaseModel):
     tls_cert: Path | None = Field(None, description="client certificate for a tls:// scheduler")
     tls_key: Path | None = Field(None, description="client key for a tls:// scheduler")
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
-    n_workers: int | None = Field(None, description="local workers; default: one per core")
+    n_workers: int | None = Field(None, ge=1, description="local workers; default: one per core")
     threads_per_worker: int = Field(1, ge=1, description="threads of each worker")
     memory_limit: str = Field("auto", description="memory limit of each local worker (Dask syntax, e.g. '8GiB')")
     dashboard_address: str = Field("127.0.0.1:0", description="where local clusters serve the Dask dashboard (port 0: a free one)")
@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     )
     shard_target_mib: int = Field(128, ge=1, description="target uncompressed size of one shard object")
     raw_zstd_level: int = Field(1, ge=-7, le=22, description="zstd level of the raw arrays")
-    canvas: int = Field(1024, ge=16, description="side of the fixed analysis canvas of `images`")
+    canvas: int = Field(1024, ge=16, le=16384, description="side of the fixed analysis canvas of `images`")
     resize_method: Literal["area", "bilinear", "bicubic"] = Field("area", description="anti-aliased resampling onto the canvas")
     denoise: Literal["none", "gaussian", "median"] = Field("none", description="denoising of `images` after resizing")
     denoise_size: float = Field(1.0, gt=0, description="Gaussian sigma or median window (odd) in canvas pixels")
@@ -146,12 +146,47 @@ class Settings(BaseSettings):
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for store and source URLs "
                                              "(credentials belong in the environment, not here)")
 
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_key(v.get_secret_value().encode(), "RADFLOW_SECRET_KEY")
+        return v
+
     @field_validator("canvas")
     @classmethod
     def _even_canvas(cls, v: int) -> int:
         if v % 2:
             raise ValueError(f"canvas must be even, got {v}")
         return v
+
+
+MIN_KEY_BYTES = 32
+_MAKE_KEY = "make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+def check_key(key: bytes, where: str) -> bytes:
+    """``key`` if it is long enough to keep pseudonyms from being recomputed from clear identifiers."""
+    if len(key.strip()) < MIN_KEY_BYTES:
+        raise ValueError(f"{where} holds {'no key' if not key.strip() else f'a key of {len(key.strip())} bytes'}; "
+                         f"the pseudonymization key must be at least {MIN_KEY_BYTES} bytes ({_MAKE_KEY})")
+    return key
+
+
+def unknown_environment(environ: dict[str, str] | None = None) -> list[str]:
+    """``RADFLOW_*`` variables that name no setting (typos such as ``RADFLOW_CANVS``), sorted."""
+    environ = dict(os.environ if environ is None else environ)
+    known: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            known.add(f"{prefix}{name.upper()}")
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name.upper()}__")
+
+    walk(Settings, "RADFLOW_")
+    return sorted(k for k in environ if k.upper().startswith("RADFLOW_") and k.upper() not in known)
 
 
 def _default_key_file() -> Path:
@@ -167,14 +202,14 @@ def resolve_secret_key(settings: Settings) -> bytes:
     ``RADFLOW_SECRET_KEY``) on every machine that writes to the same store.
     """
     if settings.secret_key is not None:
-        return settings.secret_key.get_secret_value().encode()
+        return check_key(settings.secret_key.get_secret_value().encode(), "RADFLOW_SECRET_KEY")
     path = settings.key_file or _default_key_file()
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return check_key(path.read_text().strip().encode(), f"the key file {str(path)!r}")
 
 
 def key_fingerprint(key: bytes) -> str:

@@ -8,7 +8,7 @@ import socket
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ["RADFLOW_SECRET_KEY"] = "radflow-test-key"
+os.environ["RADFLOW_SECRET_KEY"] = "radflow-test-key-of-at-least-32-bytes"
 
 import pytest
 

@@ -37,10 +37,31 @@ def remap_labels(labels: pd.DataFrame, key: bytes, *, split: str | None = None) 
     if split is not None:
         if "split" not in labels:
             raise ConfigError("labels have no 'split' column")
-        labels = labels[labels["split"] == split]
+        values = sorted(str(v) for v in labels["split"].dropna().unique())
+        labels = labels[labels["split"].astype(str) == str(split)]
+        if labels.empty:
+            raise ConfigError(f"--split {split!r} matches no label row; the 'split' column holds {values}")
     lab = labels.drop(columns=[c for c in ("path",) if c in labels]).copy()
     lab["sop_uid"] = [remap_uid(key, str(u)) for u in lab.pop("sop_instance_uid")]
     return lab
+
+
+def check_labels(labels: pd.DataFrame, names: list[str], source: str) -> None:
+    """Each label column holds 0/1 (blank for unknown) and both classes; ``ConfigError`` naming the
+    column and the first offending row otherwise."""
+    for name in names:
+        col = labels[name]
+        numeric = pd.to_numeric(col, errors="coerce")
+        bad = col.notna() & ~numeric.isin([0, 1])
+        if bad.any():
+            row = int(bad.idxmax())
+            raise ConfigError(f"{source}: column {name!r} must hold 0 or 1 (blank for unknown); line {row + 2} of "
+                              f"the CSV holds {str(col[row])[:20]!r}")
+        classes = set(numeric.dropna().astype(int))
+        if len(classes) < 2:
+            raise ConfigError(f"{source}: column {name!r} holds only class {sorted(classes) or 'none'}; "
+                              "an AUC needs positive and negative cases")
+        labels[name] = numeric
 
 
 @flow(name="radflow-evaluate", validate_parameters=False)
@@ -53,6 +74,10 @@ def evaluate_flow(
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the store's predictions against a labels CSV; writes ``tables/evaluation``."""
+    import math
+
+    if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and 0.0 < threshold < 1.0):
+        raise ConfigError(f"--threshold must be a number strictly between 0 and 1, got {threshold!r}")
     cfg = build_settings(settings)
     st = open_store(normalize(store), storage_options)
     preds = st.predictions()
@@ -64,9 +89,12 @@ def evaluate_flow(
     names = [c[2:] for c in preds.columns if c.startswith("p_") and c[2:] in lab.columns]
     if not names:
         raise ConfigError(f"no label column of {labels!r} matches a prediction column {[c for c in preds if c.startswith('p_')]}")
+    lab = remap_labels(lab, resolve_secret_key(cfg), split=split).rename(columns={"sop_uid": "_sop_uid"})
+    check_labels(lab, names, labels)
+    lab = lab.rename(columns={"_sop_uid": "sop_uid"})
     results = []
     for (model, sha), group in preds.groupby(["model", "model_sha256"]):
-        joined = join_labels(group, lab, resolve_secret_key(cfg), split=split)
+        joined = group.merge(lab, on="sop_uid", how="inner")
         summary, calib = evaluate_predictions(joined, names, threshold)
         summary.insert(0, "model", model)
         summary.insert(1, "model_sha256", sha)

@@ -339,10 +339,10 @@ def ingest_flow(
     cfg = build_settings(settings, cluster)
     src, dst = normalize(source), normalize(store)
     key = resolve_secret_key(cfg)
+    results: list[dict[str, Any]] = []
+    inputs, new = discover_task(src, dst, storage_options, cfg)  # a missing source fails here, before the store exists
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
                        radflow_version=VERSION, privacy=privacy_record(cfg.privacy, key))
-    results: list[dict[str, Any]] = []
-    inputs, new = discover_task(src, dst, storage_options, cfg)
     if pending_journals(dst, storage_options):  # a killed run left reservations: finish them first
         with connect(cfg.cluster):
             results += resume_task(dst, cfg, storage_options, quote({r.label: r.uri for r in inputs}))

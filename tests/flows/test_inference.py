@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -72,3 +74,32 @@ def test_state_dict_with_embeddings_and_evaluation(store, module, tmp_path, smal
     assert rows[0]["positives"] == int(__import__("pandas").read_csv(small_archive.labels)["lesion"].sum())
     calib = st.table("calibration")
     assert set(calib["label"]) == {"lesion"} and calib["n"].sum() >= len(preds)
+
+    # bad labels are refused with the column and line named
+    import pandas as pd
+
+    from radflow.errors import ConfigError
+
+    good = pd.read_csv(small_archive.labels)
+    garbage = good.copy()
+    garbage["lesion"] = garbage["lesion"].astype(object)
+    garbage.loc[3, "lesion"] = "yes"
+    one_class = good.assign(lesion=0)
+    for name, table, message in (("garbage", garbage, "column 'lesion' must hold 0 or 1 (blank for unknown); line 5"),
+                                 ("one-class", one_class, "holds only class [0]")):
+        path = tmp_path / f"{name}.csv"
+        table.to_csv(path, index=False)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            evaluate_flow(store, str(path))
+    with pytest.raises(ConfigError, match="--split 'nosuch' matches no label row"):
+        evaluate_flow(store, small_archive.labels, split="nosuch") if "split" in good else \
+            evaluate_flow(store, _with_split(good, tmp_path), split="nosuch")
+    for bad in (float("nan"), 5.0, 0.0):
+        with pytest.raises(ConfigError, match="--threshold"):
+            evaluate_flow(store, small_archive.labels, threshold=bad)
+
+
+def _with_split(labels, tmp_path) -> str:
+    path = tmp_path / "split.csv"
+    labels.assign(split=["train" if i % 2 else "test" for i in range(len(labels))]).to_csv(path, index=False)
+    return str(path)

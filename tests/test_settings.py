@@ -1,0 +1,85 @@
+"""Every setting and argument checked before anything starts: a mistake names what the user typed,
+nothing is created on disk, and neither Prefect nor Dask is imported (so it reports at once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+GOOD_KEY = "0123456789abcdef0123456789abcdef-test"
+
+#: (arguments, extra environment, text the one-line error must contain)
+MISTAKES = [
+    (["ingest", "{src}", "{out}"], {"RADFLOW_SECRET_KEY": ""}, "RADFLOW_SECRET_KEY holds no key"),
+    (["ingest", "{src}", "{out}"], {"RADFLOW_SECRET_KEY": "too-short"}, "at least 32 bytes"),
+    (["ingest", "{src}", "{out}"], {"RADFLOW_CLUSTER__N_WORKERS": "-3"}, "RADFLOW_CLUSTER__N_WORKERS"),
+    (["ingest", "{src}", "{out}"], {"RADFLOW_LIMITS__MAX_FRAME_PIXELS": "-1"}, "RADFLOW_LIMITS__MAX_FRAME_PIXELS"),
+    (["ingest", "{src}", "{out}"], {"RADFLOW_LIMITS__MAX_FILE_BYTES": "0"}, "RADFLOW_LIMITS__MAX_FILE_BYTES"),
+    (["ingest", "{src}", "{out}"], {"RADFLOW_LIMITS__MAX_COMPRESSION_RATIO": "-1"}, "RADFLOW_LIMITS__MAX_COMPRESSION_RATIO"),
+    (["ingest", "{src}", "{out}", "--workers", "-1"], {}, "--workers"),
+    (["ingest", "{src}", "{out}", "--workers", "0"], {}, "--workers"),
+    (["ingest", "{src}", "{out}", "--shard-mib", "0"], {}, "--shard-mib"),
+    (["ingest", "{missing}", "{out}"], {}, "SOURCE"),
+    (["process", "{out}"], {}, "no radflow store at STORE"),
+    (["process", "{store}", "--canvas", "100000"], {}, "--canvas"),
+    (["process", "{store}", "--canvas", "0"], {}, "--canvas"),
+    (["process", "{store}", "--steps", "preprocess,infere"], {}, "--steps"),
+    (["process", "{store}", "--model", "{missing}"], {}, "--model"),
+    (["evaluate", "{store}", "--labels", "{missing}"], {}, "--labels"),
+    (["evaluate", "{store}", "--labels", "{src}/x.csv", "--threshold", "nan"], {}, "--threshold"),
+    (["evaluate", "{store}", "--labels", "{src}/x.csv", "--threshold", "5"], {}, "--threshold"),
+]
+
+PROBE = """
+import sys
+from radflow.cli import main
+rc = main(sys.argv[1:])
+heavy = sorted(m for m in ("prefect", "distributed", "torch") if m in sys.modules)
+print("HEAVY=" + ",".join(heavy), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("args, env, expected", MISTAKES, ids=[" ".join(m[0][:1] + [k for k in m[1]] + m[0][3:]) for m in MISTAKES])
+def test_mistake_is_reported_before_anything_starts(tmp_path, args, env, expected):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.csv").write_text("sop_instance_uid,effusion\n1.2.3,1\n")
+    store = tmp_path / "store.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    names = {"src": str(src), "out": str(tmp_path / "new.zarr"), "missing": str(tmp_path / "missing"), "store": str(store)}
+    full_env = {**os.environ, "RADFLOW_SECRET_KEY": GOOD_KEY, **env}
+    proc = subprocess.run([sys.executable, "-c", PROBE, *[a.format(**names) for a in args]], capture_output=True,
+                          text=True, timeout=120, env=full_env, stdin=subprocess.DEVNULL)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("HEAVY=")]
+    assert proc.returncode in (1, 2), proc.stderr
+    assert any(expected in line for line in lines), proc.stderr
+    heavy = [line for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
+    assert proc.returncode == 2 or heavy == ["HEAVY="], proc.stderr  # argparse exits 2 before the probe line
+    assert not (tmp_path / "new.zarr").exists()  # nothing created
+    for secret in (GOOD_KEY, env.get("RADFLOW_SECRET_KEY") or GOOD_KEY):
+        assert secret not in proc.stderr  # a key's value is never shown
+
+
+def test_unknown_radflow_variable_is_a_warning():
+    from radflow.config import unknown_environment
+
+    env = {"RADFLOW_CANVS": "512", "RADFLOW_CANVAS": "512", "RADFLOW_LIMITS__MAX_FRAMES": "9",
+           "RADFLOW_CLUSTER__KUBERNETES__IMAGE": "x", "RADFLOW_LIMIT__MAX_FRAMES": "9", "OTHER": "1"}
+    assert unknown_environment(env) == ["RADFLOW_CANVS", "RADFLOW_LIMIT__MAX_FRAMES"]
+
+
+def test_key_file_too_short_is_refused(tmp_path):
+    from radflow.config import Settings, resolve_secret_key
+
+    key_file = tmp_path / "k"
+    key_file.write_text("abc")
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        resolve_secret_key(Settings(secret_key=None, key_file=key_file))
+    created = tmp_path / "new" / "secret.key"
+    assert len(resolve_secret_key(Settings(secret_key=None, key_file=created))) >= 32
