@@ -1,4 +1,5 @@
-"""The verify flow: re-read every stored frame and slice, check CRC32 and chunk presence."""
+"""The verify flow: re-read every stored frame and slice (CRC32, chunk presence, readability) and check
+the store's objects against each other; every problem is a row, nothing raises."""
 
 from __future__ import annotations
 
@@ -19,21 +20,23 @@ from radflow.flows._progress import report
 from radflow.ingest.acquisitions import KINDS
 from radflow.store.handle import open_store
 from radflow.store.urls import normalize
-from radflow.store.verify import verify_frames
+from radflow.store.tables import read_table
+from radflow.store.verify import check_structure, verify_frames
 
 __all__ = ["verify_flow", "frames_to_verify"]
 
 
 def frames_to_verify(st) -> dict[str, pd.DataFrame]:
-    """Array path → rows with ``position, crc32`` (``rows, cols`` for raw frames) and an id column."""
+    """Array path → rows with ``position, crc32`` (``rows, cols`` for raw frames) and an id column.
+    Table parts that do not parse are skipped here (the structure check lists them)."""
     out: dict[str, pd.DataFrame] = {}
-    inst = st.instances()
+    inst = read_table(st.url, "instances", st.storage_options, unreadable=[])
     if not inst.empty:
         df = inst.rename(columns={"raw_position": "position"})[["index", "raw_array", "position", "rows", "cols", "crc32"]]
         for name, g in df.groupby("raw_array"):
             out[f"raw/{name}"] = g.drop(columns="raw_array")
     for kind in KINDS.values():
-        table = st.table(kind.table)
+        table = read_table(st.url, kind.table, st.storage_options, unreadable=[])
         if table.empty or "crc32" not in table:
             continue
         for name, g in table.groupby("array"):
@@ -64,7 +67,7 @@ def verify_flow(store: str, cluster: str | None = None, storage_options: dict[st
     groups = frames_to_verify(st)
     total = sum(len(g) for g in groups.values())
     checked = 0
-    problems: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = check_structure(url, storage_options)
     with connect(cfg.cluster):
         report("stage-start", stage="verify", total=total)
         futures = [verify_array_task.submit(url, a, quote(g), 512, storage_options) for a, g in sorted(groups.items())]

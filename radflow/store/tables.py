@@ -167,14 +167,23 @@ def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None
     return sorted(p for p in found if p.endswith(".parquet") and os.path.basename(p).startswith("part-"))
 
 
-def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> pd.DataFrame:
-    """All parts of table ``name`` as one DataFrame (empty, with the schema's columns, if none)."""
+def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
+               unreadable: list[str] | None = None) -> pd.DataFrame:
+    """All parts of table ``name`` as one DataFrame (empty, with the schema's columns, if none).
+
+    With ``unreadable`` (a list), a part that does not parse is appended to it and skipped
+    instead of raising (``radflow verify`` reads damaged stores this way)."""
     fs, _ = filesystem(table_url(store_url, name), storage_options)
     parts = list_parts(store_url, name, storage_options)
     tables = []
     for p in parts:
-        with fs.open(p, "rb") as fh:
-            tables.append(pq.read_table(fh))
+        try:
+            with fs.open(p, "rb") as fh:
+                tables.append(pq.read_table(fh))
+        except Exception:  # pyarrow raises assorted types for a damaged part
+            if unreadable is None:
+                raise
+            unreadable.append(p)
     schema = TABLES.get(name)
     if not tables:
         return schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()

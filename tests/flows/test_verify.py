@@ -46,3 +46,53 @@ def test_verify_reports_missing_chunks_and_changed_pixels(tmp_path, prefect_api,
     assert bad["checked"] == 10
     with pytest.raises(radflow.errors.MissingChunkError):
         st.raw_frame(int(gone["index"].iloc[0]))
+
+
+def test_verify_lists_every_damaged_object(tmp_path, prefect_api, dask_client):
+    """A deleted ledger part, a deleted instances part, a truncated table part, an array without its
+    zarr.json and a flipped byte inside a shard: each is one listed problem naming the object, and the
+    command exits 1 (nothing raises)."""
+    import glob
+    import subprocess
+    import sys
+
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 12, seed=7, sizes=((512, 512), (600, 480), (1024, 768)), broken=False)
+    store = str(tmp_path / "d.zarr")
+    radflow.ingest(a.dicom, store, settings={"shard_target_mib": 1, "max_files_per_batch": 2})
+    assert radflow.verify(store)["problems"] == []
+    st = radflow.open_store(store)
+    inst = st.instances()
+    by_array = inst.groupby("raw_array")
+    arrays = sorted(by_array.groups)
+    assert len(arrays) == 3
+    # 1. a ledger part of a batch in array 0, 2. an instances part of a batch in array 1
+    batch_a = by_array.get_group(arrays[0])["batch"].iloc[0]
+    batch_b = by_array.get_group(arrays[1])["batch"].iloc[0]
+    os.remove(os.path.join(store, "tables", "ledger", f"part-{batch_a}.parquet"))
+    os.remove(os.path.join(store, "tables", "instances", f"part-{batch_b}.parquet"))
+    # 3. a headers part cut short
+    part = sorted(glob.glob(os.path.join(store, "tables", "headers", "*.parquet")))[0]
+    data = open(part, "rb").read()
+    open(part, "wb").write(data[: len(data) // 2])
+    # 4. array 2 loses its metadata
+    os.remove(os.path.join(store, "raw", arrays[2], "zarr.json"))
+    # 5. one byte flipped in the middle of a shard of array 0 (its checksum codec must catch it)
+    shard = sorted(glob.glob(os.path.join(store, "raw", arrays[0], "c", "*", "0", "0")))[-1]
+    blob = bytearray(open(shard, "rb").read())
+    blob[len(blob) // 3] ^= 0xFF
+    open(shard, "wb").write(bytes(blob))
+
+    res = radflow.verify(store)
+    kinds = {p["problem"] for p in res["problems"]}
+    objects = {p.get("object") for p in res["problems"]}
+    assert f"tables/ledger/part-{batch_a}.parquet" in objects and "LEDGER_ROWS_MISSING" in kinds
+    assert f"tables/instances/part-{batch_b}.parquet" in objects and "INSTANCE_ROWS_MISSING" in kinds
+    assert os.path.relpath(part, store) in objects and "TABLE_PART_UNREADABLE" in kinds
+    assert f"raw/{arrays[2]}/zarr.json" in objects and "ARRAY_METADATA_MISSING" in kinds
+    assert kinds & {"UNREADABLE_CHUNK", "CRC_MISMATCH", "ARRAY_UNREADABLE"}, res["problems"]
+    proc = subprocess.run([sys.executable, "-m", "radflow", "verify", store], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "TABLE_PART_UNREADABLE" in proc.stdout and "ARRAY_METADATA_MISSING" in proc.stdout
