@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect, dashboard_link
-from radflow.errors import ConfigError
+from radflow.errors import ConfigError, ModelError
 from radflow.flows import _blocks
 from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report as progress
@@ -249,8 +249,13 @@ def plan_inference(spec: ModelSpec, canvas: int, *, embeddings: bool, autocast: 
     from radflow.tasks.infer import predict
 
     loaded = load_model(spec)
-    probe = predict(loaded.module, np.zeros((1, canvas, canvas), np.float32), loaded.card, embeddings=embeddings)
+    try:
+        probe = predict(loaded.module, np.zeros((2, canvas, canvas), np.float32), loaded.card, embeddings=embeddings)
+    except ValueError as exc:  # the output contract (tasks.infer.check_output)
+        raise ModelError(f"{spec.url}: {exc}") from None
     scores = probe.scores if embeddings else probe
+    if not np.isfinite(scores).any():
+        raise ModelError(f"{spec.url}: the model returned NaN or infinity for every output on a blank canvas")
     n_out = scores.shape[1]
     labels = tuple(loaded.card.labels) or tuple(str(i) for i in range(n_out))
     if len(labels) != n_out:
@@ -277,6 +282,11 @@ def infer_task(store: str, lo: int, hi: int, keys: pd.DataFrame, plan: InferPlan
     df = keys.reset_index(drop=True).copy()
     for j, label in enumerate(plan.labels):
         df[f"p_{label}"] = scores[idx, j]
+    nonfinite = ~np.isfinite(scores[idx, : len(plan.labels)]).all(axis=1)
+    df["nonfinite"] = nonfinite  # a row with a NaN or infinite score is kept and flagged
+    if nonfinite.any():
+        run_logger().warning("%d of %d frames in [%d, %d) have NaN or infinite scores (flagged in predictions.nonfinite)",
+                             int(nonfinite.sum()), len(df), lo, hi)
     df["model"] = plan.model_name
     df["model_sha256"] = plan.sha256
     table = pa.Table.from_pandas(df, preserve_index=False)

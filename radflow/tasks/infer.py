@@ -112,6 +112,18 @@ def to_model_input(batch: Any, card: ModelCard, device: Any = None):
     return x.contiguous(memory_format=torch.channels_last) if card.channels_last else x.contiguous()
 
 
+def check_output(shape: tuple[int, ...], rows: int, labels: tuple[str, ...] | list[str] = ()) -> None:
+    """The output contract: ``(batch, outputs)``, with one output per card label when the card names
+    labels. ``ValueError`` saying what the model returned otherwise (a segmentation map, a 1-D vector)."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 2 or shape[0] != rows:
+        raise ValueError(f"the model returned shape {shape} for a batch of {rows}; radflow needs (batch, outputs) "
+                         f"scores, one column per label{' (' + ', '.join(labels) + ')' if labels else ''}")
+    if labels and shape[1] != len(labels):
+        raise ValueError(f"the model returned {shape[1]} outputs per image but its card names {len(labels)} labels "
+                         f"({', '.join(labels)})")
+
+
 def _activate(out, activation: str):
     import torch
 
@@ -204,6 +216,7 @@ def predict(
                         out = module(x)
                     if isinstance(out, (tuple, list)):
                         out = out[0]
+                    check_output(tuple(out.shape), stop - start, tuple(card.labels))
                     scores.append(_activate(out, card.activation).cpu())
                     start = stop
                 except Exception as exc:

@@ -103,3 +103,47 @@ def _with_split(labels, tmp_path) -> str:
     path = tmp_path / "split.csv"
     labels.assign(split=["train" if i % 2 else "test" for i in range(len(labels))]).to_csv(path, index=False)
     return str(path)
+
+
+class _Outputs(torch.nn.Module):
+    """A model whose output layout is chosen by ``kind`` (scripted, so it loads as TorchScript)."""
+
+    def __init__(self, kind: int) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))
+        if self.kind == 0:  # a segmentation map (B, 1, H, W)
+            return x[:, :1]
+        if self.kind == 1:  # a 1-D vector (B,)
+            return m
+        if self.kind == 2:  # NaN everywhere
+            return torch.full((x.shape[0], 2), float("nan"))
+        # NaN where the image is brighter than average, else two scores
+        scores = torch.stack([m, 1 - m], dim=1)
+        return torch.where((m > m.mean())[:, None], torch.full_like(scores, float("nan")), scores)
+
+
+def test_model_outputs_are_checked(store, tmp_path):
+    """Outputs that break the (batch, labels) contract fail the step with a clear message; NaN scores
+    are kept and flagged."""
+    from radflow.errors import ModelError
+
+    card = {"name": "contract", "labels": ["a", "b"], "input_size": 64, "channels": 3, "mean": [0.5] * 3,
+            "std": [0.25] * 3, "activation": "none"}
+    paths = {}
+    for kind in range(4):
+        paths[kind] = str(tmp_path / f"m{kind}.pt")
+        torch.jit.script(_Outputs(kind)).save(paths[kind])
+    for kind, message in ((0, r"returned shape \(2, 1, 64, 64\).*needs \(batch, outputs\)"),
+                          (1, r"returned shape \(2,\)"), (2, "NaN or infinity for every output")):
+        with pytest.raises(ModelError, match=message):
+            radflow.process(store, steps=["infer"], model=paths[kind], card=card)
+    before = {p for p in radflow.open_store(store).parts("predictions")}
+    radflow.process(store, steps=["infer"], model=paths[3], card=card)
+    preds = radflow.open_store(store).predictions()
+    mine = preds[preds["model"] == "contract"]
+    assert len(mine) > 0 and mine["nonfinite"].any() and not mine["nonfinite"].all()
+    assert mine.loc[mine["nonfinite"], "p_a"].isna().all() and mine.loc[~mine["nonfinite"], "p_a"].notna().all()
+    assert {p for p in radflow.open_store(store).parts("predictions")} > before
