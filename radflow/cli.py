@@ -87,6 +87,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     if getattr(args, "workers", None) is not None:
         out["cluster"] = {"n_workers": args.workers}
+    if getattr(args, "retry_rejected", False):
+        out["retry_rejected"] = True
+    if getattr(args, "follow_links", False):
+        out["follow_links"] = True
     if getattr(args, "shard_mib", None) is not None:
         out["shard_target_mib"] = args.shard_mib
     if getattr(args, "performance_report", False):
@@ -460,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("source")
     sp.add_argument("store")
     sp.add_argument("--shard-mib", type=_positive_int, help="target shard size in MiB (default 128)")
+    sp.add_argument("--retry-rejected", action="store_true",
+                    help="read every rejected input again (transient reasons are retried anyway, up to 3 runs)")
+    sp.add_argument("--follow-links", action="store_true",
+                    help="follow symbolic links whose target lies inside SOURCE (default: each is recorded LINK_SKIPPED)")
     common(sp)
     sp.set_defaults(func=cmd_ingest)
 
@@ -492,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("source")
     sp.add_argument("store")
     sp.add_argument("--shard-mib", type=_positive_int, help="target shard size in MiB (default 128)")
+    sp.add_argument("--retry-rejected", action="store_true",
+                    help="read every rejected input again (transient reasons are retried anyway, up to 3 runs)")
+    sp.add_argument("--follow-links", action="store_true",
+                    help="follow symbolic links whose target lies inside SOURCE (default: each is recorded LINK_SKIPPED)")
     process_args(sp)
     common(sp)
     sp.set_defaults(func=cmd_run)

@@ -33,6 +33,13 @@ class Limits(BaseModel):
     input_timeout_s: float = Field(
         900.0, ge=0, description="seconds one input may take to read and decode on a worker; past it the worker "
         "process is restarted and the input, probed alone, is recorded as TIMEOUT (0 = no deadline)")
+    worker_memory_bytes: int = Field(
+        0, ge=0, description="memory limit of the workers that decode (set by the ingest flow from the cluster; 0 = "
+        "unknown): an object whose declared decoded size times `decode_memory_factor` exceeds it is rejected "
+        "as MEMORY_LIMIT before decoding")
+    decode_memory_factor: float = Field(
+        3.0, ge=1, description="peak memory of decoding one object, as a multiple of its decoded size (the decoded "
+        "frames, the batch's shard block and one conversion copy)")
     validation: Literal["raise", "warn"] = Field(
         "warn", description="`warn` (default) reads every file the way dcmtk, GDCM and pydicom's lenient mode do and "
         "records what it tolerated as anomalies on the input's ledger and instance rows (INVALID_VALUE, NO_FILE_META, "
@@ -138,6 +145,13 @@ class Settings(BaseSettings):
     max_files_per_batch: int = Field(4096, ge=1, description="upper bound of inputs in one ingest batch")
     stage_frames_per_task: int = Field(8192, ge=1, description="frames per processing Prefect task")
     spectral_cutoff: float = Field(0.25, gt=0, lt=0.71, description="cycles/pixel above which spectral energy counts as high-frequency")
+    retry_attempts: int = Field(3, ge=1, description="times an input whose rejection may pass (IO_ERROR, "
+                                "WORKER_LOST, TIMEOUT) is tried over successive runs")
+    retry_rejected: bool = Field(False, description="retry every rejected input on this run, whatever its reason "
+                                 "(`radflow ingest --retry-rejected`)")
+    follow_links: bool = Field(False, description="follow symbolic links found in a local source, when their target "
+                               "lies inside the source (links that leave it are never followed); off: each link gets a "
+                               "LINK_SKIPPED ledger row")
     performance_report: bool = Field(False, description="save a Dask performance report (HTML) of each ingest and "
                                      "process run under <store>/reports/")
     limits: Limits = Field(default_factory=Limits)

@@ -44,6 +44,9 @@ class Reason(str, enum.Enum):
     IO_ERROR = "IO_ERROR"
     WORKER_LOST = "WORKER_LOST"
     TIMEOUT = "TIMEOUT"
+    LINK_SKIPPED = "LINK_SKIPPED"  # a symbolic link not followed (setting off, target outside the source, loop)
+    NOT_REGULAR_FILE = "NOT_REGULAR_FILE"  # a FIFO, socket or device: never opened
+    MEMORY_LIMIT = "MEMORY_LIMIT"  # decoding would need more memory than a worker has
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.value

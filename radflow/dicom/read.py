@@ -431,6 +431,11 @@ def header_from_dataset(ds: pydicom.Dataset, limits: Limits, anomalies: list[str
     total = rows * cols * samples * frames * np.dtype(dtype).itemsize
     if total > limits.max_object_bytes:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"declared decoded size {total} bytes exceeds limit {limits.max_object_bytes}")
+    if limits.worker_memory_bytes and total * limits.decode_memory_factor > limits.worker_memory_bytes:
+        raise InputRejected(Reason.MEMORY_LIMIT, f"declared decoded size {total / 2**30:.2f} GiB needs about "
+                            f"{total * limits.decode_memory_factor / 2**30:.1f} GiB to decode; a worker has "
+                            f"{limits.worker_memory_bytes / 2**30:.1f} GiB (give workers more memory, "
+                            "RADFLOW_CLUSTER__MEMORY_LIMIT)")
     spacing = _spacing(ds)
     orientation, positions, enhanced_spacing = _geometry(ds, frames)
     if enhanced_spacing is not None and spacing[0] != spacing[0]:

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -35,7 +36,7 @@ from radflow.dicom.pseudonym import source_label
 from radflow.ingest.duplicates import check_duplicates, split_duplicates
 from radflow.ingest.acquisitions import KINDS, reference_path
 from radflow.ingest.sources import InputRef, discover
-from radflow.store.tables import LEDGER_SCHEMA, read_table, write_part
+from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, read_table, terminal_ledger, write_part
 from radflow.store.urls import normalize, zarr_store
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
@@ -64,22 +65,48 @@ def _alone(client, fn, *args, timeout_s: float = 0.0, attempts: int = 2, **kwarg
     return (Reason.TIMEOUT.value if slow == attempts else Reason.WORKER_LOST.value), None
 
 
-def select_new(inputs: list[InputRef], ledger_rows: list[tuple[str, int, str]]) -> list[InputRef]:
-    """Inputs whose ``(source label, size, version)`` has no terminal ledger row yet."""
-    seen = set(ledger_rows)
-    return [r for r in inputs if (r.label, r.size, r.version) not in seen]
+def select_new(inputs: list[InputRef], ledger: pd.DataFrame, *, max_attempts: int = 3,
+               retry_rejected: bool = False) -> list[InputRef]:
+    """Inputs to read this run: those whose ``(source label, size, version)`` has no ledger row yet,
+    those whose best outcome so far is a transient rejection (``IO_ERROR``, ``WORKER_LOST``,
+    ``TIMEOUT``) tried fewer than ``max_attempts`` times, and with ``retry_rejected`` every
+    rejected one."""
+    if ledger.empty:
+        return list(inputs)
+    keys = list(zip(ledger["source"], ledger["size"].astype(int), ledger["version"]))
+    attempts = Counter(k for k, reason in zip(keys, ledger["reason"]) if reason in TRANSIENT_REASONS)
+    best = terminal_ledger(ledger)
+    outcome = {(s, int(n), v): (st, r) for s, n, v, st, r in zip(best["source"], best["size"], best["version"],
+                                                                  best["status"], best["reason"])}
+    out = []
+    for ref in inputs:
+        key = (ref.label, ref.size, ref.version)
+        status, reason = outcome.get(key, (None, None))
+        if status is None or (status == "rejected" and (retry_rejected or (
+                reason in TRANSIENT_REASONS and attempts[key] < max_attempts))):
+            out.append(ref)
+    return out
+
+
+def with_worker_memory(settings: Settings, client: Any) -> Settings:
+    """``settings`` with ``limits.worker_memory_bytes`` set to the smallest memory limit of the cluster's
+    workers (left as configured when the workers report none)."""
+    limits = [int(w.get("memory_limit") or 0) for w in client.scheduler_info().get("workers", {}).values()]
+    smallest = min((m for m in limits if m > 0), default=0)
+    if not smallest or settings.limits.worker_memory_bytes:
+        return settings
+    return settings.model_copy(update={"limits": settings.limits.model_copy(update={"worker_memory_bytes": smallest})})
 
 
 @task(name="discover", cache_policy=NO_CACHE)
 def discover_task(source: str, store: str, storage_options: dict[str, Any] | None,
                   settings: Settings) -> tuple[list[InputRef], list[InputRef]]:
-    inputs = discover(source, storage_options, settings.limits)
+    inputs = discover(source, storage_options, settings.limits, follow_links=settings.follow_links)
     if settings.privacy.hash_sources:
         key = resolve_secret_key(settings)
         inputs = [dataclasses.replace(r, source=source_label(key, r.uri)) for r in inputs]
     ledger = read_table(store, "ledger", storage_options)
-    done = list(zip(ledger["source"], ledger["size"].astype(int), ledger["version"]))
-    new = select_new(inputs, done)
+    new = select_new(inputs, ledger, max_attempts=settings.retry_attempts, retry_rejected=settings.retry_rejected)
     run_logger().info("%d inputs discovered, %d new", len(inputs), len(new))
     return inputs, new
 
@@ -93,7 +120,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     client = get_client()
     threads = max(1, sum(client.nthreads().values()))
     n = max(1, min(settings.header_files_per_task, -(-len(new) // (4 * threads))))  # several tasks per thread
-    chunks = [[(r.uri, r.size, r.version, r.unsafe) for r in new[i : i + n]] for i in range(0, len(new), n)]
+    chunks = [[(r.uri, r.size, r.version, r.unsafe, r.reason) for r in new[i : i + n]] for i in range(0, len(new), n)]
     report("stage-start", stage="index headers", total=len(new))
     kwargs = {"limits": settings.limits, "storage_options": storage_options, "secret": resolve_secret_key(settings)}
     futures = {client.submit(index_inputs, c, pure=False, **kwargs): c for c in chunks}
@@ -358,12 +385,17 @@ def ingest_flow(
         if link:
             log.info("Dask dashboard: %s", link)
             report("dashboard", url=link)
+        cfg = with_worker_memory(cfg, client)
         rows = index_task(quote(new), cfg, storage_options)
         rejects = [r for r in rows if r["status"] == "rejected"]
         stored = set(read_table(dst, "instances", storage_options)["sop_uid"])
         pending, duplicates = split_duplicates([r for r in rows if r["status"] == "candidate"], stored)
         if rejects:
-            part = hashlib.sha256("\0".join(f"{r['uri']}\0{r['size']}\0{r['version']}" for r in rejects).encode()).hexdigest()[:16]
+            # the ledger's size before this run is part of the name: a re-run after a crash overwrites this part,
+            # a later run's retry of the same inputs (a transient reason) adds an attempt
+            prior = len(read_table(dst, "ledger", storage_options))
+            part = hashlib.sha256("\0".join([str(prior), *(f"{r['uri']}\0{r['size']}\0{r['version']}" for r in rejects)])
+                                  .encode()).hexdigest()[:16]
             write_part(dst, "ledger", f"index-{part}",
                        [ledger_row(r["source"], r["size"], r["version"], status="rejected", reason=r["reason"],
                                    detail=r["detail"], batch=f"index-{part}") for r in rejects],

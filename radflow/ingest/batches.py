@@ -424,7 +424,8 @@ def index_inputs(
     refs: list[tuple], limits: Limits, storage_options: dict[str, Any] | None = None,
     secret: bytes | None = None,
 ) -> list[dict[str, Any]]:
-    """Read the headers of ``refs`` (``(uri, size, version[, unsafe])``) for planning; never raises per input.
+    """Read the headers of ``refs`` (``(uri, size, version[, unsafe[, reason]])``) for planning; never raises
+    per input. A ref with ``unsafe`` set is rejected with ``reason`` without being opened.
 
     Returns one row per input: ``uri, size, version, status`` (``candidate`` or
     ``rejected``), ``reason, detail`` and, for candidates, ``kind`` (``dicom`` or
@@ -437,10 +438,13 @@ def index_inputs(
     for ref in refs:
         uri, size, version = ref[:3]
         unsafe = ref[3] if len(ref) > 3 else None
+        reason = ref[4] if len(ref) > 4 else Reason.ARCHIVE_UNSAFE_MEMBER.value
         row: dict[str, Any] = {"uri": uri, "size": size, "version": version}
         try:
             with deadline(limits.input_timeout_s, "reading one header"):
-                _index_one(row, uri, size, unsafe, limits, storage_options, secret)
+                if unsafe:  # discovery decided: never opened
+                    raise InputRejected(Reason(reason), unsafe)
+                _index_one(row, uri, size, limits, storage_options, secret)
         except InputRejected as exc:
             row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
         except Exception as exc:  # never fail the run for one input
@@ -449,7 +453,7 @@ def index_inputs(
     return out
 
 
-def _index_one(row: dict[str, Any], uri: str, size: int, unsafe: str | None, limits: Limits,
+def _index_one(row: dict[str, Any], uri: str, size: int, limits: Limits,
                storage_options: dict[str, Any] | None, secret: bytes | None) -> None:
     """Fill ``row`` with the planning facts of one input's header (raises ``InputRejected``)."""
     from radflow.ingest.acquisitions import HDF5_SIGNATURE, acquisition_index_row
@@ -457,8 +461,6 @@ def _index_one(row: dict[str, Any], uri: str, size: int, unsafe: str | None, lim
     from radflow.dicom.read import read_header
     from radflow.store.urls import filesystem
 
-    if unsafe:
-        raise InputRejected(Reason.ARCHIVE_UNSAFE_MEMBER, unsafe)
     if size > limits.max_file_bytes:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
     if is_member_uri(uri):

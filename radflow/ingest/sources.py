@@ -24,14 +24,17 @@ class InputRef:
 
     ``version`` changes when the object changes (local mtime in ns, S3 ETag, member
     CRC); together with ``size`` it decides whether a later run sees the input as new.
-    ``unsafe`` holds why an archive member must not be opened (then it is rejected as
-    ``ARCHIVE_UNSAFE_MEMBER`` without being read).
+    ``unsafe`` holds why the path must not be opened; it is then rejected without being read,
+    with ``reason`` (``ARCHIVE_UNSAFE_MEMBER`` for archive members, ``LINK_SKIPPED`` for links
+    not followed, ``NOT_REGULAR_FILE`` for FIFOs, sockets and devices, ``IO_ERROR`` for a folder
+    that cannot be listed).
     """
 
     uri: str
     size: int
     version: str
     unsafe: str | None = field(default=None, compare=False)
+    reason: str = field(default="ARCHIVE_UNSAFE_MEMBER", compare=False)
     source: str = field(default="", compare=False)  # what tables record (a keyed hash when paths are hashed)
 
     @property
@@ -43,12 +46,17 @@ def _uri(fs, path: str, remote: bool) -> str:
     return fs.unstrip_protocol(path) if remote else path
 
 
-def discover(source: str, storage_options: dict[str, Any] | None = None, limits: Limits | None = None) -> list[InputRef]:
-    """List every regular file under ``source`` (recursively), sorted by URI.
+def discover(source: str, storage_options: dict[str, Any] | None = None, limits: Limits | None = None, *,
+             follow_links: bool = False) -> list[InputRef]:
+    """List every path under ``source`` (recursively), sorted by URI: regular files to ingest, and
+    every other path a local walk meets, each to be rejected with its reason (so every path ends
+    with one ledger row): links not followed (``LINK_SKIPPED``), FIFOs, sockets and devices
+    (``NOT_REGULAR_FILE``), folders that cannot be listed (``IO_ERROR``).
 
-    Zip and tar archives (by suffix) are listed member by member instead of as files
-    (see :mod:`radflow.ingest.archives`). A ``source`` that is a DICOMDIR file lists
-    the files that DICOM media directory references. Hidden files and folders (name
+    ``follow_links`` follows symbolic links whose target lies inside the source root (never one
+    that leaves it, nor a loop). Zip and tar archives (by suffix) are listed member by member
+    instead of as files (see :mod:`radflow.ingest.archives`). A ``source`` that is a DICOMDIR
+    file lists the files that DICOM media directory references. Hidden files and folders (name
     starting with ``.``) are skipped.
     """
     from radflow.ingest.archives import is_archive, list_members
@@ -59,14 +67,17 @@ def discover(source: str, storage_options: dict[str, Any] | None = None, limits:
     remote = is_remote(url)
     if not fs.exists(root):
         raise FileNotFoundError(f"source {url!r} does not exist")
+    refs: list[InputRef] = []
     if fs.isfile(root) and not remote and os.path.basename(root).upper() == "DICOMDIR":
         found = _dicomdir_members(fs, root)
         root = os.path.dirname(root)
     elif fs.isfile(root):
         found = {root: fs.info(root)}
+    elif not remote:
+        found, refused = _walk_local(root, follow_links)
+        refs += refused
     else:
         found = fs.find(root, withdirs=False, detail=True)
-    refs = []
     for path, info in found.items():
         rel = path[len(root) :].lstrip("/")
         if any(part.startswith(".") for part in rel.split("/")):
@@ -88,6 +99,68 @@ def discover(source: str, storage_options: dict[str, Any] | None = None, limits:
     refs.sort()
     log.info("discovered %d inputs under %s", len(refs), url)
     return refs
+
+
+def _walk_local(root: str, follow_links: bool) -> tuple[dict[str, dict[str, Any]], list[InputRef]]:
+    """Regular files under ``root`` (``path → {"size", "mtime"}``) and a rejected ref for every other
+    path met. Links are followed only with ``follow_links``, only inside ``root``, never in a loop."""
+    import stat
+
+    top = os.path.realpath(root)
+    found: dict[str, dict[str, Any]] = {}
+    refused: list[InputRef] = []
+    visited: set[str] = {top}
+
+    def refuse(path: str, reason: str, why: str) -> None:
+        refused.append(InputRef(path, 0, "", why, reason))
+
+    def visit(folder: str) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            refuse(folder, "IO_ERROR", f"folder cannot be listed ({type(exc).__name__}); its contents are unknown")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = entry.path
+            try:
+                if entry.is_symlink():
+                    if not follow_links:
+                        refuse(path, "LINK_SKIPPED", "a symbolic link (links are not followed; "
+                               "RADFLOW_FOLLOW_LINKS=true follows those inside the source)")
+                        continue
+                    target = os.path.realpath(path)
+                    if os.path.commonpath([top, target]) != top:
+                        refuse(path, "LINK_SKIPPED", "a symbolic link that leaves the source root (never followed)")
+                        continue
+                    if not os.path.exists(target):
+                        refuse(path, "LINK_SKIPPED", "a symbolic link to nothing")
+                        continue
+                    if os.path.isdir(target):
+                        if target in visited:
+                            refuse(path, "LINK_SKIPPED", "a symbolic link back into a folder already walked (a loop)")
+                            continue
+                        visited.add(target)
+                        visit(path)
+                        continue
+                mode = os.stat(path).st_mode  # follows an accepted link
+                if stat.S_ISDIR(mode):
+                    real = os.path.realpath(path)
+                    if real not in visited:
+                        visited.add(real)
+                        visit(path)
+                elif stat.S_ISREG(mode):
+                    st = os.stat(path)
+                    found[path] = {"size": st.st_size, "mtime": st.st_mtime, "type": "file"}  # as fsspec's info
+                else:
+                    kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
+                    refuse(path, "NOT_REGULAR_FILE", f"a {kind}, not a regular file (never opened)")
+            except OSError as exc:
+                refuse(path, "IO_ERROR", f"cannot stat the path ({type(exc).__name__})")
+
+    visit(root)
+    return found, refused
 
 
 def _dicomdir_members(fs, path: str) -> dict[str, dict[str, Any]]:

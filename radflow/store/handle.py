@@ -12,7 +12,7 @@ import zarr
 
 from radflow.store import layout
 from radflow.store.layout import KINDS, reference_path
-from radflow.store.tables import read_table, list_parts
+from radflow.store.tables import list_parts, read_table, terminal_ledger
 from radflow.store.urls import normalize, zarr_store
 
 __all__ = ["Store", "open_store"]
@@ -50,9 +50,13 @@ class Store:
     def table(self, name: str) -> pd.DataFrame:
         return read_table(self.url, name, self.storage_options)
 
-    def ledger(self) -> pd.DataFrame:
-        """One row per discovered input: source, size, sha256, status, reason, frames, batch."""
-        return self.table("ledger").sort_values("source", kind="stable").reset_index(drop=True)
+    def ledger(self, *, history: bool = False) -> pd.DataFrame:
+        """One row per discovered input: source, size, sha256, status, reason, frames, batch — its
+        terminal outcome over every attempt (see :func:`radflow.store.tables.terminal_ledger`);
+        ``history=True`` gives every attempt's row."""
+        df = self.table("ledger")
+        df = df if history else terminal_ledger(df)
+        return df.sort_values("source", kind="stable").reset_index(drop=True)
 
     def instances(self) -> pd.DataFrame:
         """One row per stored frame, ordered by ``index``."""

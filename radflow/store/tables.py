@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from radflow.store.urls import filesystem, is_remote, join
 
-__all__ = ["anomaly_counts", "LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
+__all__ = ["anomaly_counts", "terminal_ledger", "TRANSIENT_REASONS", "LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,29 @@ def anomaly_counts(rows: pd.DataFrame | list[dict[str, Any]]) -> dict[str, int]:
         for code in sorted({str(a).split(" ", 1)[0] for a in found}):
             counts[code] = counts.get(code, 0) + 1
     return dict(sorted(counts.items()))
+
+
+#: reasons a later run retries (the cause may pass: permissions fixed, a worker's bad moment)
+TRANSIENT_REASONS = ("IO_ERROR", "WORKER_LOST", "TIMEOUT")
+_RANK = {"ok": 0, "duplicate": 1, "rejected": 2}
+
+
+def terminal_ledger(ledger: pd.DataFrame) -> pd.DataFrame:
+    """One row per input (``source, size, version``): its best outcome over every attempt — ``ok``, then
+    ``duplicate``, then a permanent rejection, then a transient one (retries add rows; the ledger
+    keeps them all). A folder that could not be listed drops out once a later run lists paths
+    under it."""
+    if ledger.empty or "status" not in ledger:
+        return ledger
+    rank = ledger["status"].map(_RANK).fillna(3) * 2 + ledger["reason"].isin(TRANSIENT_REASONS)
+    best = ledger.assign(_rank=rank).sort_values(["_rank", "batch"], kind="stable")
+    best = best.drop_duplicates(["source", "size", "version"], keep="first").drop(columns="_rank")
+    folders = best[(best["reason"] == "IO_ERROR") & best["detail"].fillna("").str.startswith("folder cannot be listed")]
+    if len(folders):
+        sources = best["source"].astype(str)
+        listed = [f for f in folders["source"] if sources.str.startswith(str(f) + "/").any()]
+        best = best[~best["source"].isin(listed) | ~best.index.isin(folders.index)]
+    return best
 
 
 def table_url(store_url: str, name: str) -> str:
