@@ -244,6 +244,31 @@ class InferPlan:
     gpu: bool = False
 
 
+def local_worker_memory(cfg: Settings) -> int:
+    """Memory limit of one worker of the local cluster these settings start (0 for a remote cluster)."""
+    import os
+
+    import psutil
+    from dask.utils import parse_bytes
+
+    if cfg.cluster.address or cfg.cluster.kind != "local":
+        return 0
+    if cfg.cluster.memory_limit != "auto":
+        return int(parse_bytes(cfg.cluster.memory_limit))
+    return int(psutil.virtual_memory().total // (cfg.cluster.n_workers or os.cpu_count() or 1))
+
+
+def check_canvas_fits(cfg: Settings, worker_memory: int | None = None) -> None:
+    """``ConfigError`` naming the settings when one processing chunk (``infer_batch`` canvases as float32,
+    about three copies while it is resized, enhanced and written) cannot fit a worker's memory."""
+    memory = local_worker_memory(cfg) if worker_memory is None else worker_memory
+    need = 3 * cfg.infer_batch * cfg.canvas * cfg.canvas * 4
+    if memory and need > memory:
+        raise ConfigError(f"a chunk of RADFLOW_INFER_BATCH={cfg.infer_batch} canvases of RADFLOW_CANVAS={cfg.canvas} "
+                          f"needs about {need / 2**30:.1f} GiB, more than a worker's {memory / 2**30:.1f} GiB; "
+                          "use a smaller --canvas or RADFLOW_INFER_BATCH")
+
+
 def plan_inference(spec: ModelSpec, canvas: int, *, embeddings: bool, autocast: str | None, gpu: bool) -> InferPlan:
     """Load the model once here (fail fast before cluster time) and probe its output layout."""
     from radflow.tasks.infer import predict
@@ -374,6 +399,7 @@ def process_flow(
     root = layout.open_root(zarr_store(url, storage_options), mode="r+")
     if "images" in root and canvas is None:
         cfg = cfg.model_copy(update={"canvas": int(root["images"].shape[1])})
+    check_canvas_fits(cfg)  # before any array is created
     chunk = cfg.infer_batch
     chunk_bytes = chunk * cfg.canvas * cfg.canvas * np.dtype(cfg.image_dtype).itemsize
     images = layout.ensure_images_array(

@@ -118,3 +118,19 @@ def test_pixel_bomb_is_rejected_before_decoding(tmp_path, prefect_api, dask_clie
     # without a setting, the limit is the cluster's smallest worker memory
     limits = with_worker_memory(Settings(), dask_client).limits
     assert limits.worker_memory_bytes == min(w["memory_limit"] for w in dask_client.scheduler_info()["workers"].values())
+
+
+def test_canvas_that_cannot_fit_creates_nothing(tmp_path, prefect_api, dask_client):
+    from radflow.errors import ConfigError
+    from radflow.flows.process import check_canvas_fits
+    from radflow.config import Settings
+
+    src = tmp_path / "one"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(make_dicom(rows=32, cols=32))
+    store = str(tmp_path / "c.zarr")
+    radflow.ingest(str(src), store)
+    with pytest.raises(ConfigError, match="RADFLOW_CANVAS=16384"):
+        radflow.process(store, steps=["preprocess"], canvas=16384, settings={"cluster": {"memory_limit": "8GiB"}})
+    assert "images" not in radflow.open_store(store).root  # no array left behind
+    check_canvas_fits(Settings(canvas=1024), worker_memory=8 * 2**30)  # the default fits an 8 GiB worker
