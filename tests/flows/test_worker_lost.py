@@ -53,7 +53,9 @@ def test_input_that_kills_its_worker_is_worker_lost(tmp_path, prefect_api, dask_
                 LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="450MB", processes=True,
                              host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
             summary = radflow.ingest(a.dicom, store, cluster=cluster.scheduler_address,
-                                     settings={"limits": {"max_frame_pixels": 10**9}})
+                                     # the header check would call the RLE bomb MEMORY_LIMIT (tests/flows/test_accounting):
+                                     # a worker said to have 1 TiB lets it reach the decoder, to kill the worker there
+                                     settings={"limits": {"max_frame_pixels": 10**9, "worker_memory_bytes": 2**40}})
     finally:
         _set_global_client(dask_client)
     ledger = radflow.open_store(store).ledger().set_index("source")
