@@ -111,8 +111,16 @@ def _print_ingest(s: dict[str, Any]) -> None:
 
 
 def _print_process(s: dict[str, Any]) -> None:
+    if not s["steps"]:
+        print("up to date: nothing to do")
     for step, v in s["steps"].items():
-        print(f"{step}: {v['frames']} frames in {v['seconds']:.1f} s ({v['images_per_s']:.1f} images/s)")
+        if step == "volumes":
+            print(f"volumes: {v['volumes']} assembled from {v['frames']} slices" if v.get("volumes")
+                  else "volumes: nothing to assemble (no CT/MR/PT/NM series with position and orientation)")
+        elif not v.get("frames"):
+            print(f"{step}: up to date, nothing to do")
+        else:
+            print(f"{step}: {v['frames']} frames in {v['seconds']:.1f} s ({v['images_per_s']:.1f} images/s)")
     if s.get("performance_report"):
         print(f"Dask performance report: {s['performance_report']}")
     if s.get("report"):
@@ -278,7 +286,11 @@ def cmd_k8s_spec(args: argparse.Namespace) -> int:
     cluster = Settings().cluster
     if args.workers:
         cluster = cluster.model_copy(update={"n_workers": args.workers})
-    print(yaml.safe_dump(cluster_spec(cluster), sort_keys=False), end="")
+    class NoAliases(yaml.SafeDumper):  # repeated values written out, never as &id001 anchors
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    print(yaml.dump(cluster_spec(cluster), Dumper=NoAliases, sort_keys=False), end="")
     return 0
 
 
@@ -483,8 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def process_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--steps", default="preprocess,infer,features,reconstruct",
-                        help="comma-separated: preprocess, infer, features, reconstruct (k-space → recon/)")
-        sp.add_argument("--model", help="model weights: a TorchScript file, or a state_dict with --arch")
+                        help="comma-separated: preprocess, infer, features, reconstruct (k-space → recon/), "
+                             "volumes (CT/MR series → volumes/)")
+        sp.add_argument("--model", help="model weights: a TorchScript file (.pt), an ONNX file (.onnx), or a "
+                                        "state_dict with --arch")
         sp.add_argument("--arch", help="torchvision architecture of a state_dict model (e.g. densenet121, resnet50)")
         sp.add_argument("--canvas", type=_canvas, help="side of the analysis canvas of `images` (default 1024)")
         sp.add_argument("--card", help="model card (JSON or YAML) overriding the one beside the weights")
@@ -566,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("radflow: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `radflow inspect | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # one-line reason; the traceback with --verbose
         if args.verbose:
             raise

@@ -4,11 +4,20 @@ and synthetic archives made in code. Everything listens on 127.0.0.1 only."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["RADFLOW_SECRET_KEY"] = "radflow-test-key-of-at-least-32-bytes"
+# the tests' flow runs go to their own Prefect home, never the user's ~/.prefect; removed at the end
+_PREFECT_HOME = os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="radflow-tests-prefect-"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.path.basename(_PREFECT_HOME).startswith("radflow-tests-prefect-"):
+        shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 import pytest
 
