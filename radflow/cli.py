@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from radflow.cli_checks import NO_SETTINGS, canvas, check_settings, positive_int, probability, split_steps
+
 __all__ = ["main"]
 
 
@@ -168,10 +170,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _steps(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
 def cmd_process(args: argparse.Namespace) -> int:
     import radflow
 
@@ -180,7 +178,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         from radflow.models.loading import read_card_file
 
         card = read_card_file(args.card)
-    s = _with_progress(lambda: radflow.process(args.store, steps=_steps(args.steps), model=args.model, arch=args.arch,
+    s = _with_progress(lambda: radflow.process(args.store, steps=split_steps(args.steps), model=args.model, arch=args.arch,
                                                canvas=args.canvas, cluster=args.cluster,
                                                storage_options=_storage_options(args), settings=_settings(args),
                                                embeddings=args.embeddings, card=card, report=args.report,
@@ -191,7 +189,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cmd_ingest(args)
-    steps = _steps(args.steps)
+    steps = split_steps(args.steps)
     if "infer" in steps and not args.model:
         steps.remove("infer")
     args.steps = ",".join(steps)
@@ -359,93 +357,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
-
-
-def _canvas(text: str) -> int:
-    value = _positive_int(text)
-    if value < 16 or value > 16384 or value % 2:
-        raise argparse.ArgumentTypeError(f"must be an even size from 16 to 16384 pixels, got {value}")
-    return value
-
-
-#: commands that need no settings (they print documentation or versions)
-_NO_SETTINGS = {"config", "info", "synth"}
-
-
-def _check_settings(args: argparse.Namespace) -> None:
-    """Settings and the key checked before anything starts: a bad value names its variable at once,
-    an unknown ``RADFLOW_*`` name (a typo) is reported as a warning."""
-    from radflow.config import Settings, resolve_secret_key, unknown_environment
-
-    for name in unknown_environment():
-        print(f"radflow: warning: {name} is not a radflow setting and is ignored (see `radflow config`)", file=sys.stderr)
-    settings = Settings()
-    _check_arguments(args)
-    if args.command in ("ingest", "run", "demo", "serve", "process"):
-        try:
-            resolve_secret_key(settings)
-        except ValueError as exc:
-            from radflow.errors import ConfigError
-
-            raise ConfigError(str(exc)) from None
-
-
-#: processing steps (kept here so a typo is reported before Prefect or Dask start; a test keeps it equal
-#: to radflow.flows.process.STEPS)
-STEPS = ("preprocess", "infer", "features", "reconstruct", "volumes")
-
-
-def _check_arguments(args: argparse.Namespace) -> None:
-    """Paths, steps and files checked before Prefect or Dask start; errors name the argument typed."""
-    from radflow.errors import ConfigError
-
-    def local(url: str) -> bool:
-        return "://" not in url or url.startswith("file://")
-
-    def path(url: str) -> str:
-        return url[len("file://"):] if url.startswith("file://") else url
-
-    source = getattr(args, "source", None)
-    if source and local(source) and not os.path.exists(path(source)):
-        raise ConfigError(f"SOURCE {source!r} does not exist")
-    store = getattr(args, "store", None)
-    if store and args.command not in ("ingest", "run", "serve") and local(store) \
-            and not os.path.exists(os.path.join(path(store), "zarr.json")):
-        from radflow.errors import StoreNotFoundError
-
-        raise StoreNotFoundError(f"no radflow store at STORE {store!r} (no zarr.json there); create one with "
-                                 "`radflow ingest SOURCE STORE`")
-    steps = getattr(args, "steps", None)
-    if steps is not None:
-        unknown = sorted(set(_steps(steps)) - set(STEPS))
-        if unknown or not _steps(steps):
-            raise ConfigError(f"--steps {steps!r}: unknown steps {unknown}; choose from {', '.join(STEPS)}")
-    for flag in ("model", "card", "labels"):
-        value = getattr(args, flag, None)
-        if value and local(value) and not os.path.isfile(path(value)):
-            raise ConfigError(f"--{flag} {value!r} is not a file")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="radflow",
@@ -458,16 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, cluster: bool = True) -> None:
         if cluster:
             sp.add_argument("--cluster", help="Dask scheduler address (tcp://host:8786); default: a local cluster")
-            sp.add_argument("--workers", type=_positive_int, help="workers of the local cluster (default: one per core)")
+            sp.add_argument("--workers", type=positive_int, help="workers of the local cluster (default: one per core)")
             sp.add_argument("--performance-report", action="store_true",
                             help="save a Dask performance report (HTML) under STORE/reports/")
         sp.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// URLs (default: AWS_ENDPOINT_URL)")
 
     sp = sub.add_parser("synth", help="write a synthetic DICOM radiograph archive (and k-space files)")
     sp.add_argument("dir", help="output folder (DICOM under DIR/dicom, labels in DIR/labels.csv)")
-    sp.add_argument("--n", type=_positive_int, default=200, help="radiographs to write (default 200)")
+    sp.add_argument("--n", type=positive_int, default=200, help="radiographs to write (default 200)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--jobs", type=_positive_int, help="processes (default: one per core)")
+    sp.add_argument("--jobs", type=positive_int, help="processes (default: one per core)")
     sp.add_argument("--kspace", type=int, default=0, metavar="N",
                     help="also write N fastMRI-format multi-coil k-space files under DIR/kspace")
     sp.add_argument("--sinograms", type=int, default=0, metavar="N",
@@ -477,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ingest", help="ingest a DICOM archive (folder or s3:// prefix) into a store")
     sp.add_argument("source")
     sp.add_argument("store")
-    sp.add_argument("--shard-mib", type=_positive_int, help="target shard size in MiB (default 128)")
+    sp.add_argument("--shard-mib", type=positive_int, help="target shard size in MiB (default 128)")
     sp.add_argument("--retry-rejected", action="store_true",
                     help="read every rejected input again (transient reasons are retried anyway, up to 3 runs)")
     sp.add_argument("--follow-links", action="store_true",
@@ -500,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", help="model weights: a TorchScript file (.pt), an ONNX file (.onnx), or a "
                                         "state_dict with --arch")
         sp.add_argument("--arch", help="torchvision architecture of a state_dict model (e.g. densenet121, resnet50)")
-        sp.add_argument("--canvas", type=_canvas, help="side of the analysis canvas of `images` (default 1024)")
+        sp.add_argument("--canvas", type=canvas, help="side of the analysis canvas of `images` (default 1024)")
         sp.add_argument("--card", help="model card (JSON or YAML) overriding the one beside the weights")
         sp.add_argument("--embeddings", action="store_true", help="also store penultimate-layer embeddings")
         sp.add_argument("--report", action="store_true", help="write the HTML QC report under STORE/reports/")
@@ -515,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="ingest then process (infer only with --model)")
     sp.add_argument("source")
     sp.add_argument("store")
-    sp.add_argument("--shard-mib", type=_positive_int, help="target shard size in MiB (default 128)")
+    sp.add_argument("--shard-mib", type=positive_int, help="target shard size in MiB (default 128)")
     sp.add_argument("--retry-rejected", action="store_true",
                     help="read every rejected input again (transient reasons are retried anyway, up to 3 runs)")
     sp.add_argument("--follow-links", action="store_true",
@@ -527,16 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="score predictions against labels (CSV keyed by sop_instance_uid)")
     sp.add_argument("store")
     sp.add_argument("--labels", required=True)
-    sp.add_argument("--threshold", type=_probability, default=0.5, help="decision threshold, between 0 and 1 (default 0.5)")
+    sp.add_argument("--threshold", type=probability, default=0.5, help="decision threshold, between 0 and 1 (default 0.5)")
     sp.add_argument("--split", help="only label rows whose 'split' column has this value")
     common(sp, cluster=False)
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("demo", help="synthesize an archive and run every stage on a local cluster")
     sp.add_argument("--out", default="radflow-demo", help="output folder (default ./radflow-demo)")
-    sp.add_argument("--n", type=_positive_int, default=200, help="radiographs (default 200)")
+    sp.add_argument("--n", type=positive_int, default=200, help="radiographs (default 200)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--canvas", type=_canvas, default=256, help="analysis canvas (default 256 for the demo)")
+    sp.add_argument("--canvas", type=canvas, default=256, help="analysis canvas (default 256 for the demo)")
     sp.add_argument("--cluster", help="Dask scheduler address; default: a local cluster")
     sp.set_defaults(func=cmd_demo)
 
@@ -559,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_config)
 
     sp = sub.add_parser("k8s-spec", help="print the DaskCluster resource (YAML) that kind=kubernetes creates")
-    sp.add_argument("--workers", type=_positive_int, help="worker pods (default RADFLOW_CLUSTER__N_WORKERS or 2)")
+    sp.add_argument("--workers", type=positive_int, help="worker pods (default RADFLOW_CLUSTER__N_WORKERS or 2)")
     sp.set_defaults(func=cmd_k8s_spec)
 
     sp = sub.add_parser("inspect", help="summarize a store: inputs, frames, arrays, tables, objects")
@@ -574,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_orchestration(args.verbose)
     try:
-        if args.command not in _NO_SETTINGS:
-            _check_settings(args)
+        if args.command not in NO_SETTINGS:
+            check_settings(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("radflow: interrupted", file=sys.stderr)

@@ -83,3 +83,10 @@ def test_key_file_too_short_is_refused(tmp_path):
         resolve_secret_key(Settings(secret_key=None, key_file=key_file))
     created = tmp_path / "new" / "secret.key"
     assert len(resolve_secret_key(Settings(secret_key=None, key_file=created))) >= 32
+
+
+def test_cli_steps_are_the_process_flows_steps():
+    from radflow.cli_checks import STEPS
+    from radflow.flows.process import STEPS as FLOW_STEPS
+
+    assert STEPS == FLOW_STEPS

@@ -110,8 +110,9 @@ def test_transient_faults_are_retried_and_content_is_unchanged(s3, s3_server, pr
     print(f"\nS3 faults injected: {faults}; 403 raised in {denied_seconds:.2f} s; requests per denied key {denied}; 404 after {not_found} request(s)")
     assert min(faults.get(f, 0) for f in ("slowdown", "reset", "truncate")) >= 5
     assert faulty == clean
-    # a 403 is not retried by the retry policy (10 attempts would show here); botocore's region redirector
-    # may re-send it once or twice while it looks the bucket's region up (botocore 1.43.117: 3 requests)
-    assert list(denied) == ["/radflow-test/forbidden/key"] and 1 <= denied["/radflow-test/forbidden/key"] <= 3
+    # a 403 is not retried by the retry policy (its 10 attempts would show here). With botocore 1.43.117 the
+    # same key was requested 1 to 7 times across runs before PermissionError (cause not pinned down: the
+    # client's region lookup, or pooled connections the faulty phase left behind)
+    assert list(denied) == ["/radflow-test/forbidden/key"] and 1 <= denied["/radflow-test/forbidden/key"] < 10
     assert not_found == 1  # a 404 is not retried either
     assert radflow.verify(stores["faulty"], storage_options=opts)["problems"] == []
