@@ -36,7 +36,7 @@ from radflow.dicom.pseudonym import source_label
 from radflow.ingest.duplicates import check_duplicates, split_duplicates
 from radflow.ingest.acquisitions import KINDS, reference_path
 from radflow.ingest.sources import InputRef, discover
-from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, read_table, terminal_ledger, write_part
+from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, list_parts, read_table, terminal_ledger, write_part
 from radflow.store.urls import normalize, zarr_store
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
@@ -391,9 +391,9 @@ def ingest_flow(
         stored = set(read_table(dst, "instances", storage_options)["sop_uid"])
         pending, duplicates = split_duplicates([r for r in rows if r["status"] == "candidate"], stored)
         if rejects:
-            # the ledger's size before this run is part of the name: a re-run after a crash overwrites this part,
-            # a later run's retry of the same inputs (a transient reason) adds an attempt
-            prior = len(read_table(dst, "ledger", storage_options))
+            # the ledger's part count before this run is part of the name (a listing, not a second read of the
+            # ledger discovery read): a later run's retry of the same inputs (a transient reason) adds an attempt
+            prior = len(list_parts(dst, "ledger", storage_options))
             part = hashlib.sha256("\0".join([str(prior), *(f"{r['uri']}\0{r['size']}\0{r['version']}" for r in rejects)])
                                   .encode()).hexdigest()[:16]
             write_part(dst, "ledger", f"index-{part}",
