@@ -166,7 +166,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from radflow.flows.schedule import serve_ingest
 
-    serve_ingest(args.source, args.store, cron=args.cron, name=args.name, cluster=args.cluster)
+    serve_ingest(args.source, args.store, cron=args.cron, name=args.name, timezone=args.timezone, cluster=args.cluster)
     return 0
 
 
@@ -321,6 +321,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from radflow.store.tables import compact_store
+
+    out = compact_store(args.store, _storage_options(args), min_parts=args.min_parts, tables=args.table or None)
+    if not out:
+        print(f"nothing to compact: no table has {args.min_parts} or more Parquet files")
+    for name, r in out.items():
+        print(f"{name:<12} {r['files_before']:>7} → {r['files_after']} files, {r['rows']} rows")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from radflow.store.inspect import describe
 
@@ -399,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="serve a scheduled incremental ingestion (Prefect deployment with a cron schedule)")
     sp.add_argument("source")
     sp.add_argument("store")
-    sp.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *" (02:00 every night, UTC)')
+    sp.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *" (02:00 every night in --timezone)')
+    sp.add_argument("--timezone", default="UTC", help="IANA time zone the cron times are in (default UTC; e.g. Europe/Berlin)")
     sp.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
     sp.add_argument("--cluster", help="Dask scheduler address; default: a local cluster per run")
     sp.set_defaults(func=cmd_serve)
@@ -472,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("k8s-spec", help="print the DaskCluster resource (YAML) that kind=kubernetes creates")
     sp.add_argument("--workers", type=positive_int, help="worker pods (default RADFLOW_CLUSTER__N_WORKERS or 2)")
     sp.set_defaults(func=cmd_k8s_spec)
+
+    sp = sub.add_parser("compact", help="rewrite each table's many Parquet parts as one file (safe beside readers)")
+    sp.add_argument("store")
+    sp.add_argument("--table", action="append", help="only this table (repeatable; default: every table)")
+    sp.add_argument("--min-parts", type=positive_int, default=2, help="compact a table with at least this many files")
+    common(sp, cluster=False)
+    sp.set_defaults(func=cmd_compact)
 
     sp = sub.add_parser("inspect", help="summarize a store: inputs, frames, arrays, tables, objects")
     sp.add_argument("store")

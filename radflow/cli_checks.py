@@ -66,8 +66,8 @@ def check_settings(args: argparse.Namespace) -> None:
             raise ConfigError(str(exc)) from None
 
 
-#: processing steps (kept here so a typo is reported before Prefect or Dask start; a test keeps it equal
-#: to radflow.flows.process.STEPS)
+#: the built-in processing steps (kept here so a typo is reported before Prefect or Dask start; a test keeps
+#: it equal to the registry's built-ins); a step not among them is looked up in the registry (entry points)
 STEPS = ("preprocess", "infer", "features", "reconstruct", "volumes")
 
 
@@ -94,8 +94,15 @@ def check_arguments(args: argparse.Namespace) -> None:
     steps = getattr(args, "steps", None)
     if steps is not None:
         unknown = sorted(set(split_steps(steps)) - set(STEPS))
+        if unknown:
+            from radflow.stages import registered
+
+            known = registered()
+            unknown = [s for s in unknown if s not in known]
         if unknown or not split_steps(steps):
-            raise ConfigError(f"--steps {steps!r}: unknown steps {unknown}; choose from {', '.join(STEPS)}")
+            from radflow.stages import registered
+
+            raise ConfigError(f"--steps {steps!r}: unknown steps {unknown}; choose from {', '.join(registered())}")
     for flag in ("model", "card", "labels"):
         value = getattr(args, flag, None)
         if value and local(value) and not os.path.isfile(path(value)):

@@ -143,7 +143,10 @@ class Settings(BaseSettings):
     infer_autocast: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision for inference on GPUs")
     header_files_per_task: int = Field(256, ge=1, description="files per header-index Dask task")
     max_files_per_batch: int = Field(4096, ge=1, description="upper bound of inputs in one ingest batch")
-    stage_frames_per_task: int = Field(8192, ge=1, description="frames per processing Prefect task")
+    compact_parts: int = Field(256, ge=0, description="after a run, compact a table with more than this many "
+                               "Parquet files into one (0 = never; `radflow compact` does it on demand)")
+    stage_shards_per_range: int = Field(1, ge=1, description="`images` shards per processing range (one Dask task, "
+                                        "one completion record); more = fewer, longer tasks")
     spectral_cutoff: float = Field(0.25, gt=0, lt=0.71, description="cycles/pixel above which spectral energy counts as high-frequency")
     retry_attempts: int = Field(3, ge=1, description="times an input whose rejection may pass (IO_ERROR, "
                                 "WORKER_LOST, TIMEOUT) is tried over successive runs")

@@ -92,3 +92,18 @@ def performance_report(store: str, settings: Settings, storage_options: dict[str
         with open(local, "rb") as fh:
             fs.pipe_file(path, fh.read())
     run_logger().info("Dask performance report: %s", url)
+
+
+def compact_tables(client: Any, store: str, storage_options: dict[str, Any] | None, threshold: int) -> dict[str, Any]:
+    """Compact, on a worker, every table of ``store`` with more than ``threshold`` Parquet files
+    (``threshold`` 0: never). Returns what was compacted."""
+    if not threshold:
+        return {}
+    from radflow.store.tables import compact_store, list_parts, table_names
+
+    names = [n for n in table_names(store, storage_options) if len(list_parts(store, n, storage_options)) > threshold]
+    if not names:
+        return {}
+    out = client.submit(compact_store, store, storage_options, min_parts=threshold + 1, tables=names, pure=False).result()
+    run_logger().info("compacted %s", ", ".join(f"{k} ({v['files_before']} → {v['files_after']} files)" for k, v in out.items()))
+    return out

@@ -24,7 +24,7 @@ from prefect.utilities.annotations import quote  # large inputs: Prefect would v
 from radflow.cluster import connect, dashboard_link
 from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
-from radflow.flows._common import build_settings, markdown_table, performance_report, run_logger
+from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
 from radflow.store import layout
 from radflow.ingest.batches import (BatchInput, BatchPlan, index_inputs, ledger_row, lost_detail, plan_batches,
@@ -36,7 +36,7 @@ from radflow.dicom.pseudonym import source_label
 from radflow.ingest.duplicates import check_duplicates, split_duplicates
 from radflow.ingest.acquisitions import KINDS, reference_path
 from radflow.ingest.sources import InputRef, discover
-from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, list_parts, read_table, terminal_ledger, write_part
+from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_table, terminal_ledger, write_part
 from radflow.store.urls import normalize, zarr_store
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
@@ -354,7 +354,8 @@ def ingest_flow(
     source : local directory or ``s3://`` prefix
     store : store URL (created if absent)
     cluster : scheduler address; None starts a local cluster (or reuses the current client)
-    storage_options : fsspec options for both URLs (e.g. ``{"endpoint_url": ...}``)
+    storage_options : fsspec options for both URLs (e.g. ``{"endpoint_url": ...}``; default:
+        ``RADFLOW_STORAGE_OPTIONS``)
     settings : overrides of :class:`radflow.config.Settings` fields
 
     Returns
@@ -364,6 +365,7 @@ def ingest_flow(
     log = run_logger()
     t0 = time.perf_counter()
     cfg = build_settings(settings, cluster)
+    storage_options = storage_options if storage_options is not None else (cfg.storage_options or None)
     src, dst = normalize(source), normalize(store)
     key = resolve_secret_key(cfg)
     results: list[dict[str, Any]] = []
@@ -380,6 +382,7 @@ def ingest_flow(
         summary = summarize(results, [], len(inputs), 0, time.perf_counter() - t0)
         _artifact(dst, summary)
         return summary
+    compacted: dict[str, Any] = {}
     with connect(cfg.cluster) as client, performance_report(dst, cfg, storage_options, "ingest") as report_url:
         link = dashboard_link(client)
         if link:
@@ -393,7 +396,7 @@ def ingest_flow(
         if rejects:
             # the ledger's part count before this run is part of the name (a listing, not a second read of the
             # ledger discovery read): a later run's retry of the same inputs (a transient reason) adds an attempt
-            prior = len(list_parts(dst, "ledger", storage_options))
+            prior = len(part_names(dst, "ledger", storage_options))
             part = hashlib.sha256("\0".join([str(prior), *(f"{r['uri']}\0{r['size']}\0{r['version']}" for r in rejects)])
                                   .encode()).hexdigest()[:16]
             write_part(dst, "ledger", f"index-{part}",
@@ -414,9 +417,12 @@ def ingest_flow(
             report("stage-advance", stage="ingest", advance=checked["inputs"])
             pending, duplicates = split_duplicates(unresolved, set())
         report("stage-end", stage="ingest")
+        compacted = compact_tables(client, dst, storage_options, cfg.compact_parts)
     summary = summarize(results, rejects, len(inputs), len(new), time.perf_counter() - t0, dup_reasons)
     if report_url:
         summary["performance_report"] = report_url
+    if compacted:
+        summary["compacted"] = compacted
     log.info("ingested %d of %d new inputs (%d frames) at %.1f MB/s", summary["ok"], summary["new"], summary["frames"], summary["mb_per_s"])
     _artifact(dst, summary)
     return summary

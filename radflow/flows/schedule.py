@@ -14,7 +14,7 @@ from typing import Any
 
 from radflow.flows.ingest import ingest_flow
 
-__all__ = ["serve_ingest"]
+__all__ = ["serve_ingest", "schedule"]
 
 
 def serve_ingest(source: str, store: str, *, cron: str, name: str = "scheduled", timezone: str = "UTC",
@@ -27,5 +27,20 @@ def serve_ingest(source: str, store: str, *, cron: str, name: str = "scheduled",
         params["cluster"] = cluster
     if settings:
         params["settings"] = settings
-    ingest_flow.serve(name=name, cron=cron, parameters=params, print_starting_message=True,
+    ingest_flow.serve(name=name, schedule=schedule(cron, timezone), parameters=params, print_starting_message=True,
                       tags=["radflow", "ingest"], description=f"incremental ingestion on '{cron}' ({timezone})")
+
+
+def schedule(cron: str, timezone: str = "UTC"):
+    """Prefect's cron schedule in ``timezone`` (an IANA name: ``Europe/Berlin``); a wrong name fails here."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from prefect.schedules import Cron
+
+    from radflow.errors import ConfigError
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--timezone {timezone!r} is not an IANA time zone name (e.g. UTC, Europe/Berlin)") from None
+    return Cron(cron, timezone=timezone)

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from radflow.ingest.batches import BatchInput, BatchPlan
-from radflow.store.tables import list_parts
+from radflow.store.tables import part_names
 from radflow.store.urls import filesystem, is_remote, join
 
 __all__ = ["Journal", "write_journal", "pending_journals", "with_uris", "remove_journal", "completed_batches"]
@@ -109,5 +109,5 @@ def remove_journal(store_url: str, journal: Journal, storage_options: dict[str, 
 
 
 def completed_batches(store_url: str, storage_options: dict[str, Any] | None = None) -> set[str]:
-    """Batch ids whose ledger part exists (a batch writes its ledger part last)."""
-    return {os.path.basename(p)[len("part-"):-len(".parquet")] for p in list_parts(store_url, "ledger", storage_options)}
+    """Batch ids whose ledger part exists, on its own or compacted (a batch writes its ledger part last)."""
+    return part_names(store_url, "ledger", storage_options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import uuid
 from typing import Any
 
@@ -20,7 +21,8 @@ import pyarrow.parquet as pq
 
 from radflow.store.urls import filesystem, is_remote, join
 
-__all__ = ["anomaly_counts", "terminal_ledger", "TRANSIENT_REASONS", "LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table", "list_parts"]
+__all__ = ["anomaly_counts", "terminal_ledger", "TRANSIENT_REASONS", "LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table",
+           "read_arrow", "list_parts", "part_names", "compact_table", "compact_store", "table_names", "PART_COLUMN"]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,9 @@ HEADERS_SCHEMA = pa.schema(
 
 TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "headers": HEADERS_SCHEMA, "features": None, "predictions": None, "errors": None,
           "kspace": None, "sinograms": None, "volumes": None,
-          "luts": None}
+          "luts": None, "stages": None}
+#: bookkeeping tables: how a store was made, not what it holds (left out of the content digest)
+BOOKKEEPING = ("stages",)
 
 
 def anomaly_counts(rows: pd.DataFrame | list[dict[str, Any]]) -> dict[str, int]:
@@ -165,6 +169,12 @@ def write_part(
     else:
         table = pa.Table.from_pylist(rows)
     url = join(table_url(store_url, name), f"part-{part}.parquet")
+    _write(url, table, storage_options)
+    return url
+
+
+def _write(url: str, table: pa.Table, storage_options: dict[str, Any] | None) -> None:
+    """One Parquet object, whole or not at all: a local temporary name renamed, or one PUT."""
     fs, path = filesystem(url, storage_options)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -177,10 +187,20 @@ def write_part(
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
-    return url
+
+
+#: a compacted file: ``part-~<generation>-<hex>.parquet`` (``~`` never occurs in a writer's part name)
+_COMPACTED = re.compile(r"^part-~(\d{8})-[0-9a-f]{8}\.parquet$")
+#: the column of a compacted file naming the part each row came from
+PART_COLUMN = "_part"
+
+
+def _part_name(path: str) -> str:
+    return os.path.basename(path)[len("part-"):-len(".parquet")]
 
 
 def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Every Parquet file of table ``name``: the parts writers wrote and the files compaction made of them."""
     fs, path = filesystem(table_url(store_url, name), storage_options)
     fs.invalidate_cache(path)  # parts are written by other processes while a run goes on
     try:
@@ -190,25 +210,200 @@ def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None
     return sorted(p for p in found if p.endswith(".parquet") and os.path.basename(p).startswith("part-"))
 
 
-def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
-               unreadable: list[str] | None = None) -> pd.DataFrame:
-    """All parts of table ``name`` as one DataFrame (empty, with the schema's columns, if none).
+def _compacted_names(fs, path: str) -> list[str]:
+    """The part names a compacted file holds (from its footer; no rows read)."""
+    import json
 
-    With ``unreadable`` (a list), a part that does not parse is appended to it and skipped
-    instead of raising (``radflow verify`` reads damaged stores this way)."""
-    fs, _ = filesystem(table_url(store_url, name), storage_options)
-    parts = list_parts(store_url, name, storage_options)
-    tables = []
-    for p in parts:
+    meta = pq.read_schema(path, filesystem=fs).metadata or {}
+    return list(json.loads(meta.get(b"radflow.parts", b"[]")))
+
+
+Source = tuple[str, "str | None", frozenset]  # (file, its part name or None when compacted, names it no longer supplies)
+
+
+def _sources(fs, files: list[str], unreadable: list[str] | None = None) -> tuple[list[Source], set[str]]:
+    """Which file supplies each part, and every part name. A writer's own part supersedes its rows in a
+    compacted file; a newer compacted file an older one (both exist only between compaction's write and
+    its deletes)."""
+    loose = {_part_name(f): f for f in files if not _COMPACTED.match(os.path.basename(f))}
+    compacted = sorted((f for f in files if _COMPACTED.match(os.path.basename(f))),
+                       key=lambda f: os.path.basename(f), reverse=True)
+    taken = set(loose)
+    out: list[Source] = [(f, n, frozenset()) for n, f in loose.items()]
+    for f in compacted:  # newest first
         try:
-            with fs.open(p, "rb") as fh:
-                tables.append(pq.read_table(fh))
+            names = _compacted_names(fs, f)
+        except FileNotFoundError:
+            raise
+        except Exception:  # a damaged footer
+            if unreadable is None:
+                raise
+            unreadable.append(f)
+            continue
+        out.append((f, None, frozenset(taken.intersection(names))))
+        taken.update(names)
+    return out, taken
+
+
+def _retrying(fn):
+    """Run ``fn()`` again, on a fresh listing, when compaction removed a listed file before it was read
+    (the compacted file that holds its rows exists before any old file is removed)."""
+    import time
+
+    deadline = time.monotonic() + 120
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except FileNotFoundError:
+            attempt += 1
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(min(0.5, 0.01 * attempt))
+
+
+def part_names(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> set[str]:
+    """The names of every part of table ``name`` that writers wrote, whether or not it was compacted since."""
+    fs, _ = filesystem(table_url(store_url, name), storage_options)
+    return _retrying(lambda: _sources(fs, list_parts(store_url, name, storage_options))[1])
+
+
+def _read_file(fs, src: Source, columns: list[str] | None, filters: Any, with_part: bool) -> pa.Table:
+    path, part, superseded = src
+    cols = columns
+    if cols is not None:  # a part without a requested column (an older writer) reads without it
+        present = set(pq.read_schema(path, filesystem=fs).names)
+        cols = [c for c in dict.fromkeys([*cols, *([PART_COLUMN] if part is None else [])]) if c in present]
+    table = pq.read_table(path, filesystem=fs, columns=cols, filters=filters)
+    if part is not None:
+        if with_part:
+            table = table.append_column(PART_COLUMN, pa.array([part] * table.num_rows, pa.string()))
+        return table
+    if superseded:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.invert(pc.is_in(table[PART_COLUMN], pa.array(sorted(superseded), pa.string()))))
+    if not with_part:
+        table = table.drop_columns([PART_COLUMN])
+    return table
+
+
+def read_arrow(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
+               columns: list[str] | None = None, filters: Any = None, unreadable: list[str] | None = None,
+               with_part: bool = False) -> pa.Table | None:
+    """Table ``name`` as one Arrow table (``None`` when it has no parts), files read in parallel threads
+    with ``columns`` and ``filters`` (pyarrow's DNF list or an expression) pushed down to each file.
+
+    Reads see each part exactly once while compaction runs beside them (see :func:`compact_table`).
+    ``with_part=True`` adds a ``_part`` column naming each row's part."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs, _ = filesystem(table_url(store_url, name), storage_options)
+
+    def one(src: Source) -> pa.Table | None:
+        try:
+            return _read_file(fs, src, columns, filters, with_part)
+        except FileNotFoundError:
+            raise
         except Exception:  # pyarrow raises assorted types for a damaged part
             if unreadable is None:
                 raise
-            unreadable.append(p)
-    schema = TABLES.get(name)
+            unreadable.append(src[0])
+            return None
+
+    def attempt() -> list[pa.Table]:
+        sources, _ = _sources(fs, list_parts(store_url, name, storage_options), unreadable)
+        if not sources:
+            return []
+        with ThreadPoolExecutor(max_workers=min(16, len(sources))) as pool:
+            return [t for t in pool.map(one, sources) if t is not None]
+
+    tables = _retrying(attempt)
     if not tables:
-        return schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
-    table = pa.concat_tables(tables, promote_options="default")
+        return None
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
+               columns: list[str] | None = None, filters: Any = None,
+               unreadable: list[str] | None = None) -> pd.DataFrame:
+    """All parts of table ``name`` as one DataFrame (empty, with the schema's columns, if none); see
+    :func:`read_arrow` for ``columns`` and ``filters``.
+
+    With ``unreadable`` (a list), a part that does not parse is appended to it and skipped
+    instead of raising (``radflow verify`` reads damaged stores this way)."""
+    table = read_arrow(store_url, name, storage_options, columns=columns, filters=filters, unreadable=unreadable)
+    if table is None:
+        schema = TABLES.get(name)
+        if schema is None:
+            return pd.DataFrame(columns=columns or [])
+        empty = schema.empty_table()
+        return (empty.select([c for c in columns if c in schema.names]) if columns else empty).to_pandas()
     return table.to_pandas()
+
+
+def compact_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
+                  min_parts: int = 2) -> dict[str, int]:
+    """Rewrite table ``name``'s parts as one file, atomically for readers.
+
+    The new file ``part-~<generation>-<hex>.parquet`` carries each row's part name (column ``_part``,
+    and the list of names in its footer); it is written whole (temporary name and rename, or one PUT)
+    before any old file is removed. A reader that lists both the new file and old ones reads each
+    part once: a writer's own part supersedes its rows in a compacted file, a newer compacted file an
+    older one. An old part rewritten since compaction listed it is left in place (it supersedes).
+    Returns ``{"files_before": n, "files_after": m, "rows": r}``.
+    """
+    import json
+
+    fs, _ = filesystem(table_url(store_url, name), storage_options)
+    files = list_parts(store_url, name, storage_options)
+    if len(files) < max(2, min_parts):
+        return {"files_before": len(files), "files_after": len(files), "rows": -1}
+    stamps = {f: _stamp(fs, f) for f in files}
+    table = read_arrow(store_url, name, storage_options, with_part=True)
+    assert table is not None
+    names = sorted(set(table[PART_COLUMN].to_pylist()) | _sources(fs, files)[1])
+    gens = [int(m.group(1)) for f in files if (m := _COMPACTED.match(os.path.basename(f)))]
+    meta = dict(table.schema.metadata or {})
+    meta[b"radflow.parts"] = json.dumps(names).encode()
+    table = table.replace_schema_metadata(meta)
+    part = f"~{max(gens, default=0) + 1:08d}-{uuid.uuid4().hex[:8]}"
+    _write(join(table_url(store_url, name), f"part-{part}.parquet"), table, storage_options)
+    removed = 0
+    for f in files:
+        if _stamp(fs, f) != stamps[f]:
+            continue  # rewritten by a writer meanwhile: it supersedes its compacted copy
+        try:
+            fs.rm_file(f)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return {"files_before": len(files), "files_after": len(files) - removed + 1, "rows": table.num_rows}
+
+
+def _stamp(fs, path: str) -> tuple[Any, ...]:
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return (None,)
+    return (info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag"), info.get("ETag"))
+
+
+def table_names(store_url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The tables a store holds (folders under ``tables/``)."""
+    fs, path = filesystem(join(store_url, "tables"), storage_options)
+    fs.invalidate_cache(path)
+    try:
+        return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def compact_store(store_url: str, storage_options: dict[str, Any] | None = None, *, min_parts: int = 2,
+                  tables: list[str] | None = None) -> dict[str, dict[str, int]]:
+    """:func:`compact_table` over every table (or ``tables``) with at least ``min_parts`` files."""
+    out = {}
+    for name in tables or table_names(store_url, storage_options):
+        if len(list_parts(store_url, name, storage_options)) >= max(2, min_parts):
+            out[name] = compact_table(store_url, name, storage_options, min_parts=min_parts)
+    return out

@@ -168,7 +168,7 @@ def content_digest(store_url: str, storage_options: dict[str, Any] | None = None
     import hashlib
     import json
 
-    from radflow.store.tables import TABLES, list_parts, read_table
+    from radflow.store.tables import BOOKKEEPING, TABLES, list_parts, read_table
 
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r")
     out: dict[str, str] = {"attrs": hashlib.sha256(json.dumps(_stable(dict(root.attrs)), sort_keys=True,
@@ -184,7 +184,7 @@ def content_digest(store_url: str, storage_options: dict[str, Any] | None = None
             block = np.asarray(arr[start : start + step * 16] if start is not None else arr[()])
             h.update(np.ascontiguousarray(block).tobytes())
         out[path] = h.hexdigest()
-    for name in sorted(set(TABLES) | {"evaluation", "calibration"}):
+    for name in sorted((set(TABLES) | {"evaluation", "calibration"}) - set(BOOKKEEPING)):
         if not list_parts(store_url, name, storage_options):
             continue
         df = read_table(store_url, name, storage_options)

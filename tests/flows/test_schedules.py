@@ -50,10 +50,11 @@ def test_serve_cron_runs_ingest_only_new_files(tmp_path, prefect_api):
     store = str(tmp_path / "sched.zarr")
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "radflow", "--verbose", "serve", a.dicom, store, "--cron", "0 3 * * *",
-                             "--name", "nightly"], env=_env(), stdout=log, stderr=subprocess.STDOUT)
+                             "--name", "nightly", "--timezone", "Europe/Berlin"], env=_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         dep = _deployment("radflow-ingest/nightly")
         assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"] and dep.parameters["store"] == store
+        assert [s.schedule.timezone for s in dep.schedules] == ["Europe/Berlin"]  # 03:00 in Berlin, not UTC
         _run("radflow-ingest/nightly")
         first = radflow.open_store(store).ledger()
         objects_before = {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
@@ -101,3 +102,12 @@ def test_prefect_yaml_deploys_both_flows(tmp_path, prefect_api):
     assert [s.schedule.cron for s in process.schedules] == ["0 5 * * *"]
     assert ingest.parameters == {"source": str(tmp_path / "src"), "store": str(tmp_path / "s.zarr")}
     assert ingest.work_pool_name == "radflow"
+
+
+def test_a_wrong_time_zone_name_fails_before_serving():
+    from radflow.errors import ConfigError
+    from radflow.flows.schedule import schedule
+
+    assert schedule("0 3 * * *", "America/New_York").timezone == "America/New_York"
+    with pytest.raises(ConfigError, match="IANA"):
+        schedule("0 3 * * *", "Mars/Olympus")

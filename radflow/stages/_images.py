@@ -1,0 +1,54 @@
+"""What the stages over ``images`` share: the canvas, the shard ranges, and opening arrays on a worker."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import numpy as np
+
+from radflow.stages.base import Job, Range, Request, shard_ranges
+from radflow.store import layout
+from radflow.store.urls import zarr_store
+
+__all__ = ["canvas_of", "image_ranges", "open_array", "images_block"]
+
+
+def canvas_of(request: Request) -> int:
+    """The canvas a run works at: ``--canvas``, else the existing ``images`` array's, else the settings'."""
+    if request.canvas is not None:
+        return int(request.canvas)
+    if "images" in request.store.root:
+        return int(request.store.root["images"].shape[1])
+    return int(request.settings.canvas)
+
+
+def image_ranges(request: Request) -> list[Range]:
+    """Whole-shard ranges of ``images`` that hold stored frames."""
+    images = layout.open_root(zarr_store(request.store.url, request.store.storage_options), mode="r")["images"]
+    return shard_ranges(request.frame_index, int(images.shape[0]), int(images.shards[0]),
+                        request.settings.stage_shards_per_range)
+
+
+@functools.lru_cache(maxsize=16)
+def _root(store: str, options_json: str, mode: str):
+    return layout.open_root(zarr_store(store, json.loads(options_json) or None), mode=mode)
+
+
+def open_array(job: Job, path: str, mode: str = "r"):
+    """Array ``path`` of the job's store, the group opened once per worker process."""
+    return _root(job.store, json.dumps(job.storage_options, sort_keys=True), mode)[path]
+
+
+def images_block(job: Job, rng: Range) -> np.ndarray:
+    """``images[lo:hi]`` as float32 in 0 … 1 (uint16 images scaled)."""
+    block = np.asarray(open_array(job, "images")[rng.lo:rng.hi])
+    x = block.astype(np.float32)
+    if block.dtype == np.uint16:
+        x /= 65535.0
+    return x
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,57 @@
+"""Stage ``features``: per-frame image statistics of ``images`` (intensity, contrast, sharpness, spectrum)
+into ``features`` parts ``<lo>``, one per range."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from radflow.stages._images import canvas_of, image_ranges, images_block
+from radflow.stages.base import Job, Range, Request, Stage, fingerprint, instance_rows, register
+from radflow.store.tables import write_part
+from radflow.tasks.features import FEATURES, block_features
+
+__all__ = ["Features"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureOptions:
+    canvas: int
+    cutoff: float
+
+
+class Features(Stage):
+    name = "features"
+    order = 30
+    reads = ("images", "instances")
+    writes = ("features",)
+    description = "image statistics per frame"
+
+    def prepare(self, request: Request) -> Job | None:
+        if not len(request.frame_index) or "images" not in request.store.root:
+            return None
+        cutoff = request.settings.spectral_cutoff
+        return Job(self, request.store.url, request.store.storage_options, self.name, fingerprint(cutoff),
+                   FeatureOptions(canvas_of(request), cutoff), after="preprocess")
+
+    def plan(self, job: Job, request: Request) -> list[Range]:
+        return image_ranges(request)
+
+    def run(self, job: Job, rng: Range) -> int:
+        opt: FeatureOptions = job.options
+        rows = instance_rows(job, rng, ["index", "rows", "cols"])
+        x = images_block(job, rng)
+        geometry = np.zeros((rng.hi - rng.lo, 2), dtype=np.int64)
+        geometry[rows["index"].to_numpy() - rng.lo] = rows[["rows", "cols"]].to_numpy()
+        feats = block_features(x, geometry, canvas=opt.canvas, cutoff=opt.cutoff)
+        valid = geometry[:, 0] > 0
+        df = pd.DataFrame(np.asarray(feats)[valid], columns=list(FEATURES))
+        df.insert(0, "index", np.arange(rng.lo, rng.hi)[valid])
+        df.insert(0, "kind", "image")
+        write_part(job.store, "features", rng.part, df, storage_options=job.storage_options)
+        return int(valid.sum())
+
+
+register(Features)

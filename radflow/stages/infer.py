@@ -1,0 +1,135 @@
+"""Stage ``infer``: batched model inference over ``images`` into ``predictions`` parts
+``<model hash>-<lo>`` (model name, version and weights hash on every row; NaN or infinite
+scores kept and flagged in ``nonfinite``). The model is loaded once per worker (:mod:`radflow.models.cache`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from radflow.errors import ConfigError, ModelError
+from radflow.models.loading import ModelSpec, load_model
+from radflow.stages._images import canvas_of, image_ranges, images_block, open_array
+from radflow.stages.base import Job, Range, Request, Stage, instance_rows, register
+from radflow.store.tables import write_part
+from radflow.store.urls import normalize
+
+__all__ = ["Infer", "InferPlan", "plan_inference", "infer_block"]
+
+log = logging.getLogger("radflow.stages.infer")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferPlan:
+    """What every inference range needs: the model reference and the output layout."""
+
+    spec: ModelSpec
+    labels: tuple[str, ...]
+    model_name: str
+    sha256: str
+    embedding_dim: int = 0
+    autocast: str | None = None
+
+
+def plan_inference(spec: ModelSpec, canvas: int, *, embeddings: bool, autocast: str | None) -> InferPlan:
+    """Load the model once here (fail fast before cluster time) and probe its output layout."""
+    from radflow.tasks.infer import predict
+
+    loaded = load_model(spec)
+    try:
+        probe = predict(loaded.module, np.zeros((2, canvas, canvas), np.float32), loaded.card, embeddings=embeddings)
+    except ValueError as exc:  # the output contract (tasks.infer.check_output)
+        raise ModelError(f"{spec.url}: {exc}") from None
+    scores = probe.scores if embeddings else probe
+    if not np.isfinite(scores).any():
+        raise ModelError(f"{spec.url}: the model returned NaN or infinity for every output on a blank canvas")
+    n_out = scores.shape[1]
+    labels = tuple(loaded.card.labels) or tuple(str(i) for i in range(n_out))
+    if len(labels) != n_out:
+        raise ConfigError(f"model card names {len(labels)} labels but the model has {n_out} outputs")
+    return InferPlan(spec, labels, loaded.card.name, loaded.sha256, probe.embeddings.shape[1] if embeddings else 0,
+                     autocast)
+
+
+def infer_block(block: np.ndarray, *, spec: ModelSpec, autocast: str | None = None, embedding_dim: int = 0,
+                micro_batch: int | None = None) -> np.ndarray:
+    """Model outputs for ``(n, H, W)`` float32 canvases in 0 … 1 (model loaded once per worker).
+
+    Returns ``(n, outputs + embedding_dim)`` float32: scores, then the embedding when asked.
+    """
+    from radflow.models.cache import cached_model
+    from radflow.tasks.infer import predict, to_model_input
+
+    model = cached_model(spec)
+    # Input preparation runs here, on the task thread, overlapping the previous block's forward pass.
+    x = to_model_input(block, model.card)
+    if x.device.type == "cpu" and getattr(model, "device", "cpu") != "cpu":
+        x = x.pin_memory()
+
+    def run() -> np.ndarray:
+        kw = {"autocast": autocast, "micro_batch": micro_batch, "prepared": True, "device": getattr(model, "device", None)}
+        if embedding_dim:
+            out = predict(model.module, x, model.card, embeddings=True, **kw)
+            return np.concatenate([out.scores, out.embeddings], axis=1).astype(np.float32)
+        return predict(model.module, x, model.card, **kw)
+
+    return model.runner.submit(run).result()  # the model's own inference thread (see models.cache)
+
+
+class Infer(Stage):
+    name = "infer"
+    order = 20
+    reads = ("images", "instances")
+    writes = ("predictions",)
+    description = "model scores (and embeddings) per frame"
+
+    def prepare(self, request: Request) -> Job | None:
+        if not len(request.frame_index):
+            return None
+        if not request.model:
+            raise ConfigError("step 'infer' needs a model: --model PATH (TorchScript, or a state_dict with --arch)")
+        cfg = request.settings
+        spec = ModelSpec(normalize(request.model), arch=request.arch or "", card=request.card,
+                         storage_options=request.store.storage_options or None)
+        plan = plan_inference(spec, canvas_of(request), embeddings=request.embeddings,
+                              autocast=None if cfg.infer_autocast == "none" else cfg.infer_autocast)
+        from radflow.models.cache import ModelCache
+
+        scope = f"infer-{plan.sha256[:12]}{'-emb' if request.embeddings else ''}"
+        return Job(self, request.store.url, request.store.storage_options, scope, scope, plan, after="preprocess",
+                   gpu=True, plugins=(ModelCache(),))
+
+    def plan(self, job: Job, request: Request) -> list[Range]:
+        return image_ranges(request)
+
+    def run(self, job: Job, rng: Range) -> int:
+        plan: InferPlan = job.options
+        keys = instance_rows(job, rng, ["index", "patient_key", "study_key", "sop_uid"])
+        chunk = int(open_array(job, "images").chunks[0])
+        x = images_block(job, rng)
+        scores = np.concatenate([infer_block(x[i:i + chunk], spec=plan.spec, autocast=plan.autocast,
+                                             embedding_dim=plan.embedding_dim) for i in range(0, len(x), chunk)])
+        idx = keys["index"].to_numpy() - rng.lo
+        df = keys.copy()
+        for j, label in enumerate(plan.labels):
+            df[f"p_{label}"] = scores[idx, j]
+        nonfinite = ~np.isfinite(scores[idx, : len(plan.labels)]).all(axis=1)
+        df["nonfinite"] = nonfinite  # a row with a NaN or infinite score is kept and flagged
+        if nonfinite.any():
+            log.warning("%d of %d frames in [%d, %d) have NaN or infinite scores (flagged in predictions.nonfinite)",
+                        int(nonfinite.sum()), len(df), rng.lo, rng.hi)
+        df["model"] = plan.model_name
+        df["model_sha256"] = plan.sha256
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if plan.embedding_dim:  # a fixed-size list column: (n, embedding_dim) float32
+            emb = np.ascontiguousarray(scores[idx, len(plan.labels):], dtype=np.float32)
+            values = pa.array(emb.reshape(-1), type=pa.float32())
+            table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(values, plan.embedding_dim))
+        write_part(job.store, "predictions", f"{plan.sha256[:12]}-{rng.part}", table, storage_options=job.storage_options)
+        return len(df)
+
+
+register(Infer)
