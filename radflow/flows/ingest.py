@@ -17,7 +17,6 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
@@ -219,11 +218,30 @@ def reserve(root, journal: Journal, settings: Settings) -> None:
 
 def _run_batches(dst: str, plans: list[BatchPlan], cfg: Settings, storage_options: dict[str, Any] | None,
                  results: list[dict[str, Any]]) -> None:
-    futures = [batch_task.submit(dst, quote(p), cfg, storage_options) for p in plans]
-    for fut in as_completed(futures):
-        res = fut.result()
-        results.append(res)
-        report("stage-advance", stage="ingest", advance=res["inputs"])
+    if plans:
+        results += batches_task(dst, quote(plans), cfg, storage_options)
+
+
+@task(name="ingest-batches", cache_policy=NO_CACHE)
+def batches_task(store: str, plans: list[BatchPlan], settings: Settings,
+                 storage_options: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every batch of a plan as Dask tasks (one per batch, a few in flight per worker thread): Prefect
+    sees one task run for the whole plan, not one per shard (at MIMIC-CXR's size that would be tens of
+    thousands of task runs, each ~70 ms of bookkeeping)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed as done_in_order
+
+    from distributed import get_client
+
+    client = get_client()
+    in_flight = max(2, 2 * sum(client.nthreads().values()))
+    out: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=min(in_flight, len(plans))) as pool:
+        futures = [pool.submit(run_batch, client, store, p, settings, storage_options) for p in plans]
+        for fut in done_in_order(futures):
+            res = fut.result()
+            out.append(res)
+            report("stage-advance", stage="ingest", advance=res["inputs"])
+    return out
 
 
 @task(name="resume", cache_policy=NO_CACHE)
@@ -265,16 +283,26 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
     return unresolved, {"inputs": sum(r["inputs"] for r in results), "reasons": dict(reasons)}
 
 
-@task(name="ingest-batch", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def batch_task(store: str, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+def run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None,
+              *, retries: int = 1) -> dict[str, Any]:
     """Run one batch on the cluster. If it kills its worker (a decoder crash, an out-of-memory
     kill, or a decoder hang ended by the worker's deadline), each input is probed alone, and the
     batch runs again without the inputs that kill workers; those get ``WORKER_LOST`` or
-    ``TIMEOUT`` rows and every other input is stored as usual."""
-    from distributed import get_client
+    ``TIMEOUT`` rows and every other input is stored as usual. Another error is retried
+    ``retries`` times (a batch's outputs are pure functions of its plan: a retry overwrites them)."""
+    try:
+        return _run_batch(client, store, plan, settings, storage_options)
+    except Exception as exc:  # noqa: BLE001 - retried, then raised
+        if not retries:
+            raise
+        run_logger().warning("batch %s failed (%s); retrying", plan.batch_id, exc)
+        time.sleep(2)
+        return run_batch(client, store, plan, settings, storage_options, retries=retries - 1)
+
+
+def _run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     from distributed.scheduler import KilledWorker
 
-    client = get_client()
     secret = resolve_secret_key(settings)
 
     def run(p: BatchPlan, lost: tuple[tuple[BatchInput, str], ...] = (), attempt: int = 0) -> dict[str, Any]:

@@ -54,6 +54,7 @@ def _stage_task(job: Job, request: Request) -> dict[str, Any]:
     client = get_client()
     name = job.stage.name
     t0 = time.perf_counter()
+    job = job.stage.bind(job, request, lambda fn, *a, **kw: client.submit(fn, *a, pure=False, **kw).result())
     ranges = job.stage.plan(job, request)
     todo, waiting = pending(job, ranges)
     if waiting:

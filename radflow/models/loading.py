@@ -184,6 +184,16 @@ def _read_card(fs, path: str) -> dict[str, Any]:
     return {}
 
 
+def weights_sha256(spec: ModelSpec) -> str:
+    """The sha256 of the model's weights file (what identifies it on every prediction), without loading it."""
+    url = normalize(spec.url)
+    fs, path = filesystem(url, spec.storage_options)
+    try:
+        return hashlib.sha256(fs.cat_file(path)).hexdigest()
+    except FileNotFoundError:
+        raise ModelError(f"model file {url!r} not found") from None
+
+
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Load the model ``spec`` names, with its card.
 

@@ -108,6 +108,12 @@ class Stage:
         (``None``: nothing this stage can do in this store, e.g. no frames)."""
         raise NotImplementedError
 
+    def bind(self, job: Job, request: Request, on_worker: Any) -> Job:
+        """Flow side, once the cluster is up: finish the job with what needs the cluster (``on_worker(fn,
+        *args, **kwargs)`` runs ``fn`` on a worker and returns its result; the flow process stays free of
+        heavy libraries such as torch). Default: the job as prepared."""
+        return job
+
     def plan(self, job: Job, request: Request) -> list[Range]:
         """Flow side: the ranges, from what planning needs (counts per range, not per-frame rows)."""
         raise NotImplementedError

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from radflow.errors import ConfigError, ModelError
-from radflow.models.loading import ModelSpec, load_model
+from radflow.models.loading import ModelSpec, load_model, weights_sha256
 from radflow.stages._images import canvas_of, image_ranges, images_block, open_array
 from radflow.stages.base import Job, Range, Request, Stage, instance_rows, register
 from radflow.store.tables import write_part
@@ -94,13 +94,19 @@ class Infer(Stage):
         cfg = request.settings
         spec = ModelSpec(normalize(request.model), arch=request.arch or "", card=request.card,
                          storage_options=request.store.storage_options or None)
-        plan = plan_inference(spec, canvas_of(request), embeddings=request.embeddings,
-                              autocast=None if cfg.infer_autocast == "none" else cfg.infer_autocast)
         from radflow.models.cache import ModelCache
 
-        scope = f"infer-{plan.sha256[:12]}{'-emb' if request.embeddings else ''}"
-        return Job(self, request.store.url, request.store.storage_options, scope, scope, plan, after="preprocess",
+        sha = weights_sha256(spec)  # the model is loaded and probed on a worker (bind): no torch in the flow
+        scope = f"infer-{sha[:12]}{'-emb' if request.embeddings else ''}"
+        ask = {"spec": spec, "canvas": canvas_of(request), "embeddings": request.embeddings,
+               "autocast": None if cfg.infer_autocast == "none" else cfg.infer_autocast}
+        return Job(self, request.store.url, request.store.storage_options, scope, scope, ask, after="preprocess",
                    gpu=True, plugins=(ModelCache(),))
+
+    def bind(self, job: Job, request: Request, on_worker) -> Job:
+        ask = job.options
+        plan = on_worker(plan_inference, ask["spec"], ask["canvas"], embeddings=ask["embeddings"], autocast=ask["autocast"])
+        return dataclasses.replace(job, options=plan)
 
     def plan(self, job: Job, request: Request) -> list[Range]:
         return image_ranges(request)
