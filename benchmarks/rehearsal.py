@@ -277,7 +277,7 @@ def run_once(client, source: str, store: str, model: str, label: str) -> list[di
     from radflow.flows.process import process_flow
 
     rows = []
-    settings = {"canvas": SIDE, "compact_parts": 0, "shard_target_mib": SHARD_MIB}
+    settings = {"canvas": SIDE, "shard_target_mib": SHARD_MIB}  # compaction at its default threshold
     with Meter(client) as m:
         state = ingest_flow(source, store, settings=settings, return_state=True)
     s = state.result()

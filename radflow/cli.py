@@ -79,7 +79,10 @@ def _with_progress(fn: Callable[[], Any]) -> Any:
 
 
 def _storage_options(args: argparse.Namespace) -> dict[str, Any] | None:
-    opts = {}
+    """fsspec options: ``RADFLOW_STORAGE_OPTIONS`` (JSON), then ``--endpoint-url`` over it."""
+    from radflow.config import Settings
+
+    opts = dict(Settings().storage_options or {})
     if getattr(args, "endpoint_url", None):
         opts["endpoint_url"] = args.endpoint_url
     return opts or None

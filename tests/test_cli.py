@@ -84,3 +84,16 @@ def test_configuration_reference_is_generated_from_the_settings_model():
     for name in Settings.model_fields:
         assert f"`RADFLOW_{name.upper()}" in committed
     assert "`RADFLOW_PRIVACY__HASH_SOURCES`" in committed and "`RADFLOW_CLUSTER__KUBERNETES__IMAGE`" in committed
+
+
+def test_storage_options_come_from_the_settings_and_the_endpoint_flag_overrides(monkeypatch):
+    import argparse
+
+    from radflow.cli import _storage_options
+
+    monkeypatch.setenv("RADFLOW_STORAGE_OPTIONS", '{"endpoint_url": "http://127.0.0.1:9", "anon": true}')
+    assert _storage_options(argparse.Namespace()) == {"endpoint_url": "http://127.0.0.1:9", "anon": True}
+    got = _storage_options(argparse.Namespace(endpoint_url="http://127.0.0.1:10"))
+    assert got == {"endpoint_url": "http://127.0.0.1:10", "anon": True}
+    monkeypatch.delenv("RADFLOW_STORAGE_OPTIONS")
+    assert _storage_options(argparse.Namespace()) is None

@@ -173,11 +173,12 @@ def write_part(
     return url
 
 
-def _write(url: str, table: pa.Table, storage_options: dict[str, Any] | None) -> None:
+def _write(url: str, table: pa.Table, storage_options: dict[str, Any] | None, *,
+           row_group_size: int | None = None) -> None:
     """One Parquet object, whole or not at all: a local temporary name renamed, or one PUT."""
     fs, path = filesystem(url, storage_options)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
     data = buf.getvalue()
     if is_remote(url):
         fs.pipe_file(path, data)
@@ -193,6 +194,9 @@ def _write(url: str, table: pa.Table, storage_options: dict[str, Any] | None) ->
 _COMPACTED = re.compile(r"^part-~(\d{8})-[0-9a-f]{8}\.parquet$")
 #: the column of a compacted file naming the part each row came from
 PART_COLUMN = "_part"
+#: a compacted file's rows are sorted by the first of these it has, in row groups of this many rows
+_SORT_KEYS = ("index", "kspace_index", "sinogram_index", "source", "sop_uid", "key", "part")
+COMPACT_ROW_GROUP = 4096
 
 
 def _part_name(path: str) -> str:
@@ -362,13 +366,17 @@ def compact_table(store_url: str, name: str, storage_options: dict[str, Any] | N
     stamps = {f: _stamp(fs, f) for f in files}
     table = read_arrow(store_url, name, storage_options, with_part=True)
     assert table is not None
+    keys = [k for k in _SORT_KEYS if k in table.column_names][:1]
+    if keys:  # rows in key order, small row groups: a reader's range filter skips all but its own groups
+        table = table.sort_by([(keys[0], "ascending")])
     names = sorted(set(table[PART_COLUMN].to_pylist()) | _sources(fs, files)[1])
     gens = [int(m.group(1)) for f in files if (m := _COMPACTED.match(os.path.basename(f)))]
     meta = dict(table.schema.metadata or {})
     meta[b"radflow.parts"] = json.dumps(names).encode()
     table = table.replace_schema_metadata(meta)
     part = f"~{max(gens, default=0) + 1:08d}-{uuid.uuid4().hex[:8]}"
-    _write(join(table_url(store_url, name), f"part-{part}.parquet"), table, storage_options)
+    _write(join(table_url(store_url, name), f"part-{part}.parquet"), table, storage_options,
+           row_group_size=COMPACT_ROW_GROUP)
     removed = 0
     for f in files:
         if _stamp(fs, f) != stamps[f]:

@@ -114,3 +114,19 @@ def test_radflow_compact_command(tmp_path, capsys):
     assert "features" in out and "12 → 1 files, 120 rows" in out and "ledger" not in out
     assert len(list_parts(store, "features")) == 1 and len(read_table(store, "features")) == 120
     assert main(["compact", store]) == 0 and "nothing to compact" in capsys.readouterr().out
+
+
+def test_a_compacted_table_is_sorted_in_small_row_groups_so_range_reads_skip_the_rest(tmp_path):
+    import pyarrow.parquet as pq
+
+    store = str(tmp_path / "s.zarr")
+    for p in reversed(range(40)):  # parts written out of order
+        write_part(store, "features", f"{p:04d}", pd.DataFrame({"index": range(p * 500, p * 500 + 500), "v": 1.0}))
+    compact_table(store, "features")
+    (path,) = list_parts(store, "features")
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups == 5 and meta.num_rows == 20_000
+    stats = [meta.row_group(i).column(0).statistics for i in range(meta.num_row_groups)]
+    assert [(s.min, s.max) for s in stats] == [(i * 4096, min(20_000, (i + 1) * 4096) - 1) for i in range(5)]
+    df = read_table(store, "features", filters=[("index", ">=", 9000), ("index", "<", 9100)])
+    assert sorted(df["index"]) == list(range(9000, 9100))
