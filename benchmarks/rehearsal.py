@@ -287,6 +287,7 @@ def run_once(client, source: str, store: str, model: str, label: str) -> list[di
                  "sched_mb": m.sched_peak / 2**20, "prefect": runs["all"], "dask": m.dask_tasks,
                  "orch": max(0.0, m.wall - m.busy) / m.wall if m.wall else 0.0, "objects": objects, "parquet": parquet,
                  "lost": s["new"] - s["ok"] - sum(s["duplicates"].values()) - sum(s["rejected"].values())})
+    print_table(rows[-1:])  # as each flow ends: a long run shows its figures before it finishes
     with Meter(client) as m:
         state = process_flow(store, steps=["preprocess", "infer", "features"], model=model, canvas=SIDE,
                              settings=settings, return_state=True)
@@ -303,6 +304,7 @@ def run_once(client, source: str, store: str, model: str, label: str) -> list[di
                  "flow_mb": m.flow_peak / 2**20, "sched_mb": m.sched_peak / 2**20, "prefect": runs["all"],
                  "dask": m.dask_tasks, "orch": max(0.0, m.wall - m.busy) / m.wall if m.wall else 0.0,
                  "objects": objects, "parquet": parquet, "lost": 0, "outside_stages_s": overhead})
+    print_table(rows[1:])
     return rows
 
 

@@ -191,12 +191,17 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cmd_ingest(args)
+    """Ingest, then process, on one cluster (a local one is started once for both)."""
+    from radflow.cluster import connect
+    from radflow.flows._common import build_settings
+
     steps = split_steps(args.steps)
     if "infer" in steps and not args.model:
         steps.remove("infer")
     args.steps = ",".join(steps)
-    return cmd_process(args)
+    with connect(build_settings(_settings(args), args.cluster).cluster):
+        cmd_ingest(args)
+        return cmd_process(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -364,7 +369,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {row['modality'] or '?':<6} {row['size']:<14} {row['frames']}")
     print("arrays:")
     for a in info["arrays"]:
-        print(f"  {a['name']:<28} shape {a['shape']} {a['dtype']} chunks {a['chunks']} shards {a['shards']} "
+        held = f"{a['filled']} of {a['shape'][0]} filled, " if a.get("filled") is not None else ""
+        print(f"  {a['name']:<28} {held}shape {a['shape']} {a['dtype']} chunks {a['chunks']} shards {a['shards']} "
               f"{a['stored_bytes'] / 1e6:.1f} MB stored")
     print("tables: " + ", ".join(f"{k} {v} rows" for k, v in info["tables"].items()))
     print(f"objects: {info['objects']} ({info['objects_per_1000_inputs']:.1f} per 1,000 inputs)")

@@ -56,6 +56,8 @@ def test_demo_runs_every_stage(tmp_path):
         assert any((store / "tables" / table).iterdir())
     ins = run("inspect", str(store))
     assert ins.returncode == 0 and "images" in ins.stdout and "ledger 33 rows" in ins.stdout
+    assert re.search(r"images\s+30 of \d+ filled", ins.stdout), ins.stdout  # capacity grows by shards
+    assert re.search(r"raw/\S+\s+\d+ of \d+ filled", ins.stdout), ins.stdout
     ver = run("verify", str(store))
     assert ver.returncode == 0 and "checked 30 frames" in ver.stdout and "no chunk is missing" in ver.stdout
 

@@ -11,6 +11,7 @@ are looked up by format name: the built-ins ``torchscript``, ``state_dict`` and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -74,13 +75,19 @@ def _load_state_dict(data: bytes, card: ModelCard) -> Any:
     if not card.arch:
         raise ModelError("not a TorchScript or ONNX file; give the torchvision architecture of its state_dict "
                          "(--arch resnet18, or 'arch' in the model card)")
-    module = build_model(card)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(f"cannot read the state_dict: {type(exc).__name__}: {exc}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not card.labels:  # no card: as many outputs as the last layer's weight has rows, named 0, 1, ...
+        weights = [v for k, v in state.items() if k.endswith(".weight") and getattr(v, "ndim", 0) == 2]
+        if not weights:
+            raise ModelError(f"the state_dict has no final linear layer to count {card.arch}'s outputs; "
+                             "name them in a model card ('labels')")
+        card = dataclasses.replace(card, labels=tuple(str(i) for i in range(int(weights[-1].shape[0]))))
+    module = build_model(card)
     expected = module.state_dict()
     for k, v in expected.items():
         if k not in state:

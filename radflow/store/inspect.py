@@ -22,6 +22,21 @@ def privacy_summary(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _filled(st: Any, inst: Any) -> dict[str, int]:
+    """Frames (slices) each array holds, against its capacity (arrays grow by whole shards)."""
+    out: dict[str, int] = {}
+    if "raw_array" in inst:
+        out.update({f"raw/{k}": int(v) for k, v in inst["raw_array"].value_counts().items()})
+    done = st.table("stages")
+    if "scope" in done and (done["scope"] == "preprocess").any():
+        out["images"] = int(done.loc[done["scope"] == "preprocess", "frames"].sum())
+    for table in ("kspace", "sinograms"):
+        df = st.table(table)
+        if "array" in df:
+            out.update({str(k): int(v) for k, v in df["array"].value_counts().items()})
+    return out
+
+
 def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Inputs by status and reason, frames by modality and size, arrays, tables and object counts."""
     st = open_store(url, storage_options)
@@ -44,13 +59,14 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[st
     for group in ("kspace", "sinograms", "reference", "recon", "volumes"):
         if group in st.root:
             named.update({f"{group}/{k}": st.root[f"{group}/{k}"] for k in sorted(st.root[group].array_keys())})
+    filled = _filled(st, inst)
     for name, arr in named.items():
         try:
             stored = fs.du(f"{root}/{name}")
         except FileNotFoundError:
             stored = 0
         arrays.append({"name": name, "shape": arr.shape, "dtype": str(arr.dtype), "chunks": arr.chunks,
-                       "shards": arr.shards, "stored_bytes": stored})
+                       "shards": arr.shards, "stored_bytes": stored, "filled": filled.get(name)})
     tables = {}
     for name in sorted(set(TABLES) | {"evaluation", "calibration"}):
         parts = list_parts(st.url, name, storage_options)

@@ -205,13 +205,66 @@ def _part_name(path: str) -> str:
 
 def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Every Parquet file of table ``name``: the parts writers wrote and the files compaction made of them."""
+    return sorted(_listing(store_url, name, storage_options))
+
+
+def _listing(store_url: str, name: str, storage_options: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
+    """``{file: (size, modified)}`` of table ``name``'s Parquet files, from one listing."""
     fs, path = filesystem(table_url(store_url, name), storage_options)
     fs.invalidate_cache(path)  # parts are written by other processes while a run goes on
     try:
-        found = fs.find(path)
+        found = fs.find(path, detail=True)
     except FileNotFoundError:
-        return []
-    return sorted(p for p in found if p.endswith(".parquet") and os.path.basename(p).startswith("part-"))
+        return {}
+    return {p: (info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("ETag"))
+            for p, info in found.items() if p.endswith(".parquet") and os.path.basename(p).startswith("part-")}
+
+
+#: per process: (file, size, modified) → {column: (min, max)} from its footer; parts never change in place
+_FOOTER_STATS: dict[tuple[Any, ...], dict[str, tuple[Any, Any] | None]] = {}
+
+
+def _may_match(fs, path: str, stamp: tuple[Any, ...], filters: Any) -> bool:
+    """Whether a part can hold rows that pass ``filters`` (a list of ``(column, op, value)``), judged by
+    the min/max statistics of its footer, read once per process. ``True`` when in doubt."""
+    if not isinstance(filters, list) or not all(isinstance(f, tuple) and len(f) == 3 for f in filters):
+        return True
+    key = (path, *stamp)
+    stats = _FOOTER_STATS.get(key)
+    if stats is None:
+        if len(_FOOTER_STATS) > 200_000:
+            _FOOTER_STATS.clear()
+        stats = {}
+        meta = pq.read_metadata(path, filesystem=fs)
+        names = meta.schema.names
+        for col in {f[0] for f in filters}:
+            if col not in names:
+                stats[col] = None
+                continue
+            j = names.index(col)
+            lo = hi = None
+            for g in range(meta.num_row_groups):
+                st = meta.row_group(g).column(j).statistics
+                if st is None or not st.has_min_max:
+                    lo = hi = None
+                    break
+                lo = st.min if lo is None else min(lo, st.min)
+                hi = st.max if hi is None else max(hi, st.max)
+            stats[col] = None if lo is None else (lo, hi)
+        _FOOTER_STATS[key] = stats
+    try:
+        for col, op, value in filters:
+            bounds = stats.get(col)
+            if bounds is None:
+                continue
+            lo, hi = bounds
+            if (op in ("==", "=") and not lo <= value <= hi) or (op == ">=" and hi < value) or \
+                    (op == ">" and hi <= value) or (op == "<" and lo >= value) or (op == "<=" and lo > value) or \
+                    (op == "in" and not any(lo <= v <= hi for v in value)):
+                return False
+    except TypeError:  # a value of another type than the column's: let pyarrow decide
+        return True
+    return True
 
 
 def _compacted_names(fs, path: str) -> list[str]:
@@ -316,7 +369,10 @@ def read_arrow(store_url: str, name: str, storage_options: dict[str, Any] | None
             return None
 
     def attempt() -> list[pa.Table]:
-        sources, _ = _sources(fs, list_parts(store_url, name, storage_options), unreadable)
+        files = _listing(store_url, name, storage_options)
+        sources, _ = _sources(fs, sorted(files), unreadable)
+        if filters is not None:  # a writer's part whose footer rules the filter out is not opened again
+            sources = [src for src in sources if src[1] is None or _may_match(fs, src[0], files[src[0]], filters)]
         if not sources:
             return []
         with ThreadPoolExecutor(max_workers=min(16, len(sources))) as pool:

@@ -94,6 +94,10 @@ def test_no_canary_in_any_output(tmp_path):
     assert st.privacy["patient_identity_removed"] == "YES"
     assert len(st.predictions()) == len(st.instances()) > 0 and len(st.features()) > 0
     assert "privacy  deidentify" in (run / "logs" / "inspect.log").read_text()
+    import re
+
+    dashboards = set(re.findall(r"Dask dashboard: (\S+)", (run / "logs" / "run.log").read_text()))
+    assert len(dashboards) == 1, dashboards  # `run` ingests and processes on one cluster
 
     # the scan: positive controls first (the patterns are there in the inputs, and decoded tables are scanned)
     patterns = corpus.patterns

@@ -130,3 +130,30 @@ def test_a_compacted_table_is_sorted_in_small_row_groups_so_range_reads_skip_the
     assert [(s.min, s.max) for s in stats] == [(i * 4096, min(20_000, (i + 1) * 4096) - 1) for i in range(5)]
     df = read_table(store, "features", filters=[("index", ">=", 9000), ("index", "<", 9100)])
     assert sorted(df["index"]) == list(range(9000, 9100))
+
+
+def test_a_filtered_read_opens_only_the_parts_whose_footers_can_match(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import radflow.store.tables as tables
+
+    store = str(tmp_path / "s.zarr")
+    _write(store, 50)
+    read_table(store, "features", filters=[("index", ">=", 0)])  # footers read once per process
+    opened: list[str] = []
+    real = pq.read_table
+
+    def counting(path, *args, **kwargs):
+        opened.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tables.pq, "read_table", counting)
+    df = read_table(store, "features", filters=[("index", ">=", 120), ("index", "<", 140)])
+    assert sorted(df["index"]) == list(range(120, 140)) and len(opened) == 2
+    opened.clear()
+    df = read_table(store, "features", filters=[("index", "in", [5, 495])])
+    assert sorted(df["index"]) == [5, 495] and len(opened) == 2
+    opened.clear()
+    write_part(store, "features", f"{120:012d}", pd.DataFrame({"index": [999_999], "value": [0.0], "name": ["z"]}))
+    df = read_table(store, "features", filters=[("index", ">=", 120), ("index", "<", 140)])  # a rewritten part: read anew
+    assert sorted(df["index"]) == list(range(130, 140))

@@ -143,3 +143,20 @@ def test_metrics():
     assert sensitivity_specificity([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.2], 0.5) == (0.5, 0.5)
     table = calibration_table(np.array([0, 1, 1]), np.array([0.05, 0.95, 0.92]), bins=10)
     assert table[0]["n"] == 1 and table[9]["n"] == 2 and table[9]["observed"] == 1.0
+
+
+def test_a_state_dict_without_a_card_names_its_outputs_by_position(tmp_path):
+    import torch
+    import torchvision
+
+    from radflow.models.loading import ModelSpec, load_model
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=3).eval()
+    path = str(tmp_path / "weights.pt")
+    torch.save(net.state_dict(), path)  # no card beside it
+    loaded = load_model(ModelSpec(path, arch="resnet18"))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), net(x))
+    assert loaded.module.fc.out_features == 3
