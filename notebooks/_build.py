@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SETUP = '''import os, tempfile
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("RADFLOW_SECRET_KEY", "notebook-demo-key")  # use your installation's key file in real work
+os.environ.setdefault("RADFLOW_SECRET_KEY", "notebook-demo-key-for-synthetic-data-only")  # real work: your key file
 work = tempfile.mkdtemp(prefix="radflow-nb-")
 work'''
 
@@ -179,9 +179,13 @@ ours, theirs = fbp(sino, theta, output_size=256), iradon(sino, theta, output_siz
 }
 
 
+CLEANUP = ("code", "import shutil\nshutil.rmtree(work, ignore_errors=True)  # this notebook's synthetic archive and stores")
+
+
 def build() -> dict[str, nbformat.NotebookNode]:
     out = {}
     for name, cells in NOTEBOOKS.items():
+        cells = [*cells, CLEANUP]
         nb = nbformat.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         for i, (kind, src) in enumerate(cells):

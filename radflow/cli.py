@@ -25,9 +25,43 @@ def _quiet_orchestration(verbose: bool) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     if not verbose:  # progress bars, the summary and a one-line reason on failure say what matters
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # run logs reach the Prefect UI at INFO ...
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")  # ... the terminal stays quiet
         os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
+
+
+#: a run is given this long to unwind (cancel Dask work, close the cluster, mark the Prefect run) after a signal
+INTERRUPT_GRACE_S = 10.0
+
+
+def _install_interrupts() -> dict[str, int]:
+    """SIGINT and SIGTERM stop the command: the first raises ``KeyboardInterrupt`` in the main thread
+    (in-flight work is abandoned, the cluster is closed, Prefect marks the run crashed while its API
+    is up; the store is left as after a crash, which the next run resumes) and, whatever happens
+    while unwinding, the process exits ``128 + signal`` within ``INTERRUPT_GRACE_S``; a second
+    signal exits at once. Orchestration logging is silenced (its API server may be gone)."""
+    import signal
+    import threading
+
+    state: dict[str, int] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        code = 128 + signum
+        if "code" in state:
+            os._exit(state["code"])
+        state["code"] = code
+        for name in ("prefect", "distributed", "httpx", "uvicorn"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        print("radflow: interrupted", file=sys.stderr, flush=True)
+        timer = threading.Timer(INTERRUPT_GRACE_S, lambda: os._exit(code))
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return state
 
 
 class _Progress:
@@ -512,21 +546,34 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_orchestration(args.verbose)
+    interrupted = _install_interrupts() if argv is None else {}  # the command line; not an embedding caller
     try:
         if args.command not in NO_SETTINGS:
             check_settings(args)
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("radflow: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `radflow inspect | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as exc:  # one-line reason; the traceback with --verbose
+        if "code" in interrupted:  # what an interrupt broke on its way out (the API server gone ...)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(interrupted["code"])
         if args.verbose:
             raise
         print(f"radflow: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except BaseException as exc:  # an interrupt, or Prefect's TerminationSignal for a SIGTERM during a flow
+        if not isinstance(exc, KeyboardInterrupt) and type(exc).__name__ != "TerminationSignal":
+            raise
+        code = interrupted.get("code") or (143 if type(exc).__name__ == "TerminationSignal" else 130)
+        if "code" not in interrupted:
+            print("radflow: interrupted", file=sys.stderr)
+        if argv is not None:
+            return code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # what is left (Prefect's event and log workers) must not hold the exit
 
 
 def _one_line(exc: BaseException) -> str:

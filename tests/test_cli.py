@@ -99,3 +99,21 @@ def test_storage_options_come_from_the_settings_and_the_endpoint_flag_overrides(
     assert got == {"endpoint_url": "http://127.0.0.1:10", "anon": True}
     monkeypatch.delenv("RADFLOW_STORAGE_OPTIONS")
     assert _storage_options(argparse.Namespace()) is None
+
+
+@pytest.mark.slow
+def test_run_logs_reach_the_prefect_api_while_the_terminal_stays_quiet(tmp_path, prefect_api):
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 3, seed=5, sizes=((256, 256),), broken=False)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "RADFLOW_CLUSTER__N_WORKERS": "1"}
+    out = subprocess.run([sys.executable, "-m", "radflow", "ingest", a.dicom, str(tmp_path / "s.zarr")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert " | INFO " not in out.stderr and "ingested" not in out.stderr  # the terminal: progress and the summary
+    logs = httpx.post(PREFECT_API_URL.value() + "/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"}).json()
+    messages = [x["message"] for x in logs]
+    assert any(m.startswith("ingested 3 of 3 new inputs") for m in messages), messages[:20]

@@ -118,3 +118,34 @@ def test_worker_killed_mid_batch_gives_the_same_store(archive, reference, tmp_pa
     assert killed, "no batch was seen running"
     assert radflow.digest(store) == radflow.digest(reference)
     assert _objects(store) == _objects(reference)
+
+
+@pytest.mark.parametrize("signum, code, group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)])
+def test_an_interrupted_ingest_exits_at_once_and_the_next_run_resumes(archive, reference, tmp_path, signum, code, group):
+    """Ctrl-C reaches the whole process group (radflow, its local cluster and its temporary Prefect
+    server); SIGTERM (a scheduler stopping a job) reaches radflow alone."""
+    store = str(tmp_path / "interrupted.zarr")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # radflow's own temporary API server
+    env.update(RADFLOW_SHARD_TARGET_MIB="2", RADFLOW_MAX_FILES_PER_BATCH="4", RADFLOW_CLUSTER__N_WORKERS="2")
+    cmd = [sys.executable, "-m", "radflow", "ingest", archive.dicom, store]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(_batch_parts(store)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    t0 = time.monotonic()
+    (os.killpg if group else os.kill)(proc.pid, signum)
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    text = err.decode(errors="replace")
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever the group left behind (a cluster's workers)
+    except ProcessLookupError:
+        pass
+    assert proc.returncode == code and took < 12, (proc.returncode, took, text[-2000:])
+    assert "radflow: interrupted" in text and "Traceback" not in text and len(text.splitlines()) < 40, text[-3000:]
+    assert len(_batch_parts(store)) < len(_batch_parts(reference))  # it stopped mid-run
+    again = subprocess.run(cmd, env={**env}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert radflow.digest(store) == radflow.digest(reference)
+    print(f"\n{signal.Signals(signum).name}: exit {proc.returncode} after {took:.1f} s; the re-run equals the uninterrupted store")
