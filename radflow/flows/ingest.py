@@ -267,15 +267,15 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
     """Compare duplicate candidates with the stored copy; return those whose first copy was not stored."""
     from distributed import get_client
 
-    inst = read_table(store, "instances", storage_options).sort_values(["sop_uid", "frame"])
-    expected = {k: list(zip(g["index"].astype(int), g["crc32"].astype(int), g["dtype"].astype(str), g["rows"].astype(int),
-                            g["cols"].astype(int), g["samples"].astype(int))) for k, g in inst.groupby("sop_uid")}
-    unresolved = [d for d in duplicates if d["sop_key"] not in expected]
-    todo = [d for d in duplicates if d["sop_key"] in expected]
+    keys = sorted({d["sop_key"] for d in duplicates})
+    stored = set(read_table(store, "instances", storage_options, columns=["sop_uid"],
+                            filters=[("sop_uid", "in", keys)])["sop_uid"]) if keys else set()
+    unresolved = [d for d in duplicates if d["sop_key"] not in stored]
+    todo = [d for d in duplicates if d["sop_key"] in stored]
     chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]
-    futures = [get_client().submit(check_duplicates, store, c, {d["sop_key"]: expected[d["sop_key"]] for d in c},
-                                   limits=settings.limits, storage_options=storage_options, masks=settings.privacy.masks,
-                                   pure=False) for c in chunks]
+    # each chunk's worker reads the stored frames it compares with: no per-frame rows through this process
+    futures = [get_client().submit(check_duplicates, store, c, limits=settings.limits, storage_options=storage_options,
+                                   masks=settings.privacy.masks, pure=False) for c in chunks]
     results = [f.result() for f in futures]
     reasons: Counter[str] = Counter()
     for r in results:
@@ -419,7 +419,7 @@ def ingest_flow(
         cfg = with_worker_memory(cfg, client)
         rows = index_task(quote(new), cfg, storage_options)
         rejects = [r for r in rows if r["status"] == "rejected"]
-        stored = set(read_table(dst, "instances", storage_options)["sop_uid"])
+        stored = set(read_table(dst, "instances", storage_options, columns=["sop_uid"])["sop_uid"])
         pending, duplicates = split_duplicates([r for r in rows if r["status"] == "candidate"], stored)
         if rejects:
             # the ledger's part count before this run is part of the name (a listing, not a second read of the

@@ -66,7 +66,20 @@ def _compare(frames: Any, stored: list[Frame]) -> tuple[bool, str]:
     return True, ""
 
 
-def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict[str, list[Frame]], *,
+def stored_frames(store_url: str, sop_keys: list[str], storage_options: dict[str, Any] | None = None
+                  ) -> dict[str, list[Frame]]:
+    """``sop_key`` → ``[(index, crc32, dtype, rows, cols, samples), ...]`` of the stored frames of those
+    instances, in frame order (read with a filter: the worker's own rows of ``instances``)."""
+    from radflow.store.tables import read_table
+
+    inst = read_table(store_url, "instances", storage_options,
+                      columns=["sop_uid", "frame", "index", "crc32", "dtype", "rows", "cols", "samples"],
+                      filters=[("sop_uid", "in", sorted(set(sop_keys)))]).sort_values(["sop_uid", "frame"])
+    return {k: list(zip(g["index"].astype(int), g["crc32"].astype(int), g["dtype"].astype(str), g["rows"].astype(int),
+                        g["cols"].astype(int), g["samples"].astype(int))) for k, g in inst.groupby("sop_uid")}
+
+
+def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict[str, list[Frame]] | None = None, *,
                      limits: Limits, storage_options: dict[str, Any] | None = None,
                      masks: dict[str, list[tuple[int, int, int, int]]] | None = None) -> dict[str, Any]:
     """Decode each duplicate candidate and compare its frames with the stored instance.
@@ -75,11 +88,13 @@ def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict
     ----------
     items : index rows (``uri, size, version, sop_key``)
     expected : ``sop_key`` → ``[(index, crc32, dtype, rows, cols, samples), ...]`` of the stored
-        frames, in frame order
+        frames, in frame order (default: read from the store's ``instances`` here, on the worker)
     masks : the privacy masks the store applies (a copy is masked the same way before comparing)
 
     Returns counts by reason; writes one ledger part named after the items.
     """
+    if expected is None:
+        expected = stored_frames(store_url, [i["sop_key"] for i in items], storage_options)
     rows = []
     part = hashlib.sha256("\0".join(f"{i['uri']}\0{i['size']}\0{i['version']}" for i in items).encode()).hexdigest()[:16]
     for item in items:
