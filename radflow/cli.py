@@ -84,6 +84,8 @@ class _Progress:
         if event == "dashboard" and info["url"] not in self.dashboards:
             self.dashboards.add(info["url"])
             self.console.print(f"[bold]Dask dashboard:[/bold] {info['url']}")
+        elif event == "note":
+            self.console.print(info.get("text", ""))
         elif event == "stage-start":
             self.tasks[stage] = self.progress.add_task(stage, total=info.get("total"))
         elif event == "stage-advance" and stage in self.tasks:

@@ -62,6 +62,17 @@ def test_demo_runs_every_stage(tmp_path):
     assert ver.returncode == 0 and "checked 30 frames" in ver.stdout and "no chunk is missing" in ver.stdout
 
 
+def test_a_second_demo_writes_beside_the_first(tmp_path, prefect_api):
+    from radflow.flows.demo import fresh_folder
+
+    out = tmp_path / "demo"
+    assert fresh_folder(str(out)) == str(out)
+    (out / "store.zarr").mkdir(parents=True)
+    assert fresh_folder(str(out)) == f"{out}.2"
+    (tmp_path / "demo.2").mkdir()
+    assert fresh_folder(str(out)) == f"{out}.3"
+
+
 @pytest.mark.slow
 def test_performance_report_saved_beside_the_tables(tmp_path, prefect_api, dask_client):
     import radflow

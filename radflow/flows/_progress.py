@@ -17,7 +17,7 @@ _LISTENERS: list[Callable[[str, dict[str, Any]], None]] = []
 
 
 def report(event: str, **info: Any) -> None:
-    """Send ``event`` (``stage-start``, ``stage-advance``, ``stage-end``, ``dashboard``) to listeners."""
+    """Send ``event`` (``stage-start``, ``stage-advance``, ``stage-end``, ``dashboard``, ``note``) to listeners."""
     with _LOCK:
         listeners = list(_LISTENERS)
     for cb in listeners:

@@ -72,6 +72,21 @@ def train_task(store: str, labels_csv: str, model_url: str, epochs: int, seed: i
 
 
 @flow(name="radflow-demo", validate_parameters=False)
+def fresh_folder(out: str) -> str:
+    """``out``, or the first free ``out.2``, ``out.3`` … when ``out`` holds an earlier demo: a second demo
+    never mixes its archive, model and predictions into the first one's store."""
+    if not os.path.exists(os.path.join(out, "store.zarr")):
+        return out
+    k = 2
+    while os.path.exists(f"{out}.{k}"):
+        k += 1
+    run_logger().warning("%s holds an earlier demo; this one writes to %s.%d", out, out, k)
+    from radflow.flows._progress import report as progress
+
+    progress("note", text=f"{out} holds an earlier demo; this one writes to {out}.{k}")
+    return f"{out}.{k}"
+
+
 def demo_flow(out: str, n: int = 200, seed: int = 0, canvas: int = 256, epochs: int = 16, cluster: str | None = None) -> dict[str, Any]:
     """Run radflow end to end on a synthetic archive under ``out``.
 
@@ -79,7 +94,7 @@ def demo_flow(out: str, n: int = 200, seed: int = 0, canvas: int = 256, epochs: 
     the held-out AUC, and where the store and tables are.
     """
     log = run_logger()
-    out = os.path.abspath(out)
+    out = fresh_folder(os.path.abspath(out))
     archive, store = os.path.join(out, "archive"), os.path.join(out, "store.zarr")
     model_url = os.path.join(out, "model", "lesion-resnet18.pt")
     cfg = build_settings({"canvas": canvas}, cluster)
