@@ -26,7 +26,7 @@ from radflow.errors import Reason
 from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
 from radflow.store import layout
-from radflow.ingest.batches import (BatchInput, BatchPlan, index_inputs, ledger_row, lost_detail, plan_batches,
+from radflow.ingest.batches import (BatchInput, BatchPlan, IndexRow, index_inputs, ledger_row, lost_detail, plan_batches,
                                      probe_input, write_batch)
 from radflow.dicom.deid import privacy_record
 from radflow.ingest.journal import (Journal, completed_batches, pending_journals, remove_journal, with_uris,
@@ -134,7 +134,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
                 part += result if not lost else [{
                     "uri": ref[0], "size": ref[1], "version": ref[2], "status": "rejected", "reason": lost,
                     "detail": lost_detail(lost, "reading this header")}]
-        rows.extend(part)
+        rows.extend(IndexRow(r) for r in part)  # slotted: the flow holds one per new input
         report("stage-advance", stage="index headers", advance=len(part))
     labels = {r.uri: r.label for r in new}
     for row in rows:

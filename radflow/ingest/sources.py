@@ -18,7 +18,7 @@ __all__ = ["InputRef", "discover", "read_bytes"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)  # one per discovered input: slots halve its size
 class InputRef:
     """One discovered input file (or archive member).
 
