@@ -32,7 +32,7 @@ def _quiet_orchestration(verbose: bool) -> None:
 
 
 #: a run is given this long to unwind (cancel Dask work, close the cluster, mark the Prefect run) after a signal
-INTERRUPT_GRACE_S = 10.0
+INTERRUPT_GRACE_S = 6.0
 
 
 def _install_interrupts() -> dict[str, int]:
@@ -558,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # one-line reason; the traceback with --verbose
         if "code" in interrupted:  # what an interrupt broke on its way out (the API server gone ...)
+            _stop_temporary_api()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(interrupted["code"])
@@ -573,9 +574,26 @@ def main(argv: list[str] | None = None) -> int:
             print("radflow: interrupted", file=sys.stderr)
         if argv is not None:
             return code
+        _stop_temporary_api()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # what is left (Prefect's event and log workers) must not hold the exit
+
+
+def _stop_temporary_api() -> None:
+    """Stop Prefect's temporary API server, if this process started one (an exit that skips ``atexit``
+    must not leave it running)."""
+    if "prefect.server.api.server" not in sys.modules:
+        return
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+            proc = getattr(server, "server_process", None)
+            if proc is not None:
+                proc.kill()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
 
 
 def _one_line(exc: BaseException) -> str:

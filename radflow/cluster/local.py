@@ -86,7 +86,23 @@ def security(settings: ClusterSettings):
 
 
 def _start_cluster(settings: ClusterSettings):
-    """Start a cluster of ``settings.kind`` (local CPU or CUDA processes with ``settings.worker_env``, or Kubernetes)."""
+    """Start a cluster of ``settings.kind`` (local CPU or CUDA processes with ``settings.worker_env``, or Kubernetes).
+
+    Local worker processes start with SIGINT ignored: Ctrl-C at a terminal reaches the whole process
+    group, and it is the flow process that stops the run and closes the cluster (see ``radflow.cli``)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _start(settings)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the spawned worker processes
+    try:
+        return _start(settings)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _start(settings: ClusterSettings):
     import dask
     from distributed import LocalCluster
 
