@@ -29,6 +29,9 @@ def _quiet_orchestration(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")  # ... the terminal stays quiet
         os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # run logs propagate to the root logger on their way to the Prefect API: not to the terminal
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.CRITICAL)
 
 
 #: a run is given this long to unwind (cancel Dask work, close the cluster, mark the Prefect run) after a signal
