@@ -32,3 +32,15 @@ def warm_up(work: str) -> None:
     os.makedirs(empty, exist_ok=True)
     with connect(ClusterSettings(n_workers=1)):
         radflow.ingest(empty, os.path.join(work, "warmup.zarr"))
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one ``(start, stop)`` interval (Dask tasks computing): wall time minus
+    this is the orchestration share the benchmarks print."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(intervals):
+        if e <= end:
+            continue
+        total += e - max(s, end)
+        end = e
+    return total

@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from _common import quiet, warm_up
+from _common import busy_seconds, quiet, warm_up
 
 MIMIC_IMAGES = 377_110
 MIMIC_BYTES = 4.7e12
@@ -145,16 +145,6 @@ def _build_model(work: str) -> str:
     return path
 
 
-def _union(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
-    for s, e in sorted(intervals):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
-
-
 class Meter:
     """Peak RSS of this (the flow) process and of the scheduler, Dask task stream, Prefect task runs."""
 
@@ -192,7 +182,7 @@ class Meter:
         self.stop.set()
         self.thread.join()
         computing = [(s["start"], s["stop"]) for t in self.ts.data for s in t["startstops"] if s["action"] == "compute"]
-        self.busy = _union(computing)
+        self.busy = busy_seconds(computing)
         self.dask_tasks = len(self.ts.data)
         self.by_prefix: dict[str, int] = {}
         for t in self.ts.data:

@@ -26,7 +26,7 @@ import threading
 import time
 import zlib
 
-from _common import quiet, use_syntax, warm_up
+from _common import busy_seconds, quiet, use_syntax, warm_up
 
 MIMIC_IMAGES = 377_110
 MIMIC_BYTES = 4.7e12
@@ -94,16 +94,6 @@ def decoder_rate(files: list[str]) -> tuple[float, int]:
     return time.perf_counter() - t0, nbytes
 
 
-def _union(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
-    for s, e in sorted(intervals):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
-
-
 def run(source: str, store: str, workers: int) -> dict:
     import psutil
     from distributed import get_task_stream
@@ -137,7 +127,7 @@ def run(source: str, store: str, workers: int) -> dict:
         sampler.join()
     summary = state.result()
     computing = [(ss["start"], ss["stop"]) for task in ts.data for ss in task["startstops"] if ss["action"] == "compute"]
-    busy_union = _union(computing)
+    busy_union = busy_seconds(computing)
     task_seconds = sum(e - s for s, e in computing)
     with get_client(sync_client=True) as pc:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 from radflow.cli_checks import NO_SETTINGS, canvas, check_settings, positive_int, probability, split_steps
+from radflow.cli_interrupts import install_interrupts, stop_temporary_api
 
 __all__ = ["main"]
 
@@ -32,39 +33,6 @@ def _quiet_orchestration(verbose: bool) -> None:
     if not verbose:  # run logs propagate to the root logger on their way to the Prefect API: not to the terminal
         for handler in logging.getLogger().handlers:
             handler.setLevel(logging.CRITICAL)
-
-
-#: a run is given this long to unwind (cancel Dask work, close the cluster, mark the Prefect run) after a signal
-INTERRUPT_GRACE_S = 6.0
-
-
-def _install_interrupts() -> dict[str, int]:
-    """SIGINT and SIGTERM stop the command: the first raises ``KeyboardInterrupt`` in the main thread
-    (in-flight work is abandoned, the cluster is closed, Prefect marks the run crashed while its API
-    is up; the store is left as after a crash, which the next run resumes) and, whatever happens
-    while unwinding, the process exits ``128 + signal`` within ``INTERRUPT_GRACE_S``; a second
-    signal exits at once. Orchestration logging is silenced (its API server may be gone)."""
-    import signal
-    import threading
-
-    state: dict[str, int] = {}
-
-    def handler(signum: int, frame: Any) -> None:
-        code = 128 + signum
-        if "code" in state:
-            os._exit(state["code"])
-        state["code"] = code
-        for name in ("prefect", "distributed", "httpx", "uvicorn"):
-            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-        print("radflow: interrupted", file=sys.stderr, flush=True)
-        timer = threading.Timer(INTERRUPT_GRACE_S, lambda: os._exit(code))
-        timer.daemon = True
-        timer.start()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return state
 
 
 class _Progress:
@@ -551,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_orchestration(args.verbose)
-    interrupted = _install_interrupts() if argv is None else {}  # the command line; not an embedding caller
+    interrupted = install_interrupts() if argv is None else {}  # the command line; not an embedding caller
     try:
         if args.command not in NO_SETTINGS:
             check_settings(args)
@@ -561,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # one-line reason; the traceback with --verbose
         if "code" in interrupted:  # what an interrupt broke on its way out (the API server gone ...)
-            _stop_temporary_api()
+            stop_temporary_api()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(interrupted["code"])
@@ -577,26 +545,10 @@ def main(argv: list[str] | None = None) -> int:
             print("radflow: interrupted", file=sys.stderr)
         if argv is not None:
             return code
-        _stop_temporary_api()
+        stop_temporary_api()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # what is left (Prefect's event and log workers) must not hold the exit
-
-
-def _stop_temporary_api() -> None:
-    """Stop Prefect's temporary API server, if this process started one (an exit that skips ``atexit``
-    must not leave it running)."""
-    if "prefect.server.api.server" not in sys.modules:
-        return
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-            proc = getattr(server, "server_process", None)
-            if proc is not None:
-                proc.kill()
-    except Exception:  # noqa: BLE001 - best effort on the way out
-        pass
 
 
 def _one_line(exc: BaseException) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
 
 import numpy as np
 
@@ -48,7 +47,3 @@ def images_block(job: Job, rng: Range) -> np.ndarray:
     if block.dtype == np.uint16:
         x /= 65535.0
     return x
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

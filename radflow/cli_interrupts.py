@@ -1,0 +1,58 @@
+"""How the ``radflow`` command stops on SIGINT and SIGTERM (exit 130 / 143 within seconds)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+__all__ = ["INTERRUPT_GRACE_S", "install_interrupts", "stop_temporary_api"]
+
+#: a run is given this long to unwind (cancel Dask work, close the cluster, mark the Prefect run) after a signal
+INTERRUPT_GRACE_S = 6.0
+
+
+def install_interrupts() -> dict[str, int]:
+    """SIGINT and SIGTERM stop the command: the first raises ``KeyboardInterrupt`` in the main thread
+    (in-flight work is abandoned, the cluster is closed, Prefect marks the run crashed while its API
+    is up; the store is left as after a crash, which the next run resumes) and, whatever happens
+    while unwinding, the process exits ``128 + signal`` within ``INTERRUPT_GRACE_S``; a second
+    signal exits at once. Orchestration logging is silenced (its API server may be gone)."""
+    import signal
+    import threading
+
+    state: dict[str, int] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        code = 128 + signum
+        if "code" in state:
+            os._exit(state["code"])
+        state["code"] = code
+        for name in ("prefect", "distributed", "httpx", "uvicorn"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        print("radflow: interrupted", file=sys.stderr, flush=True)
+        timer = threading.Timer(INTERRUPT_GRACE_S, lambda: os._exit(code))
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return state
+
+
+def stop_temporary_api() -> None:
+    """Stop Prefect's temporary API server, if this process started one (an exit that skips ``atexit``
+    must not leave it running)."""
+    if "prefect.server.api.server" not in sys.modules:
+        return
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+            proc = getattr(server, "server_process", None)
+            if proc is not None:
+                proc.kill()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
