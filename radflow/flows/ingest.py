@@ -26,8 +26,8 @@ from radflow.errors import Reason
 from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
 from radflow.store import layout
-from radflow.ingest.batches import (BatchInput, BatchPlan, IndexRow, index_inputs, ledger_row, lost_detail, plan_batches,
-                                     probe_input, write_batch)
+from radflow.ingest.batches import BatchInput, BatchPlan, ledger_row, lost_detail, plan_batches, probe_input, write_batch
+from radflow.ingest.index import HeaderIndex, index_inputs
 from radflow.dicom.deid import privacy_record
 from radflow.ingest.journal import (Journal, completed_batches, pending_journals, remove_journal, with_uris,
                                     write_journal)
@@ -111,37 +111,49 @@ def discover_task(source: str, store: str, storage_options: dict[str, Any] | Non
 
 
 @task(name="index-headers", cache_policy=NO_CACHE)
-def index_task(new: list[InputRef], settings: Settings, storage_options: dict[str, Any] | None) -> list[dict[str, Any]]:
+def index_task(new: list[InputRef], settings: Settings, storage_options: dict[str, Any] | None) -> HeaderIndex:
+    """Read the new inputs' headers on the workers, a chunk per Dask task; the flow keeps them column
+    by column (:class:`HeaderIndex`), never as a row object per input."""
     from distributed import as_completed as dask_completed
     from distributed import get_client
     from distributed.scheduler import KilledWorker
 
     client = get_client()
+    index = HeaderIndex(new)
     threads = max(1, sum(client.nthreads().values()))
     n = max(1, min(settings.header_files_per_task, -(-len(new) // (4 * threads))))  # several tasks per thread
-    chunks = [[(r.uri, r.size, r.version, r.unsafe, r.reason) for r in new[i : i + n]] for i in range(0, len(new), n)]
     report("stage-start", stage="index headers", total=len(new))
     kwargs = {"limits": settings.limits, "storage_options": storage_options, "secret": resolve_secret_key(settings)}
-    futures = {client.submit(index_inputs, c, pure=False, **kwargs): c for c in chunks}
-    rows: list[dict[str, Any]] = []
-    for fut in dask_completed(list(futures)):
+    starts = {}
+    for start in range(0, len(new), n):
+        refs = [(r.uri, r.size, r.version, r.unsafe, r.reason) for r in new[start : start + n]]
+        starts[client.submit(index_inputs, refs, pure=False, **kwargs)] = (start, refs)
+    for fut in dask_completed(list(starts)):
+        start, refs = starts.pop(fut)
         try:
             part = fut.result()
         except KilledWorker:  # one of these headers kills its worker: read them one by one
             part = []
-            for ref in futures[fut]:
+            for ref in refs:
                 lost, result = _alone(client, index_inputs, [ref], timeout_s=settings.limits.input_timeout_s, **kwargs)
                 part += result if not lost else [{
                     "uri": ref[0], "size": ref[1], "version": ref[2], "status": "rejected", "reason": lost,
                     "detail": lost_detail(lost, "reading this header")}]
-        rows.extend(IndexRow(r) for r in part)  # slotted: the flow holds one per new input
+        fut.release()
+        index.fill(start, part)
         report("stage-advance", stage="index headers", advance=len(part))
-    labels = {r.uri: r.label for r in new}
-    for row in rows:
-        row["source"] = labels[row["uri"]]
     report("stage-end", stage="index headers")
-    rows.sort(key=lambda r: r["uri"])
-    return rows
+    return index
+
+
+def _stored_sop_uids(store: str, candidates: list[Any], storage_options: dict[str, Any] | None) -> set[str]:
+    """The candidates' SOP keys that the store already holds (read with a filter: the flow never loads
+    the whole ``instances`` column)."""
+    keys = sorted({c["sop_key"] for c in candidates if c["sop_key"]})
+    if not keys:
+        return set()
+    return set(read_table(store, "instances", storage_options, columns=["sop_uid"],
+                          filters=[("sop_uid", "in", keys)])["sop_uid"])
 
 
 _INDEX_KEYS = {"dicom": "next_index", **{k: v.meta_key for k, v in KINDS.items()}}
@@ -417,10 +429,11 @@ def ingest_flow(
             log.info("Dask dashboard: %s", link)
             report("dashboard", url=link)
         cfg = with_worker_memory(cfg, client)
-        rows = index_task(quote(new), cfg, storage_options)
-        rejects = [r for r in rows if r["status"] == "rejected"]
-        stored = set(read_table(dst, "instances", storage_options, columns=["sop_uid"])["sop_uid"])
-        pending, duplicates = split_duplicates([r for r in rows if r["status"] == "candidate"], stored)
+        index = index_task(quote(new), cfg, storage_options)
+        rejects = [r.to_dict() for r in index.with_status("rejected")]
+        candidates = list(index.with_status("candidate"))
+        pending, duplicates = split_duplicates(candidates, _stored_sop_uids(dst, candidates, storage_options))
+        del candidates
         if rejects:
             # the ledger's part count before this run is part of the name (a listing, not a second read of the
             # ledger discovery read): a later run's retry of the same inputs (a transient reason) adds an attempt
@@ -432,7 +445,7 @@ def ingest_flow(
                                    detail=r["detail"], batch=f"index-{part}") for r in rejects],
                        schema=LEDGER_SCHEMA, storage_options=storage_options)
         dup_reasons: Counter[str] = Counter()
-        report("stage-start", stage="ingest", total=len(rows) - len(rejects))
+        report("stage-start", stage="ingest", total=len(new) - len(rejects))
         while pending or duplicates:  # a duplicate whose first copy failed to store becomes the next round's primary
             if pending:
                 journal, plans = plan_task(dst, quote(pending), cfg, storage_options)

@@ -11,7 +11,6 @@ objects.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import time
@@ -39,12 +38,12 @@ def lost_detail(reason: str, what: str = "decoding this input") -> str:
     return f"{what} {happened} every time it was tried alone"
 
 
-__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "index_inputs", "batch_summary", "each_input", "probe_input", "lost_detail"]
+__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "batch_summary", "each_input", "probe_input", "lost_detail"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per planned input
 class BatchInput:
     uri: str
     size: int
@@ -85,66 +84,6 @@ def _batch_id(array: str, position: int, index: int, inputs: Iterable[BatchInput
     for i in inputs:
         h.update(f"\0{i.uri}\0{i.size}\0{i.version}".encode())
     return h.hexdigest()[:16]
-
-
-class IndexRow:
-    """One input's header-index facts, read like a dict (``row["uri"]``, ``row.get("source", "")``).
-
-    The flow holds one per new input while it plans (377,110 at MIMIC-CXR's count): slots keep
-    each under half a dict's size. Keys outside :attr:`FIELDS` go to a small side dict.
-    """
-
-    FIELDS = ("uri", "size", "version", "status", "reason", "detail", "kind", "frames", "dtype", "array", "shape",
-              "ref_shape", "array_attrs", "sop_key", "source")
-    __slots__ = (*FIELDS, "_extra")
-    _MISSING = object()
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        extra = None
-        for k in self.FIELDS:
-            object.__setattr__(self, k, values.get(k, IndexRow._MISSING))
-        for k, v in values.items():
-            if k not in self.FIELDS:
-                extra = extra or {}
-                extra[k] = v
-        object.__setattr__(self, "_extra", extra)
-
-    def __getitem__(self, key: str) -> Any:
-        value = getattr(self, key, IndexRow._MISSING) if key in self.FIELDS else (self._extra or {}).get(key, IndexRow._MISSING)
-        if value is IndexRow._MISSING:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key in self.FIELDS:
-            object.__setattr__(self, key, value)
-        else:
-            object.__setattr__(self, "_extra", {**(self._extra or {}), key: value})
-
-    def __contains__(self, key: str) -> bool:
-        try:
-            self[key]
-        except KeyError:
-            return False
-        return True
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def keys(self) -> list[str]:
-        return [k for k in self.FIELDS if getattr(self, k) is not IndexRow._MISSING] + list(self._extra or {})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: self[k] for k in self.keys()}
-
-    def __reduce__(self):  # a worker gets a plain dict-like copy
-        return (IndexRow, (self.to_dict(),))
-
-    def __repr__(self) -> str:
-        return f"IndexRow({self.to_dict()!r})"
 
 
 def plan_batches(
@@ -478,67 +417,3 @@ def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, by
         "write_seconds": write_seconds,
         "seconds": time.perf_counter() - t_start,
     }
-
-
-def index_inputs(
-    refs: list[tuple], limits: Limits, storage_options: dict[str, Any] | None = None,
-    secret: bytes | None = None,
-) -> list[dict[str, Any]]:
-    """Read the headers of ``refs`` (``(uri, size, version[, unsafe[, reason]])``) for planning; never raises
-    per input. A ref with ``unsafe`` set is rejected with ``reason`` without being opened.
-
-    Returns one row per input: ``uri, size, version, status`` (``candidate`` or
-    ``rejected``), ``reason, detail`` and, for candidates, ``kind`` (``dicom`` or
-    ``kspace``/``sinogram`` for HDF5 acquisitions), the target ``array`` with its frame ``shape``,
-    ``ref_shape`` and ``dtype``, ``frames``, and for DICOM the remapped SOP Instance UID
-    ``sop_key`` (with ``secret``) to find duplicates. No identifying values. Each header is
-    read under ``limits.input_timeout_s``.
-    """
-    out = []
-    for ref in refs:
-        uri, size, version = ref[:3]
-        unsafe = ref[3] if len(ref) > 3 else None
-        reason = ref[4] if len(ref) > 4 else Reason.ARCHIVE_UNSAFE_MEMBER.value
-        row: dict[str, Any] = {"uri": uri, "size": size, "version": version}
-        try:
-            with deadline(limits.input_timeout_s, "reading one header"):
-                if unsafe:  # discovery decided: never opened
-                    raise InputRejected(Reason(reason), unsafe)
-                _index_one(row, uri, size, limits, storage_options, secret)
-        except InputRejected as exc:
-            row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
-        except Exception as exc:  # never fail the run for one input
-            row.update(status="rejected", reason=Reason.DECODE_ERROR.value, detail=f"unexpected {type(exc).__name__} reading header")
-        out.append(row)
-    return out
-
-
-def _index_one(row: dict[str, Any], uri: str, size: int, limits: Limits,
-               storage_options: dict[str, Any] | None, secret: bytes | None) -> None:
-    """Fill ``row`` with the planning facts of one input's header (raises ``InputRejected``)."""
-    from radflow.ingest.acquisitions import HDF5_SIGNATURE, acquisition_index_row
-    from radflow.ingest.archives import is_member_uri
-    from radflow.dicom.read import read_header
-    from radflow.store.urls import filesystem
-
-    if size > limits.max_file_bytes:
-        raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
-    if is_member_uri(uri):
-        fh = io.BytesIO(read_bytes(uri, storage_options, limits.max_file_bytes))
-    else:
-        fs, path = filesystem(uri, storage_options)
-        try:
-            fh = fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
-        except OSError as exc:
-            raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
-    with fh:
-        if fh.read(8) == HDF5_SIGNATURE:
-            fh.seek(0)
-            row.update(status="candidate", reason=None, detail="", **acquisition_index_row(fh, limits))
-            return
-        fh.seek(0)
-        h = read_header(fh, limits)
-    shape = [layout.size_class(h.rows), layout.size_class(h.cols)] + ([h.samples] if h.samples > 1 else [])
-    row.update(status="candidate", reason=None, detail="", kind="dicom", frames=h.frames, dtype=h.dtype,
-               array="raw/" + layout.raw_array_name(h.dtype, h.rows, h.cols, h.samples), shape=shape,
-               ref_shape=[], array_attrs={}, sop_key=remap_uid(secret, h.identity.sop_uid) if secret else "")

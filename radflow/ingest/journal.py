@@ -55,19 +55,23 @@ def write_journal(store_url: str, plans: list[BatchPlan], lengths: dict[str, int
                   storage_options: dict[str, Any] | None = None) -> Journal:
     """Record a plan before anything is reserved for it (atomically: a torn write is never read)."""
     jid = hashlib.sha256("\0".join(p.batch_id for p in plans).encode()).hexdigest()[:16]
-    body = json.dumps({"id": jid, "plans": [_plan_to_dict(p) for p in plans], "lengths": lengths, "meta": meta},
-                      sort_keys=True).encode()
     fs, path = filesystem(_url(store_url, f"{jid}.json"), storage_options)
-    if is_remote(store_url):
-        fs.pipe_file(path, body)  # an object PUT is atomic
-    else:
+    remote = is_remote(store_url)
+    if not remote:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(body)
+    target = path if remote else path + ".tmp"
+    with fs.open(target, "wb") if remote else open(target, "wb") as fh:  # an object appears whole when closed
+        # one plan at a time: a whole plan as dicts would hold every planned input twice more in memory
+        head = json.dumps({"id": jid, "lengths": lengths, "meta": meta}, sort_keys=True)
+        fh.write(head[:-1].encode() + b', "plans": [')
+        for n, plan in enumerate(plans):
+            fh.write((b", " if n else b"") + json.dumps(_plan_to_dict(plan), sort_keys=True).encode())
+        fh.write(b"]}")
+        if not remote:
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    if not remote:
+        os.replace(target, path)
     return Journal(jid, tuple(plans), dict(lengths), dict(meta))
 
 
