@@ -245,8 +245,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{_indent}held-out     not evaluated: {s['evaluation_note']}")
     for r in s["evaluation"]:
         auc = "n/a (one class only)" if r["auc"] != r["auc"] else f"{r['auc']:.3f}"
-        print(f"{_indent}held-out     AUC {auc} for '{r['label']}' on {r['n']} images "
-              f"(sensitivity {r['sensitivity']:.2f}, specificity {r['specificity']:.2f} at {r['threshold']})")
+        print(f"{_indent}held-out     AUC {auc} for '{r['label']}' on {r['n']} images, model {r['model']} "
+              f"[{r['model_sha256'][:12]}] (sensitivity {r['sensitivity']:.2f}, specificity {r['specificity']:.2f} "
+              f"at {r['threshold']})")
     print(f"{_indent}store        {s['store']}")
     print(f"{_indent}tables       {s['tables']}  (ledger, instances, headers, features, predictions, evaluation)")
     if s.get("report"):
@@ -279,7 +280,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from radflow.flows.report import report_flow
 
-    print(report_flow(args.store, labels=args.labels, out=args.out, storage_options=_storage_options(args)))
+    print(report_flow(args.store, labels=args.labels, out=args.out, model=args.model, storage_options=_storage_options(args)))
     return 0
 
 
@@ -491,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("store")
     sp.add_argument("--labels", help="CSV with sop_instance_uid and 0/1 label columns: adds ROC curves")
     sp.add_argument("--out", help="where to write it (default STORE/reports/qc-<time>.html)")
+    sp.add_argument("--model", help="whose predictions to show when the store holds several models' (a name or the "
+                                    "start of the weights' SHA-256)")
     common(sp, cluster=False)
     sp.set_defaults(func=cmd_report)
 

@@ -104,6 +104,8 @@ def compact_tables(client: Any, store: str, storage_options: dict[str, Any] | No
     names = [n for n in table_names(store, storage_options) if len(list_parts(store, n, storage_options)) > threshold]
     if not names:
         return {}
-    out = client.submit(compact_store, store, storage_options, min_parts=threshold + 1, tables=names, pure=False).result()
+    from radflow.cluster.waiting import result
+
+    out = result(client.submit(compact_store, store, storage_options, min_parts=threshold + 1, tables=names, pure=False))
     run_logger().info("compacted %s", ", ".join(f"{k} ({v['files_before']} → {v['files_after']} files)" for k, v in out.items()))
     return out

@@ -65,13 +65,12 @@ def train_task(store: str, labels_csv: str, model_url: str, epochs: int, seed: i
     report("stage-start", stage="train", total=None)
     x = np.asarray(st.images.oindex[idx], dtype=np.float32) if len(idx) else np.zeros((0, 1, 1), np.float32)
     t0 = time.perf_counter()
-    model = train_classifier(x, y, DEMO_CARD, epochs=epochs, seed=seed, time_budget_s=90)
+    model = train_classifier(x, y, DEMO_CARD, epochs=epochs, seed=seed)
     sha = save_model(model, DEMO_CARD, model_url)
     report("stage-end", stage="train")
     return {"train_images": int(len(idx)), "train_positives": int(y.sum()), "seconds": time.perf_counter() - t0, "sha256": sha}
 
 
-@flow(name="radflow-demo", validate_parameters=False)
 def fresh_folder(out: str) -> str:
     """``out``, or the first free ``out.2``, ``out.3`` … when ``out`` holds an earlier demo: a second demo
     never mixes its archive, model and predictions into the first one's store."""
@@ -87,6 +86,7 @@ def fresh_folder(out: str) -> str:
     return f"{out}.{k}"
 
 
+@flow(name="radflow-demo", validate_parameters=False)
 def demo_flow(out: str, n: int = 200, seed: int = 0, canvas: int = 256, epochs: int = 16, cluster: str | None = None) -> dict[str, Any]:
     """Run radflow end to end on a synthetic archive under ``out``.
 

@@ -21,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect, dashboard_link
+from radflow.cluster.waiting import each_done, result
 from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
 from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
@@ -58,7 +59,7 @@ def _alone(client, fn, *args, timeout_s: float = 0.0, attempts: int = 2, **kwarg
         for _ in range(attempts):
             t0 = time.monotonic()
             try:
-                return None, client.submit(fn, *args, pure=False, **kwargs).result()
+                return None, result(client.submit(fn, *args, pure=False, **kwargs))
             except KilledWorker:
                 slow += bool(timeout_s) and time.monotonic() - t0 >= timeout_s
     return (Reason.TIMEOUT.value if slow == attempts else Reason.WORKER_LOST.value), None
@@ -114,7 +115,6 @@ def discover_task(source: str, store: str, storage_options: dict[str, Any] | Non
 def index_task(new: list[InputRef], settings: Settings, storage_options: dict[str, Any] | None) -> HeaderIndex:
     """Read the new inputs' headers on the workers, a chunk per Dask task; the flow keeps them column
     by column (:class:`HeaderIndex`), never as a row object per input."""
-    from distributed import as_completed as dask_completed
     from distributed import get_client
     from distributed.scheduler import KilledWorker
 
@@ -128,15 +128,15 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     for start in range(0, len(new), n):
         refs = [(r.uri, r.size, r.version, r.unsafe, r.reason) for r in new[start : start + n]]
         starts[client.submit(index_inputs, refs, pure=False, **kwargs)] = (start, refs)
-    for fut in dask_completed(list(starts)):
+    for fut in each_done(list(starts)):
         start, refs = starts.pop(fut)
         try:
             part = fut.result()
         except KilledWorker:  # one of these headers kills its worker: read them one by one
             part = []
             for ref in refs:
-                lost, result = _alone(client, index_inputs, [ref], timeout_s=settings.limits.input_timeout_s, **kwargs)
-                part += result if not lost else [{
+                lost, found = _alone(client, index_inputs, [ref], timeout_s=settings.limits.input_timeout_s, **kwargs)
+                part += found if not lost else [{
                     "uri": ref[0], "size": ref[1], "version": ref[2], "status": "rejected", "reason": lost,
                     "detail": lost_detail(lost, "reading this header")}]
         fut.release()
@@ -288,7 +288,7 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
     # each chunk's worker reads the stored frames it compares with: no per-frame rows through this process
     futures = [get_client().submit(check_duplicates, store, c, limits=settings.limits, storage_options=storage_options,
                                    masks=settings.privacy.masks, pure=False) for c in chunks]
-    results = [f.result() for f in futures]
+    results = [result(f) for f in futures]
     reasons: Counter[str] = Counter()
     for r in results:
         reasons.update(r["reasons"])
@@ -318,8 +318,9 @@ def _run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_
     secret = resolve_secret_key(settings)
 
     def run(p: BatchPlan, lost: tuple[tuple[BatchInput, str], ...] = (), attempt: int = 0) -> dict[str, Any]:
-        return client.submit(write_batch, store, p, secret=secret, limits=settings.limits, storage_options=storage_options,
-                             lost=lost, privacy=settings.privacy, key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False).result()
+        return result(client.submit(write_batch, store, p, secret=secret, limits=settings.limits,
+                                    storage_options=storage_options, lost=lost, privacy=settings.privacy,
+                                    key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False))
 
     try:
         return run(plan)

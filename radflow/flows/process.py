@@ -109,6 +109,11 @@ def process_flow(
             log.info("%s: nothing to do in this store (no %s)", name, ", ".join(stages[name].reads))
         else:
             jobs.append(job)
+    shown = next((j.options["sha256"] for j in jobs if j.stage.name == "infer"), None)  # the report's model
+    if report and shown is None:
+        from radflow.report.qc import one_model
+
+        one_model(st.predictions())  # several models' predictions and none named: fail before the run
     if not jobs:
         return summary
     with connect(cfg.cluster) as client, performance_report(url, cfg, storage_options, "process") as report_url:
@@ -132,6 +137,7 @@ def process_flow(
     if report:
         from radflow.flows.report import write_report
 
-        summary["report"] = write_report(url, labels=labels, storage_options=storage_options, settings=settings)
+        summary["report"] = write_report(url, labels=labels, model=shown, storage_options=storage_options,
+                                         settings=settings)
         log.info("QC report: %s", summary["report"])
     return summary

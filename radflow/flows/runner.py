@@ -18,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from radflow.cluster.waiting import each_done, result
 from radflow.flows._common import run_logger
 from radflow.flows._progress import report as progress
 from radflow.stages.base import Job, Range, Request, completed, fingerprint, run_range
@@ -48,13 +49,13 @@ def _has_gpu_workers(client) -> bool:
 
 @task(name="stage", cache_policy=NO_CACHE)
 def _stage_task(job: Job, request: Request) -> dict[str, Any]:
-    from distributed import as_completed, get_client
+    from distributed import get_client
 
     log = run_logger()
     client = get_client()
     name = job.stage.name
     t0 = time.perf_counter()
-    job = job.stage.bind(job, request, lambda fn, *a, **kw: client.submit(fn, *a, pure=False, **kw).result())
+    job = job.stage.bind(job, request, lambda fn, *a, **kw: result(client.submit(fn, *a, pure=False, **kw)))
     ranges = job.stage.plan(job, request)
     todo, waiting = pending(job, ranges)
     if waiting:
@@ -66,7 +67,7 @@ def _stage_task(job: Job, request: Request) -> dict[str, Any]:
     futures = {client.submit(run_range, job, r, key=f"{job.scope}-{r.part}-{r.token[:8]}", resources=resources,
                              retries=1, pure=False): r for r in todo}
     frames, failed = 0, []
-    for fut in as_completed(list(futures)):
+    for fut in each_done(list(futures)):
         rng = futures[fut]
         if fut.status == "error":
             failed.append((rng, fut.exception()))

@@ -15,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect
+from radflow.cluster.waiting import result
 from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.flows._progress import report
 from radflow.ingest.acquisitions import KINDS
@@ -53,7 +54,7 @@ def verify_array_task(store: str, array: str, rows: pd.DataFrame, per_task: int,
     chunks = [records[i : i + per_task] for i in range(0, len(records), per_task)]
     futures = get_client().map(verify_frames, [store] * len(chunks), [array] * len(chunks), chunks,
                                storage_options=storage_options, pure=False)
-    problems = [p for f in futures for p in f.result()]
+    problems = [p for f in futures for p in result(f)]
     return len(records), problems
 
 

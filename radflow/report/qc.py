@@ -16,9 +16,10 @@ import io
 import numpy as np
 import pandas as pd
 
+from radflow.errors import ConfigError
 from radflow.store.tables import anomaly_counts
 
-__all__ = ["qc_report", "roc_curve"]
+__all__ = ["qc_report", "roc_curve", "one_model"]
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 
@@ -125,12 +126,36 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;paddin
 """
 
 
-def qc_report(store, *, labels: pd.DataFrame | None = None, per_group: int = 6, seed: int = 0) -> str:
+def one_model(preds: pd.DataFrame, model: str | None = None) -> tuple[pd.DataFrame, str, str]:
+    """The predictions of one model: ``(rows, name, weights sha256)``.
+
+    ``model`` is a model name or a prefix of its weights' SHA-256; without it the store must hold
+    the predictions of one model only (a report or an evaluation never pools two models' scores).
+    """
+    if preds.empty or "model_sha256" not in preds:
+        return preds, "", ""
+    models = preds[["model", "model_sha256"]].drop_duplicates().sort_values(["model", "model_sha256"])
+    held = ", ".join(f"{n} [{s[:12]}]" for n, s in zip(models["model"], models["model_sha256"]))
+    if model:
+        models = models[(models["model"] == model) | models["model_sha256"].str.startswith(model)]
+        if models.empty:
+            raise ConfigError(f"--model {model!r} names none of the models with predictions in this store: {held}")
+    if len(models) > 1:
+        raise ConfigError(f"the store holds predictions of {len(models)} models ({held}); name one with --model "
+                          "(a name or the start of its weights' SHA-256)")
+    name, sha = str(models["model"].iloc[0]), str(models["model_sha256"].iloc[0])
+    return preds[preds["model_sha256"] == sha], name, sha
+
+
+def qc_report(store, *, labels: pd.DataFrame | None = None, model: str | None = None, per_group: int = 6,
+              seed: int = 0) -> str:
     """The report of ``store`` (a :class:`~radflow.store.handle.Store`) as one HTML string.
 
     ``labels``: optional ``sop_uid`` (remapped, as in ``instances``) plus one 0/1 column per
-    label; with predictions for those labels, ROC curves are drawn.
+    label; with predictions for those labels, ROC curves are drawn. ``model``: whose predictions
+    to show (see :func:`one_model`); the report names it with its weights' SHA-256.
     """
+    preds, model_name, model_sha = one_model(store.predictions(), model)  # fails before any rendering
     from radflow.store.inspect import privacy_summary
 
     ledger, inst = store.ledger(), store.instances()
@@ -190,10 +215,13 @@ def qc_report(store, *, labels: pd.DataFrame | None = None, per_group: int = 6, 
         parts.append(_svg_hist(vals, "stored pixel values (sample)"))
     parts.append("</div>")
 
-    preds = store.predictions()
-    score_cols = [c for c in preds.columns if c.startswith("p_")]
+    score_cols = [c for c in preds.columns if c.startswith("p_") and preds[c].notna().any()]
     if score_cols:
-        parts.append("<h2>Predictions</h2><div class='plots'>")
+        parts.append("<h2>Predictions</h2>")
+        if model_sha:
+            parts.append(f"<p class='meta qc-model'>Model <b>{html.escape(model_name)}</b> · weights SHA-256 "
+                         f"<code>{model_sha}</code> · {len(preds)} frames</p>")
+        parts.append("<div class='plots'>")
         for c in score_cols:
             parts.append(_svg_hist({c[2:]: preds[c].to_numpy()}, f"predicted probability: {c[2:]}", bins=20))
         parts.append("</div>")

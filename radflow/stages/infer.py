@@ -98,7 +98,7 @@ class Infer(Stage):
 
         sha = weights_sha256(spec)  # the model is loaded and probed on a worker (bind): no torch in the flow
         scope = f"infer-{sha[:12]}{'-emb' if request.embeddings else ''}"
-        ask = {"spec": spec, "canvas": canvas_of(request), "embeddings": request.embeddings,
+        ask = {"spec": spec, "sha256": sha, "canvas": canvas_of(request), "embeddings": request.embeddings,
                "autocast": None if cfg.infer_autocast == "none" else cfg.infer_autocast}
         return Job(self, request.store.url, request.store.storage_options, scope, scope, ask, after="preprocess",
                    gpu=True, plugins=(ModelCache(),))

@@ -37,7 +37,6 @@ def train_classifier(
     batch_size: int = 16,
     lr: float = 3e-4,
     seed: int = 0,
-    time_budget_s: float | None = None,
 ) -> Any:
     """Train ``card.arch`` from scratch on ``images`` with binary ``labels``.
 
@@ -45,15 +44,26 @@ def train_classifier(
     ----------
     images : (n, H, W) float32 NumPy in [0, 1]
     labels : (n, len(card.labels)) or (n,) {0, 1}
-    time_budget_s : stop after the epoch that exceeds this wall time
+    seed : the same seed, data and thread count give the same weights (a fixed number of epochs,
+        deterministic kernels; no wall-time budget, whose epoch count would depend on the machine)
     lr : AdamW learning rate at the start of a cosine schedule over ``epochs``
 
     Returns
     -------
     torch.nn.Module in eval mode, on the CPU.
     """
-    import time
+    import torch
 
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(images, labels, card, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(images: np.ndarray, labels: np.ndarray, card: ModelCard, *, epochs: int, batch_size: int, lr: float,
+           seed: int) -> Any:
     import torch
 
     torch.manual_seed(seed)
@@ -64,7 +74,6 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     x_all = to_model_input(images, card)
-    t0 = time.perf_counter()
     model.train()
     for epoch in range(epochs):
         order = rng.permutation(len(images))
@@ -80,7 +89,5 @@ def train_classifier(
             opt.step()
             total += float(loss.detach()) * len(sel)
         sched.step()
-        log.info("epoch %d: loss %.4f", epoch + 1, total / len(order))
-        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
-            break
+        log.info("epoch %d of %d: loss %.4f", epoch + 1, epochs, total / len(order))
     return model.eval()

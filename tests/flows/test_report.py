@@ -42,15 +42,15 @@ def _chromium() -> str:
     pytest.skip("no Chromium here (apt-get install chromium); CI installs it")
 
 
-def _model(path: str) -> str:
+def _model(path: str, seed: int = 0) -> str:
     import torch
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                               torch.nn.Flatten(), torch.nn.Linear(4, 1))
     torch.jit.script(net).save(path)
     with open(path + ".card.json", "w") as fh:
-        json.dump({"labels": ["lesion"], "activation": "sigmoid"}, fh)
+        json.dump({"labels": ["lesion"], "activation": "sigmoid", "name": os.path.basename(path)[:-3]}, fh)
     return path
 
 
@@ -92,3 +92,28 @@ def test_qc_report_renders_in_chromium(tmp_path, small_archive, prefect_api, das
     keep = os.environ.get("RADFLOW_REPORT_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_a_report_shows_one_model_named_by_its_weights(tmp_path, small_archive, prefect_api, dask_client):
+    from radflow.errors import ConfigError
+    from radflow.flows.report import write_report
+
+    store = str(tmp_path / "two.zarr")
+    radflow.ingest(small_archive.dicom, store)
+    radflow.process(store, steps=["preprocess", "infer"], canvas=64, model=_model(str(tmp_path / "a.pt")))
+    second = radflow.process(store, steps=["infer"], canvas=64, model=_model(str(tmp_path / "b.pt"), seed=1),
+                             report=True, labels=small_archive.labels)
+    preds = radflow.open_store(store).predictions()
+    models = preds.groupby("model_sha256").size()
+    assert len(models) == 2 and models.nunique() == 1  # both models scored every frame
+    first_sha, second_sha = (preds.drop_duplicates("model_sha256").set_index("model")["model_sha256"][m]
+                             for m in ("a", "b"))
+    text = open(second["report"]).read()  # process --report shows the model it just ran, and only that one
+    assert second_sha in text and first_sha not in text
+    assert f"{models[second_sha]} frames" in text
+    with pytest.raises(ConfigError, match="2 models"):  # no pooled report when the model is not named
+        write_report(store)
+    named = open(write_report(store, model=first_sha[:12])).read()
+    assert first_sha in named and second_sha not in named
+    with pytest.raises(ConfigError, match="none of the models"):
+        write_report(store, model="no-such-model")
