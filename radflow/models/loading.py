@@ -230,7 +230,18 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         module = loader(data, card)
     except ModelError as exc:
         raise ModelError(f"{url!r}: {exc}") from None
+    if "channels" not in card_dict:  # no card says: as many as the first convolution takes (3 for torchvision's)
+        card = dataclasses.replace(card, channels=_input_channels(module) or card.channels)
     return LoadedModel(module, card, hashlib.sha256(data).hexdigest(), fmt)
+
+
+def _input_channels(module: Any) -> int:
+    """Input channels of a torch module's first 2-D convolution (0 when it has none, or is not torch)."""
+    try:
+        params = module.parameters()
+    except (AttributeError, RuntimeError):
+        return 0
+    return next((int(p.shape[1]) for p in params if getattr(p, "ndim", 0) == 4), 0)
 
 
 def save_model(module: Any, card: ModelCard, url: str, *, format: str = "state_dict",

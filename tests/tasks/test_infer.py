@@ -160,3 +160,4 @@ def test_a_state_dict_without_a_card_names_its_outputs_by_position(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), net(x))
     assert loaded.module.fc.out_features == 3
+    assert loaded.card.channels == 3  # from the first convolution: the grey canvas is repeated, as for any ImageNet model
