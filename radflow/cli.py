@@ -252,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{_indent}tables       {s['tables']}  (ledger, instances, headers, features, predictions, evaluation)")
     if s.get("report"):
         print(f"{_indent}QC report    {s['report']}  (open it in a browser)")
-    print(f"{_indent}model        {s['model']}")
+    print(f"{_indent}model        {s['model']}  (weights SHA-256 {tr['sha256'][:12]})")
     print(f"{_indent}total        {time.perf_counter() - t0:.1f} s")
     return 0
 

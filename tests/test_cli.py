@@ -61,6 +61,24 @@ def test_demo_runs_every_stage(tmp_path):
     ver = run("verify", str(store))
     assert ver.returncode == 0 and "checked 30 frames" in ver.stdout and "no chunk is missing" in ver.stdout
 
+    # a second demo in the same place: its own folder, an honest summary, its own report, the same weights
+    again = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"this one writes to {tmp_path / 'demo'}.2" in again.stdout + again.stderr
+    assert re.search(r"inputs\s+33 discovered, 30 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", again.stdout)
+    assert "DUPLICATE" not in again.stdout
+    reports = [re.search(r"QC report\s+(\S+)", o).group(1) for o in (text, again.stdout)]
+    assert reports[0].startswith(str(store) + "/") and reports[1].startswith(f"{tmp_path / 'demo'}.2/store.zarr/")
+    weights = [re.search(r"weights SHA-256 ([0-9a-f]{12})", o).group(1) for o in (text, again.stdout)]
+    assert weights[0] == weights[1]  # the same seed trains the same model
+    assert len(radflow_store(store).ledger()) == 33  # the first store is untouched
+
+
+def radflow_store(path):
+    import radflow
+
+    return radflow.open_store(str(path))
+
 
 def test_a_second_demo_writes_beside_the_first(tmp_path, prefect_api):
     from radflow.flows.demo import fresh_folder

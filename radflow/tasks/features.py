@@ -43,13 +43,17 @@ def high_frequency_fraction(img: Any, cutoff: float = 0.25) -> float:
     require_ndim(img, "img", exactly=2)
     xp = namespace(img)
     z = img - xp.mean(img)
-    f = xp.fft.fft2(z)
-    power = xp.real(f * xp.conj(f))
-    fy = np.fft.fftfreq(img.shape[0])[:, None]
-    fx = np.fft.fftfreq(img.shape[1])[None, :]
-    mask = from_host((np.sqrt(fy**2 + fx**2) > cutoff).astype(np.float32), img)
-    total = float(xp.sum(power))
-    return float(xp.sum(power * xp.astype(mask, power.dtype))) / total if total > 0 else 0.0
+    f = xp.fft.rfftn(z)  # half the spectrum of a real frame (a float32 frame stays complex64)
+    power = xp.real(f) ** 2 + xp.imag(f) ** 2
+    ny, nx = img.shape
+    fy = np.fft.fftfreq(ny)[:, None]
+    fx = np.fft.rfftfreq(nx)[None, :]
+    k = np.arange(fx.shape[1])
+    twice = np.where((k >= 1) & (k <= (nx - 1) // 2), 2.0, 1.0)[None, :]  # columns that stand for their mirror too
+    weight = from_host(np.broadcast_to(twice, power.shape).astype(np.float32), img)
+    high = from_host((np.sqrt(fy**2 + fx**2) > cutoff) * twice, img)
+    total = float(xp.sum(power * xp.astype(weight, power.dtype)))
+    return float(xp.sum(power * xp.astype(high, power.dtype))) / total if total > 0 else 0.0
 
 
 def frame_features(img: Any, *, levels: int = 32, cutoff: float = 0.25) -> np.ndarray:
