@@ -12,12 +12,18 @@ Python API (heavy imports happen inside the calls)::
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from radflow.config import VERSION as __version__
 __all__ = ["__version__", "ingest", "process", "verify", "digest", "open_store", "Settings"]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# Prefect's temporary local API must answer within 20 s by default, which a loaded laptop often misses
+# ("Timed out while attempting to connect to ephemeral Prefect API server"); a value the user set wins.
+# Read when Prefect is first imported: radflow is imported before it.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 # The ingest engine is the package ``radflow.ingest``; the public API is the function ``radflow.ingest``.
 # Importing the (light) package first registers it in ``sys.modules``, so the ``def ingest`` below keeps

@@ -78,6 +78,9 @@ class ClusterSettings(BaseModel):
     threads_per_worker: int = Field(1, ge=1, description="threads of each worker")
     memory_limit: str = Field("auto", description="memory limit of each local worker (Dask syntax, e.g. '8GiB')")
     dashboard_address: str = Field("127.0.0.1:0", description="where local clusters serve the Dask dashboard (port 0: a free one)")
+    start_timeout_s: float = Field(
+        180.0, gt=0, description="how long a local cluster's scheduler and worker processes may take to start "
+        "(Dask's own 30 s fails on a loaded laptop: 'Nanny failed to start')")
     allowed_failures: int = Field(1, ge=0, description="worker deaths a task may cause before it is given up "
                                   "(then a batch is probed input by input and the culprit recorded as WORKER_LOST)")
     spill_to_disk: bool = Field(

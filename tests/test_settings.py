@@ -90,3 +90,16 @@ def test_cli_steps_are_the_process_flows_steps():
     from radflow.flows.process import STEPS as FLOW_STEPS
 
     assert STEPS == FLOW_STEPS
+
+
+def test_prefect_gets_a_startup_timeout_that_fits_a_loaded_machine_unless_the_user_set_one():
+    import os
+    import subprocess
+    import sys
+
+    code = "import radflow, prefect.settings as s; print(s.get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "7"})
+    assert float(default.stdout) == 180 and float(chosen.stdout) == 7

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from radflow.config import ClusterSettings
 from radflow.errors import ConfigError, MissingDependencyError
@@ -102,6 +102,12 @@ def _start_cluster(settings: ClusterSettings):
         signal.signal(signal.SIGINT, previous)
 
 
+def _seconds(value: Any) -> float:
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(value, default="seconds") or 0)
+
+
 def _start(settings: ClusterSettings):
     import dask
     from distributed import LocalCluster
@@ -111,7 +117,10 @@ def _start(settings: ClusterSettings):
                           "distributed.scheduler.allowed-failures": settings.allowed_failures,
                           # task results (index rows with input paths) never land on local disk unless asked
                           "distributed.worker.memory.target": 0.6 if settings.spill_to_disk else False,
-                          "distributed.worker.memory.spill": 0.7 if settings.spill_to_disk else False}):
+                          "distributed.worker.memory.spill": 0.7 if settings.spill_to_disk else False,
+                          # a loaded machine starts worker processes slowly: they may connect late
+                          "distributed.comm.timeouts.connect": max(settings.start_timeout_s, _seconds(
+                              dask.config.get("distributed.comm.timeouts.connect")))}):
         if settings.kind == "local-cuda":
             try:
                 from dask_cuda import LocalCUDACluster
@@ -139,5 +148,6 @@ def _start(settings: ClusterSettings):
                 host="127.0.0.1",
                 dashboard_address=settings.dashboard_address,
                 silence_logs=logging.WARNING,
+                timeout=settings.start_timeout_s,
             )
     raise ConfigError(f"unknown cluster kind {settings.kind!r}")  # pragma: no cover - guarded by the settings model
