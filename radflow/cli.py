@@ -340,7 +340,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from radflow.store.tables import compact_store
 
-    out = compact_store(args.store, _storage_options(args), min_parts=args.min_parts, tables=args.table or None)
+    from radflow.store.handle import open_store
+    from radflow.store.lock import writer
+
+    options = _storage_options(args)
+    open_store(args.store, options)  # a missing store fails here, before the lock creates anything
+    with writer(args.store, options, command="compact"):
+        out = compact_store(args.store, options, min_parts=args.min_parts, tables=args.table or None)
     if not out:
         print(f"nothing to compact: no table has {args.min_parts} or more Parquet files")
     for name, r in out.items():

@@ -85,6 +85,10 @@ class StoreNotFoundError(RadflowError, FileNotFoundError):
     """No radflow store exists at the given URL."""
 
 
+class StoreBusy(RadflowError):
+    """Another radflow run holds the store's writer lock."""
+
+
 class StoreFormatError(RadflowError, ValueError):
     """The store exists but its layout or format version is not one this radflow reads."""
 

@@ -37,7 +37,8 @@ from radflow.ingest.duplicates import check_duplicates, split_duplicates
 from radflow.ingest.acquisitions import KINDS, reference_path
 from radflow.ingest.sources import InputRef, discover
 from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_table, terminal_ledger, write_part
-from radflow.store.urls import normalize, zarr_store
+from radflow.store.lock import writer
+from radflow.store.urls import filesystem, normalize, zarr_store
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
 
@@ -403,11 +404,19 @@ def ingest_flow(
     -------
     dict : the run summary (counts, bytes, throughput).
     """
-    log = run_logger()
     t0 = time.perf_counter()
     cfg = build_settings(settings, cluster)
     storage_options = storage_options if storage_options is not None else (cfg.storage_options or None)
     src, dst = normalize(source), normalize(store)
+    fs, root = filesystem(src, storage_options)
+    if not fs.exists(root):  # before the writer lock, which creates the store's folder
+        raise FileNotFoundError(f"source {src!r} does not exist")
+    with writer(dst, storage_options, command="ingest"):  # what is new is decided under the lock
+        return _ingest(src, dst, cfg, storage_options, t0)
+
+
+def _ingest(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] | None, t0: float) -> dict[str, Any]:
+    log = run_logger()
     key = resolve_secret_key(cfg)
     results: list[dict[str, Any]] = []
     inputs, new = discover_task(src, dst, storage_options, cfg)  # a missing source fails here, before the store exists

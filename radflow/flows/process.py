@@ -22,6 +22,7 @@ from radflow.flows._progress import report as progress
 from radflow.flows.runner import _has_gpu_workers, run_stage
 from radflow.stages import Request, registered
 from radflow.store.handle import open_store
+from radflow.store.lock import writer
 from radflow.store.urls import normalize
 
 __all__ = ["process_flow", "STEPS", "check_canvas_fits", "local_worker_memory"]
@@ -96,48 +97,49 @@ def process_flow(
     storage_options = storage_options if storage_options is not None else (cfg.storage_options or None)
     url = normalize(store)
     st = open_store(url, storage_options)
-    request = Request(st, cfg, canvas=canvas, model=model, arch=arch, card=card, embeddings=embeddings)
-    summary: dict[str, Any] = {"store": url, "frames": int(len(request.frame_index)), "steps": {}}
-    if "preprocess" in steps and len(request.frame_index):
-        from radflow.stages._images import canvas_of
+    with writer(url, storage_options, command="process"):  # one writer: plans read what is done under the lock
+        request = Request(st, cfg, canvas=canvas, model=model, arch=arch, card=card, embeddings=embeddings)
+        summary: dict[str, Any] = {"store": url, "frames": int(len(request.frame_index)), "steps": {}}
+        if "preprocess" in steps and len(request.frame_index):
+            from radflow.stages._images import canvas_of
 
-        check_canvas_fits(cfg.model_copy(update={"canvas": canvas_of(request)}))  # before any array is created
-    jobs = []
-    for name in (n for n in stages if n in steps):  # prepared in order, before the cluster starts: fail fast
-        job = stages[name].prepare(request)
-        if job is None:
-            log.info("%s: nothing to do in this store (no %s)", name, ", ".join(stages[name].reads))
-        else:
-            jobs.append(job)
-    shown = next((j.options["sha256"] for j in jobs if j.stage.name == "infer"), None)  # the report's model
-    if report and shown is None:
-        from radflow.report.qc import one_model
+            check_canvas_fits(cfg.model_copy(update={"canvas": canvas_of(request)}))  # before any array is created
+        jobs = []
+        for name in (n for n in stages if n in steps):  # prepared in order, before the cluster starts: fail fast
+            job = stages[name].prepare(request)
+            if job is None:
+                log.info("%s: nothing to do in this store (no %s)", name, ", ".join(stages[name].reads))
+            else:
+                jobs.append(job)
+        shown = next((j.options["sha256"] for j in jobs if j.stage.name == "infer"), None)  # the report's model
+        if report and shown is None:
+            from radflow.report.qc import one_model
 
-        one_model(st.predictions())  # several models' predictions and none named: fail before the run
-    if not jobs:
+            one_model(st.predictions())  # several models' predictions and none named: fail before the run
+        if not jobs:
+            return summary
+        with connect(cfg.cluster) as client, performance_report(url, cfg, storage_options, "process") as report_url:
+            link = dashboard_link(client)
+            if link:
+                log.info("Dask dashboard: %s", link)
+                progress("dashboard", url=link)
+            if report_url:
+                summary["performance_report"] = report_url
+            request.gpu = _has_gpu_workers(client)
+            for job in jobs:
+                summary["steps"][job.stage.name] = run_stage(job, request)
+            compacted = compact_tables(client, url, storage_options, cfg.compact_parts)
+            if compacted:
+                summary["compacted"] = compacted
+        table = markdown_table([{"step": k, **v} for k, v in summary["steps"].items()])
+        create_markdown_artifact(
+            f"# radflow process\n\nStore: `{url}`\n\n{table}",
+            key="radflow-process", description="radflow process summary",
+        )
+        if report:
+            from radflow.flows.report import write_report
+
+            summary["report"] = write_report(url, labels=labels, model=shown, storage_options=storage_options,
+                                             settings=settings)
+            log.info("QC report: %s", summary["report"])
         return summary
-    with connect(cfg.cluster) as client, performance_report(url, cfg, storage_options, "process") as report_url:
-        link = dashboard_link(client)
-        if link:
-            log.info("Dask dashboard: %s", link)
-            progress("dashboard", url=link)
-        if report_url:
-            summary["performance_report"] = report_url
-        request.gpu = _has_gpu_workers(client)
-        for job in jobs:
-            summary["steps"][job.stage.name] = run_stage(job, request)
-        compacted = compact_tables(client, url, storage_options, cfg.compact_parts)
-        if compacted:
-            summary["compacted"] = compacted
-    table = markdown_table([{"step": k, **v} for k, v in summary["steps"].items()])
-    create_markdown_artifact(
-        f"# radflow process\n\nStore: `{url}`\n\n{table}",
-        key="radflow-process", description="radflow process summary",
-    )
-    if report:
-        from radflow.flows.report import write_report
-
-        summary["report"] = write_report(url, labels=labels, model=shown, storage_options=storage_options,
-                                         settings=settings)
-        log.info("QC report: %s", summary["report"])
-    return summary

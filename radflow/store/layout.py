@@ -75,6 +75,24 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _new_group(zstore) -> zarr.Group:
+    """A new root group; the location may hold the writer's lock object and nothing else."""
+    from zarr.core.sync import sync
+
+    from radflow.store.lock import LOCK_NAME
+
+    try:
+        return zarr.open_group(zstore, mode="w-", zarr_format=3)
+    except FileExistsError:
+        async def keys() -> list[str]:
+            return [k async for k in zstore.list()]
+
+        found = sync(keys())
+        if set(found) - {LOCK_NAME}:
+            raise
+    return zarr.open_group(zstore, mode="a", zarr_format=3)  # only the lock there, held by this run
+
+
 def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: str,
                 privacy: dict[str, Any] | None = None) -> zarr.Group:
     """Create (or re-open) the store's root group and check it is a compatible radflow store.
@@ -88,7 +106,7 @@ def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: s
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         root = None
     if root is None:
-        root = zarr.open_group(zstore, mode="w-", zarr_format=3)
+        root = _new_group(zstore)
         root.attrs["radflow"] = {
             "format_version": FORMAT_VERSION,
             "radflow_version": radflow_version,

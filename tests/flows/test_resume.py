@@ -149,3 +149,18 @@ def test_an_interrupted_ingest_exits_at_once_and_the_next_run_resumes(archive, r
     assert again.returncode == 0, again.stderr[-3000:]
     assert radflow.digest(store) == radflow.digest(reference)
     print(f"\n{signal.Signals(signum).name}: exit {proc.returncode} after {took:.1f} s; the re-run equals the uninterrupted store")
+
+
+def test_a_second_writer_fails_at_once_and_the_store_gets_the_inputs_once(archive, reference, tmp_path, prefect_api,
+                                                                          dask_client):
+    from radflow.errors import StoreBusy
+    from radflow.store.lock import writer
+
+    store = str(tmp_path / "busy.zarr")
+    with writer(store, command="ingest"):  # another run is writing this store
+        with pytest.raises(StoreBusy, match="being written by `radflow ingest`"):
+            radflow.ingest(archive.dicom, store, settings=SETTINGS)
+    assert not os.path.exists(os.path.join(store, "zarr.json"))  # the refused run wrote nothing
+    radflow.ingest(archive.dicom, store, settings=SETTINGS)
+    radflow.ingest(archive.dicom, store, settings=SETTINGS)  # after the first: nothing new, nothing twice
+    assert radflow.digest(store)["store"] == radflow.digest(reference)["store"]
