@@ -13,7 +13,10 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -36,7 +39,7 @@ from radflow.dicom.pseudonym import source_label
 from radflow.ingest.duplicates import check_duplicates, split_duplicates
 from radflow.ingest.acquisitions import KINDS, reference_path
 from radflow.ingest.sources import InputRef, discover
-from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_table, terminal_ledger, write_part
+from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_arrow, read_table, write_part
 from radflow.store.lock import writer
 from radflow.store.urls import filesystem, normalize, zarr_store
 
@@ -66,27 +69,55 @@ def _alone(client, fn, *args, timeout_s: float = 0.0, attempts: int = 2, **kwarg
     return (Reason.TIMEOUT.value if slow == attempts else Reason.WORKER_LOST.value), None
 
 
-def select_new(inputs: list[InputRef], ledger: pd.DataFrame, *, max_attempts: int = 3,
+#: the ledger columns that decide what is new (not the checksums, details, anomalies ...)
+OUTCOME_COLUMNS = ["source", "size", "version", "status", "reason"]
+
+
+def read_outcomes(store: str, storage_options: dict[str, Any] | None) -> pa.Table | None:
+    """The ledger columns :func:`select_new` needs, as Arrow (at MIMIC-CXR's count the whole ledger as
+    Python objects held ~280 MB in the flow process)."""
+    table = read_arrow(store, "ledger", storage_options, columns=OUTCOME_COLUMNS)
+    pa.default_memory_pool().release_unused()  # the per-part buffers of the read (~120 MB at 377k rows)
+    return table
+
+
+def _keys(source: pa.Array, size: pa.Array, version: pa.Array) -> pa.Array:
+    """One Arrow string per input: ``source \0 size \0 version`` (never Python objects per row)."""
+    return pc.binary_join_element_wise(pc.cast(source, pa.string()), pc.cast(size, pa.string()),
+                                       pc.cast(version, pa.string()), "\0")
+
+
+def select_new(inputs: list[InputRef], ledger: pa.Table | pd.DataFrame | None, *, max_attempts: int = 3,
                retry_rejected: bool = False) -> list[InputRef]:
     """Inputs to read this run: those whose ``(source label, size, version)`` has no ledger row yet,
     those whose best outcome so far is a transient rejection (``IO_ERROR``, ``WORKER_LOST``,
     ``TIMEOUT``) tried fewer than ``max_attempts`` times, and with ``retry_rejected`` every
-    rejected one."""
-    if ledger.empty:
+    rejected one.
+
+    Computed in Arrow: an input is *settled* by an ``ok`` or ``duplicate`` row, by a permanent
+    rejection (unless ``retry_rejected``), or by ``max_attempts`` transient ones."""
+    if ledger is None or len(ledger) == 0 or not inputs:
         return list(inputs)
-    keys = list(zip(ledger["source"], ledger["size"].astype(int), ledger["version"]))
-    attempts = Counter(k for k, reason in zip(keys, ledger["reason"]) if reason in TRANSIENT_REASONS)
-    best = terminal_ledger(ledger)
-    outcome = {(s, int(n), v): (st, r) for s, n, v, st, r in zip(best["source"], best["size"], best["version"],
-                                                                  best["status"], best["reason"])}
-    out = []
-    for ref in inputs:
-        key = (ref.label, ref.size, ref.version)
-        status, reason = outcome.get(key, (None, None))
-        if status is None or (status == "rejected" and (retry_rejected or (
-                reason in TRANSIENT_REASONS and attempts[key] < max_attempts))):
-            out.append(ref)
-    return out
+    if isinstance(ledger, pd.DataFrame):
+        ledger = pa.Table.from_pandas(ledger[OUTCOME_COLUMNS], preserve_index=False)
+    keys = _keys(ledger["source"], ledger["size"], ledger["version"])
+    status, reason = ledger["status"], ledger["reason"]
+    transient = pc.fill_null(pc.is_in(reason, value_set=pa.array(TRANSIENT_REASONS)), False)
+    settles = pc.is_in(status, value_set=pa.array(["ok", "duplicate"]))
+    if not retry_rejected:
+        settles = pc.or_(settles, pc.and_(pc.equal(status, "rejected"), pc.invert(transient)))
+    settled = [pc.filter(keys, settles)]
+    if not retry_rejected:
+        tries = pa.table({"key": pc.filter(keys, transient)}).group_by("key").aggregate([("key", "count")])
+        settled.append(pc.filter(tries["key"], pc.greater_equal(tries["key_count"], max_attempts)))
+    settled_keys = pa.chunked_array(settled, type=pa.string()).combine_chunks()
+    mine = _keys(pa.array([r.label for r in inputs], pa.string()),
+                 pa.array(np.fromiter((r.size for r in inputs), dtype=np.int64, count=len(inputs))),
+                 pa.array([r.version for r in inputs], pa.string()))
+    take = pc.invert(pc.is_in(mine, value_set=settled_keys)).to_numpy(zero_copy_only=False)
+    del keys, settled, settled_keys, mine
+    pa.default_memory_pool().release_unused()
+    return [ref for ref, t in zip(inputs, take) if t]
 
 
 def with_worker_memory(settings: Settings, client: Any) -> Settings:
@@ -106,8 +137,8 @@ def discover_task(source: str, store: str, storage_options: dict[str, Any] | Non
     if settings.privacy.hash_sources:
         key = resolve_secret_key(settings)
         inputs = [dataclasses.replace(r, source=source_label(key, r.uri)) for r in inputs]
-    ledger = read_table(store, "ledger", storage_options)
-    new = select_new(inputs, ledger, max_attempts=settings.retry_attempts, retry_rejected=settings.retry_rejected)
+    new = select_new(inputs, read_outcomes(store, storage_options), max_attempts=settings.retry_attempts,
+                     retry_rejected=settings.retry_rejected)
     run_logger().info("%d inputs discovered, %d new", len(inputs), len(new))
     return inputs, new
 
