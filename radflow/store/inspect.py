@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from radflow.store.handle import open_store
-from radflow.store.tables import TABLES, anomaly_counts, list_parts
+from radflow.store.tables import TABLES, anomaly_counts, count_rows, list_parts, read_table
 from radflow.store.urls import filesystem
 
 __all__ = ["describe"]
@@ -27,11 +27,11 @@ def _filled(st: Any, inst: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     if "raw_array" in inst:
         out.update({f"raw/{k}": int(v) for k, v in inst["raw_array"].value_counts().items()})
-    done = st.table("stages")
+    done = read_table(st.url, "stages", st.storage_options, columns=["scope", "frames"])
     if "scope" in done and (done["scope"] == "preprocess").any():
         out["images"] = int(done.loc[done["scope"] == "preprocess", "frames"].sum())
     for table in ("kspace", "sinograms"):
-        df = st.table(table)
+        df = read_table(st.url, table, st.storage_options, columns=["array"])
         if "array" in df:
             out.update({str(k): int(v) for k, v in df["array"].value_counts().items()})
     return out
@@ -40,8 +40,10 @@ def _filled(st: Any, inst: Any) -> dict[str, int]:
 def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Inputs by status and reason, frames by modality and size, arrays, tables and object counts."""
     st = open_store(url, storage_options)
-    ledger = st.ledger()
-    inst = st.instances()
+    # the columns the summary counts, not whole tables (headers, paths and checksums stay on disk)
+    ledger = read_table(st.url, "ledger", st.storage_options, columns=["status", "reason", "anomalies"])
+    inst = read_table(st.url, "instances", st.storage_options,
+                      columns=["modality", "rows", "cols", "raw_array", "burned_in_risk"])
     by_status = (
         ledger.fillna({"reason": ""}).groupby(["status", "reason"]).size().reset_index(name="inputs").to_dict(orient="records")
     )
@@ -69,9 +71,8 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[st
                        "shards": arr.shards, "stored_bytes": stored, "filled": filled.get(name)})
     tables = {}
     for name in sorted(set(TABLES) | {"evaluation", "calibration"}):
-        parts = list_parts(st.url, name, storage_options)
-        if parts:
-            tables[name] = len(st.table(name))
+        if list_parts(st.url, name, storage_options):
+            tables[name] = count_rows(st.url, name, storage_options)
     objects = st.object_count()
     return {
         "url": st.url,

@@ -384,6 +384,12 @@ def read_arrow(store_url: str, name: str, storage_options: dict[str, Any] | None
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
+def count_rows(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Rows of table ``name`` from the Parquet footers (no column is read)."""
+    table = read_arrow(store_url, name, storage_options, columns=[])
+    return 0 if table is None else table.num_rows
+
+
 def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
                columns: list[str] | None = None, filters: Any = None,
                unreadable: list[str] | None = None) -> pd.DataFrame:
