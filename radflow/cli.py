@@ -340,11 +340,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from radflow.store.tables import compact_store
 
-    from radflow.store.handle import open_store
+    from radflow.errors import StoreNotFoundError
     from radflow.store.lock import writer
+    from radflow.store.urls import filesystem, normalize
 
     options = _storage_options(args)
-    open_store(args.store, options)  # a missing store fails here, before the lock creates anything
+    fs, root = filesystem(normalize(args.store), options)
+    if not fs.exists(root):  # before the lock, which would create the folder
+        raise StoreNotFoundError(f"no store at {normalize(args.store)!r}")
     with writer(args.store, options, command="compact"):
         out = compact_store(args.store, options, min_parts=args.min_parts, tables=args.table or None)
     if not out:

@@ -25,11 +25,18 @@ def has_module(name: str) -> bool:
 
 
 
+def _content(files: list[str], dirpath: str, root: str) -> list[str]:
+    """The store's content files: not the writer lock, whose holder record each writing run rewrites."""
+    from radflow.store.lock import LOCK_NAME
+
+    return [f for f in files if not (f == LOCK_NAME and dirpath == root)]
+
+
 def tree_digest(root: str) -> dict[str, str]:
-    """sha256 of every file under ``root`` (relative path → digest)."""
+    """sha256 of every file under ``root`` (relative path → digest), the writer lock aside."""
     out = {}
     for dirpath, _, files in os.walk(root):
-        for f in files:
+        for f in _content(files, dirpath, root):
             p = os.path.join(dirpath, f)
             with open(p, "rb") as fh:
                 out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
@@ -39,7 +46,7 @@ def tree_digest(root: str) -> dict[str, str]:
 def tree_mtimes(root: str) -> dict[str, int]:
     out = {}
     for dirpath, _, files in os.walk(root):
-        for f in files:
+        for f in _content(files, dirpath, root):
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, root)] = os.stat(p).st_mtime_ns
     return out

@@ -64,7 +64,7 @@ def test_demo_runs_every_stage(tmp_path):
     # a second demo in the same place: its own folder, an honest summary, its own report, the same weights
     again = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"this one writes to {tmp_path / 'demo'}.2" in again.stdout + again.stderr
+    assert f"this one writes to {tmp_path / 'demo'}.2" in " ".join((again.stdout + again.stderr).split())  # wrapped
     assert re.search(r"inputs\s+33 discovered, 30 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", again.stdout)
     assert "DUPLICATE" not in again.stdout
     reports = [re.search(r"QC report\s+(\S+)", o).group(1) for o in (text, again.stdout)]
