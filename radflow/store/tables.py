@@ -386,7 +386,8 @@ def read_arrow(store_url: str, name: str, storage_options: dict[str, Any] | None
 
 def count_rows(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> int:
     """Rows of table ``name`` from the Parquet footers (no column is read)."""
-    table = read_arrow(store_url, name, storage_options, columns=[])
+    # with the part-name column: Arrow concatenates zero-column tables into zero rows
+    table = read_arrow(store_url, name, storage_options, columns=[], with_part=True)
     return 0 if table is None else table.num_rows
 
 

@@ -157,3 +157,15 @@ def test_a_filtered_read_opens_only_the_parts_whose_footers_can_match(tmp_path, 
     write_part(store, "features", f"{120:012d}", pd.DataFrame({"index": [999_999], "value": [0.0], "name": ["z"]}))
     df = read_table(store, "features", filters=[("index", ">=", 120), ("index", "<", 140)])  # a rewritten part: read anew
     assert sorted(df["index"]) == list(range(130, 140))
+
+
+def test_row_counts_come_from_the_footers_of_every_part(tmp_path):
+    from radflow.store.tables import count_rows
+
+    store = str(tmp_path / "s.zarr")
+    assert count_rows(store, "features") == 0
+    _write(store, 12)  # 12 writer parts of 10 rows
+    assert count_rows(store, "features") == 120
+    compact_table(store, "features")
+    _write(store, 3)  # rewrites of three compacted parts supersede their rows there
+    assert count_rows(store, "features") == len(read_table(store, "features")) == 120
