@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable
 
 from radflow.cli_checks import NO_SETTINGS, canvas, check_settings, positive_int, probability, split_steps
-from radflow.cli_interrupts import install_interrupts, stop_temporary_api
+from radflow.cli_interrupts import install_interrupts
 
 __all__ = ["main"]
 
@@ -528,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_temporary_api() -> None:
+    from radflow.flows._common import stop_temporary_api  # Prefect lives in flows/; imported on the way out only
+
+    stop_temporary_api()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_orchestration(args.verbose)
@@ -541,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # one-line reason; the traceback with --verbose
         if "code" in interrupted:  # what an interrupt broke on its way out (the API server gone ...)
-            stop_temporary_api()
+            _stop_temporary_api()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(interrupted["code"])
@@ -557,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             print("radflow: interrupted", file=sys.stderr)
         if argv is not None:
             return code
-        stop_temporary_api()
+        _stop_temporary_api()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # what is left (Prefect's event and log workers) must not hold the exit

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["INTERRUPT_GRACE_S", "install_interrupts", "stop_temporary_api"]
+__all__ = ["INTERRUPT_GRACE_S", "install_interrupts"]
 
 #: a run is given this long to unwind (cancel Dask work, close the cluster, mark the Prefect run) after a signal
 INTERRUPT_GRACE_S = 6.0
@@ -40,19 +40,3 @@ def install_interrupts() -> dict[str, int]:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return state
-
-
-def stop_temporary_api() -> None:
-    """Stop Prefect's temporary API server, if this process started one (an exit that skips ``atexit``
-    must not leave it running)."""
-    if "prefect.server.api.server" not in sys.modules:
-        return
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
-            proc = getattr(server, "server_process", None)
-            if proc is not None:
-                proc.kill()
-    except Exception:  # noqa: BLE001 - best effort on the way out
-        pass

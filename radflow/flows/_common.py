@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import contextlib
 import datetime as _dt
 import logging
@@ -109,3 +111,19 @@ def compact_tables(client: Any, store: str, storage_options: dict[str, Any] | No
     out = result(client.submit(compact_store, store, storage_options, min_parts=threshold + 1, tables=names, pure=False))
     run_logger().info("compacted %s", ", ".join(f"{k} ({v['files_before']} → {v['files_after']} files)" for k, v in out.items()))
     return out
+
+
+def stop_temporary_api() -> None:
+    """Stop Prefect's temporary API server, if this process started one (an exit that skips ``atexit``
+    must not leave it running)."""
+    if "prefect.server.api.server" not in sys.modules:
+        return
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+            proc = getattr(server, "server_process", None)
+            if proc is not None:
+                proc.kill()
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
