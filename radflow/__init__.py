@@ -39,27 +39,37 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None):
     return _open(url, storage_options)
 
 
+def _engines(module: str, options: dict[str, Any]):
+    """Prefect's API, the flow's module and the cluster started side by side (see flows._api.engines)."""
+    from radflow.flows._api import engines
+
+    return engines((module,), cluster=True, settings=options.get("settings"), address=options.get("cluster"))
+
+
 def ingest(source: str, store: str, **options: Any) -> dict[str, Any]:
     """Ingest a DICOM archive into a store; see :func:`radflow.flows.ingest.ingest_flow`."""
-    from radflow.flows.ingest import ingest_flow
+    with _engines("radflow.flows.ingest", options):
+        from radflow.flows.ingest import ingest_flow
 
-    return ingest_flow(source, store, **options)
+        return ingest_flow(source, store, **options)
 
 
 def process(store: str, steps: tuple[str, ...] | list[str] | str = ("preprocess", "infer", "features"), **options: Any) -> dict[str, Any]:
     """Process a store; see :func:`radflow.flows.process.process_flow`."""
-    from radflow.flows.process import process_flow
-
     if isinstance(steps, str):
         steps = [s.strip() for s in steps.split(",") if s.strip()]
-    return process_flow(store, steps=list(steps), **options)
+    with _engines("radflow.flows.process", options):
+        from radflow.flows.process import process_flow
+
+        return process_flow(store, steps=list(steps), **options)
 
 
 def verify(store: str, **options: Any) -> dict[str, Any]:
     """Re-read every stored frame and check it; see :func:`radflow.flows.verify.verify_flow`."""
-    from radflow.flows.verify import verify_flow
+    with _engines("radflow.flows.verify", options):
+        from radflow.flows.verify import verify_flow
 
-    return verify_flow(store, **options)
+        return verify_flow(store, **options)
 
 
 def digest(store: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:

@@ -198,17 +198,13 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Ingest, then process, on one cluster (a local one is started once for both)."""
-    from radflow.cluster import connect
-    from radflow.flows._common import build_settings
-
+    """Ingest, then process, on one cluster (``main`` starts a local one once for both)."""
     steps = split_steps(args.steps)
     if "infer" in steps and not args.model:
         steps.remove("infer")
     args.steps = ",".join(steps)
-    with connect(build_settings(_settings(args), args.cluster).cluster):
-        cmd_ingest(args)
-        return cmd_process(args)
+    cmd_ingest(args)
+    return cmd_process(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -226,7 +222,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from radflow.flows.demo import demo_flow
 
     t0 = time.perf_counter()
-    s = _with_progress(lambda: demo_flow(args.out, n=args.n, seed=args.seed, canvas=args.canvas, cluster=args.cluster))
+    s = _with_progress(lambda: demo_flow(args.out, n=args.n, seed=args.seed, canvas=args.canvas,
+                                              epochs=args.epochs, cluster=args.cluster))
     ing = s["ingest"]
     print()
     print("radflow demo — summary")
@@ -486,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=positive_int, default=200, help="radiographs (default 200)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--canvas", type=canvas, default=256, help="analysis canvas (default 256 for the demo)")
+    sp.add_argument("--epochs", type=positive_int, default=16, help="training epochs of the demo's model (default 16)")
     sp.add_argument("--cluster", help="Dask scheduler address; default: a local cluster")
     sp.set_defaults(func=cmd_demo)
 
@@ -528,6 +526,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the flows each command runs (imported while Prefect's API boots) and whether it needs a cluster throughout
+FLOW_COMMANDS = {
+    "ingest": (("radflow.flows.ingest",), True), "process": (("radflow.flows.process",), True),
+    "run": (("radflow.flows.ingest", "radflow.flows.process"), True), "demo": (("radflow.flows.demo",), True),
+    "verify": (("radflow.flows.verify",), True), "report": (("radflow.flows.report",), False),
+    "evaluate": (("radflow.flows.evaluate",), False), "serve": (("radflow.flows.schedule",), False),
+}
+
+
+def _engines(args: argparse.Namespace):
+    """Prefect's API, the command's flows and its cluster, started side by side (see flows._api.engines)."""
+    from radflow.flows._api import engines
+
+    modules, needs_cluster = FLOW_COMMANDS[args.command]
+    return engines(modules, cluster=needs_cluster, settings=_settings(args), address=getattr(args, "cluster", None))
+
+
 def _stop_temporary_api() -> None:
     from radflow.flows._common import stop_temporary_api  # Prefect lives in flows/; imported on the way out only
 
@@ -541,7 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in NO_SETTINGS:
             check_settings(args)
-        return int(args.func(args) or 0)
+        if args.command not in FLOW_COMMANDS:
+            return int(args.func(args) or 0)
+        with _engines(args):
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # `radflow inspect | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -50,3 +50,13 @@ def tree_mtimes(root: str) -> dict[str, int]:
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, root)] = os.stat(p).st_mtime_ns
     return out
+
+
+def write_batch_that_dies_in_company(store_url, plan, **kwargs):
+    """``write_batch``, except that a batch holding an input named ``poison`` beside others kills its worker
+    process (as an out-of-memory kill does); alone, or left out, it passes. Runs on Dask workers."""
+    from radflow.ingest.batches import write_batch
+
+    if len(plan.inputs) > 1 and any("poison" in i.uri for i in plan.inputs):
+        os._exit(137)
+    return write_batch(store_url, plan, **kwargs)

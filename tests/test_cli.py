@@ -41,7 +41,7 @@ def test_bad_setting_fails_with_one_line_naming_the_variable(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path):
-    out = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", timeout=900)
+    out = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", "--epochs", "2", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "radflow demo — summary" in text
@@ -62,7 +62,7 @@ def test_demo_runs_every_stage(tmp_path):
     assert ver.returncode == 0 and "checked 30 frames" in ver.stdout and "no chunk is missing" in ver.stdout
 
     # a second demo in the same place: its own folder, an honest summary, its own report, the same weights
-    again = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", timeout=900)
+    again = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", "--epochs", "2", timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"this one writes to {tmp_path / 'demo'}.2" in " ".join((again.stdout + again.stderr).split())  # wrapped
     assert re.search(r"inputs\s+33 discovered, 30 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", again.stdout)

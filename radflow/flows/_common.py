@@ -116,6 +116,10 @@ def compact_tables(client: Any, store: str, storage_options: dict[str, Any] | No
 def stop_temporary_api() -> None:
     """Stop Prefect's temporary API server, if this process started one (an exit that skips ``atexit``
     must not leave it running)."""
+    from radflow.flows._api import TemporaryAPI
+
+    if TemporaryAPI.current is not None:
+        TemporaryAPI.current.kill()
     if "prefect.server.api.server" not in sys.modules:
         return
     try:

@@ -281,6 +281,8 @@ def batches_task(store: str, plans: list[BatchPlan], settings: Settings,
     out: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=min(in_flight, len(plans))) as pool:
         futures = [pool.submit(run_batch, client, store, p, settings, storage_options) for p in plans]
+        run_logger().info("submitting %d batches (%d inputs) to %d worker threads", len(plans),
+                          sum(len(p.inputs) for p in plans), sum(client.nthreads().values()))
         for fut in done_in_order(futures):
             res = fut.result()
             out.append(res)
@@ -360,14 +362,37 @@ def _run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_
         run_logger().warning("batch %s lost its worker; probing its %d inputs one by one", plan.batch_id, len(plan.inputs))
     probes = [(i, _alone(client, probe_input, i.uri, settings.limits, storage_options,
                          timeout_s=settings.limits.input_timeout_s)[0]) for i in plan.inputs]
-    lost = [(i, reason) for i, reason in probes if reason]
+    lost: list[tuple[Any, ...]] = [(i, reason) for i, reason in probes if reason]
     keep = dataclasses.replace(plan, inputs=tuple(i for i, reason in probes if not reason))
-    for attempt in range(1, 4):  # every remaining input decoded on its own: a death now is a neighbour's
+    for attempt in range(1, len(plan.inputs) + 3):
         try:
             return run(keep, tuple(lost), attempt)
         except KilledWorker:
-            continue
-    return run(keep, tuple(lost), 4)
+            if attempt < 2 or not keep.inputs:  # each input decoded on its own: a death now may be a neighbour's
+                continue
+        # it keeps dying although each input decoded alone (a batch holds more in memory than a probe): the
+        # input that decodes to the most bytes is left out, until the batch passes or holds nothing to decode
+        culprit = max(keep.inputs, key=lambda i: i.frames)
+        lost.append((culprit, *_blame(culprit, keep, settings)))
+        keep = dataclasses.replace(keep, inputs=tuple(i for i in keep.inputs if i is not culprit))
+        run_logger().warning("batch %s keeps losing its worker; left out its largest input (%s)", plan.batch_id,
+                             lost[-1][1])
+    return run(keep, tuple(lost), len(plan.inputs) + 3)  # nothing left to decode: its rows are written
+
+
+def _blame(item: Any, plan: BatchPlan, settings: Settings) -> tuple[str, str]:
+    """The reason and detail of an input left out of a batch that kept killing its worker although the
+    input decoded alone: ``MEMORY_LIMIT`` when its decoded size is a large share of a worker's memory."""
+    import numpy as np
+
+    decoded = item.frames * int(np.prod(plan.shape)) * np.dtype(plan.dtype).itemsize
+    memory = settings.limits.worker_memory_bytes
+    if memory and decoded * settings.limits.decode_memory_factor >= memory / 4:
+        return Reason.MEMORY_LIMIT.value, (
+            f"its batch killed the worker on every attempt; it decodes to {decoded / 2**20:.0f} MiB of a worker's "
+            f"{memory / 2**20:.0f} MiB (give workers more memory, RADFLOW_CLUSTER__MEMORY_LIMIT)")
+    return Reason.WORKER_LOST.value, ("its batch killed the worker on every attempt although it decoded alone; "
+                                      "it was the batch's largest input")
 
 
 def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]], discovered: int, new: int,

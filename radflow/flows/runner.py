@@ -47,6 +47,22 @@ def _has_gpu_workers(client) -> bool:
     return any("GPU" in (w.get("resources") or {}) for w in client.scheduler_info().get("workers", {}).values())
 
 
+def _on_worker(client, *, every: bool):
+    """``on_worker(fn, *args, **kwargs)`` for a stage's ``bind``: ``fn`` on one worker, or on every worker at
+    once (the first worker's result returned, every call's error raised)."""
+
+    def one(fn, *a, **kw):
+        return result(client.submit(fn, *a, pure=False, **kw))
+
+    def everywhere(fn, *a, **kw):
+        workers = list(client.scheduler_info().get("workers", {})) or [None]
+        futures = [client.submit(fn, *a, pure=False, workers=None if w is None else [w], allow_other_workers=w is None,
+                                 **kw) for w in workers]
+        return [result(f) for f in futures][0]
+
+    return everywhere if every else one
+
+
 @task(name="stage", cache_policy=NO_CACHE)
 def _stage_task(job: Job, request: Request) -> dict[str, Any]:
     from distributed import get_client
@@ -55,13 +71,13 @@ def _stage_task(job: Job, request: Request) -> dict[str, Any]:
     client = get_client()
     name = job.stage.name
     t0 = time.perf_counter()
-    job = job.stage.bind(job, request, lambda fn, *a, **kw: result(client.submit(fn, *a, pure=False, **kw)))
+    for plugin in job.plugins:  # before bind: what bind loads on a worker stays there for the ranges
+        client.register_plugin(plugin, name=getattr(plugin, "name", None))
+    job = job.stage.bind(job, request, _on_worker(client, every=job.stage.bind_on_every_worker))
     ranges = job.stage.plan(job, request)
     todo, waiting = pending(job, ranges)
     if waiting:
         log.warning("%s: %d of %d ranges wait for %s; run that step first", name, waiting, len(ranges), job.after)
-    for plugin in job.plugins:
-        client.register_plugin(plugin, name=getattr(plugin, "name", None))
     resources = {"GPU": 1} if job.gpu and _has_gpu_workers(client) else None
     progress("stage-start", stage=name, total=sum(r.frames for r in todo))
     futures = {client.submit(run_range, job, r, key=f"{job.scope}-{r.part}-{r.token[:8]}", resources=resources,

@@ -270,13 +270,14 @@ def write_batch(
     secret: bytes,
     limits: Limits,
     storage_options: dict[str, Any] | None = None,
-    lost: tuple[tuple[BatchInput, str], ...] = (),
+    lost: tuple[tuple[Any, ...], ...] = (),
     privacy: PrivacySettings | None = None,
 ) -> dict[str, Any]:
     """Decode, write and record every input of one batch. Never raises for a bad input.
 
-    ``lost`` are inputs left out of ``plan`` because decoding them killed the worker
-    (found by :func:`probe_input`); they get ``WORKER_LOST`` rows in this batch's ledger part.
+    ``lost`` are ``(input, reason[, detail])`` left out of ``plan`` because decoding them killed or hung
+    the worker (found by :func:`probe_input`, or blamed when the batch kept dying); they get rows with
+    that reason in this batch's ledger part.
     ``privacy`` decides what the ``headers`` table gets (each instance's header de-identified
     by :mod:`radflow.dicom.deid`) and which pixel regions are masked.
 
@@ -368,7 +369,7 @@ def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None
 
 def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
                store: Callable[[BatchInput, bytes, list[str]], int],
-               lost: tuple[tuple[BatchInput, str], ...] = ()) -> tuple[list[dict[str, Any]], int]:
+               lost: tuple[tuple[Any, ...], ...] = ()) -> tuple[list[dict[str, Any]], int]:
     """Read every input of a batch and hand its bytes to ``store`` (which returns the frames it
     kept and appends what it read leniently to its list of anomalies); one ledger row per input, whatever happens, plus a row for each ``(input, reason)`` of
     ``lost`` (inputs left out because reading them killed the worker, ``WORKER_LOST``, or hung
@@ -395,8 +396,9 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
             outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
         ledger.append(ledger_row(item.label, item.size, item.version, sha256=sha, batch=plan.batch_id,
                                  seconds=time.perf_counter() - t0, anomalies=found, **outcome))
-    ledger += [ledger_row(i.label, i.size, i.version, status="rejected", reason=Reason(reason), detail=lost_detail(reason),
-                          batch=plan.batch_id) for i, reason in lost]
+    for i, reason, *detail in lost:  # (input, reason) or (input, reason, detail)
+        ledger.append(ledger_row(i.label, i.size, i.version, status="rejected", reason=Reason(reason),
+                                 detail=detail[0] if detail else lost_detail(reason), batch=plan.batch_id))
     return ledger, bytes_in
 
 

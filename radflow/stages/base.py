@@ -102,6 +102,9 @@ class Stage:
     writes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     unit: ClassVar[str] = ""  # when set, the run summary counts ranges under this name (e.g. ``volumes``)
+    #: ``bind``'s ``on_worker`` calls run on every worker at once (the first's result is used): what they load
+    #: (a model, through the job's plugins) is then ready everywhere before the first range, loaded side by side
+    bind_on_every_worker: ClassVar[bool] = False
 
     def prepare(self, request: Request) -> Job | None:
         """Flow side, before the cluster starts: check settings, create output arrays, return the job

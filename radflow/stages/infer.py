@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from radflow.errors import ConfigError, ModelError
-from radflow.models.loading import ModelSpec, load_model, weights_sha256
+from radflow.models.loading import ModelSpec, weights_sha256
 from radflow.stages._images import canvas_of, image_ranges, images_block, open_array
 from radflow.stages.base import Job, Range, Request, Stage, instance_rows, register
 from radflow.store.tables import write_part
@@ -35,12 +35,15 @@ class InferPlan:
 
 
 def plan_inference(spec: ModelSpec, canvas: int, *, embeddings: bool, autocast: str | None) -> InferPlan:
-    """Load the model once here (fail fast before cluster time) and probe its output layout."""
+    """Load the model into this worker's cache (where the ranges find it) and probe its output layout."""
+    from radflow.models.cache import cached_model
     from radflow.tasks.infer import predict
 
-    loaded = load_model(spec)
+    loaded = cached_model(spec)
+    blank = np.zeros((2, canvas, canvas), np.float32)
     try:
-        probe = predict(loaded.module, np.zeros((2, canvas, canvas), np.float32), loaded.card, embeddings=embeddings)
+        probe = loaded.runner.submit(lambda: predict(loaded.module, blank, loaded.card, embeddings=embeddings,
+                                                     device=getattr(loaded, "device", None))).result()
     except ValueError as exc:  # the output contract (tasks.infer.check_output)
         raise ModelError(f"{spec.url}: {exc}") from None
     scores = probe.scores if embeddings else probe
@@ -85,6 +88,7 @@ class Infer(Stage):
     reads = ("images", "instances")
     writes = ("predictions",)
     description = "model scores (and embeddings) per frame"
+    bind_on_every_worker = True  # each worker loads the model while the others do
 
     def prepare(self, request: Request) -> Job | None:
         if not len(request.frame_index):

@@ -82,9 +82,20 @@ def _flock(url: str, command: str, ttl_s: float) -> Iterator[None]:
         fh.truncate()
         fh.write(json.dumps(_holder(command, ttl_s)))
         fh.flush()
+        _remove_temporaries(root)
         yield
     finally:
         fh.close()  # closing releases the lock
+
+
+def _remove_temporaries(root: str) -> None:
+    """Delete the temporary files of a killed writer's table writes (``tables/<name>/*.tmp``, written then
+    renamed into place): only a writer makes them, and this process now is the only writer."""
+    import glob
+
+    for path in glob.glob(os.path.join(glob.escape(root), "tables", "*", "*.tmp")):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 @contextlib.contextmanager

@@ -40,8 +40,13 @@ def test_a_killed_writer_leaves_no_stale_local_lock(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
+    # what a table write killed between its temporary file and the rename leaves behind
+    tables = tmp_path / "s.zarr" / "tables" / "ledger"
+    tables.mkdir(parents=True)
+    (tables / "part-abc.parquet.0123abcd.tmp").write_bytes(b"PAR1 half")
+    (tables / "part-def.parquet").write_bytes(b"PAR1")
     with writer(store, command="process"):
-        pass
+        assert sorted(p.name for p in tables.iterdir()) == ["part-def.parquet"]  # the next writer removes it
 
 
 @pytest.mark.slow

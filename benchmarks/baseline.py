@@ -1,0 +1,207 @@
+"""radflow's ingest command against the script a user would write instead, on the same archive, in one run.
+
+Baselines (the twenty lines a user writes: ``pydicom.dcmread`` → ``pixel_array`` → a Zarr v3 array):
+
+* ``plain script, 1 process, sharded``: one process; frames of one shape go to one array,
+  sharded and zstd-1 compressed like radflow's ``raw/`` arrays, written a whole shard at a time;
+* ``plain script, N processes, unsharded``: N processes (``--procs``), one chunk per frame.
+
+radflow: ``radflow ingest SRC STORE`` as a subprocess, start to exit (imports, Prefect's temporary
+API, the local cluster, discovery, header index, planning, decode, checksums, sharded writes, the
+ledger and tables), and the same again with ``PREFECT_API_URL`` pointing at a running Prefect API
+(what a user with ``prefect server start`` gets). Runs are interleaved (``--repeat``) and each
+figure is the median. The start-up breakdown comes from the command's ``--verbose`` log.
+
+    python benchmarks/baseline.py [--n 64] [--syntax explicit|jpeg2000|mixed] [--procs 2] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from _common import quiet, use_syntax
+
+SHAPES = ((2500, 2048), (3000, 2500), (2048, 2048))
+
+
+def _frames(files: list[str]) -> dict[tuple, list[str]]:
+    import pydicom
+
+    groups: dict[tuple, list[str]] = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        key = (int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated), int(getattr(ds, "SamplesPerPixel", 1)))
+        groups.setdefault(key, []).append(f)
+    return groups
+
+
+def plain_sharded(files: list[str], out: str) -> None:
+    """One process: read, decode, write whole shards of a sharded zstd-1 array per frame shape."""
+    import numpy as np
+    import pydicom
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    root = zarr.open_group(out, mode="w")
+    for (rows, cols, bits, spp), group in _frames(files).items():
+        per_shard = max(1, (64 << 20) // (rows * cols * bits // 8 * spp))
+        shape = (rows, cols) if spp == 1 else (rows, cols, spp)
+        arr = root.create_array(f"raw_{rows}x{cols}", shape=(len(group), *shape), dtype=f"uint{bits}",
+                                chunks=(1, *shape), shards=(per_shard, *shape), compressors=ZstdCodec(level=1))
+        for lo in range(0, len(group), per_shard):
+            block = np.stack([pydicom.dcmread(f).pixel_array for f in group[lo:lo + per_shard]])
+            arr[lo:lo + len(block)] = block
+
+
+def _write_one(args: tuple[str, str, int]) -> None:
+    import pydicom
+    import zarr
+
+    path, out, i = args
+    pixels = pydicom.dcmread(path).pixel_array
+    arr = zarr.open_array(out, mode="r+", path=f"raw_{pixels.shape[0]}x{pixels.shape[1]}")
+    arr[i] = pixels
+
+
+def plain_unsharded(files: list[str], out: str, procs: int) -> None:
+    """N processes: one chunk per frame, each process decoding and writing its own frames."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    root = zarr.open_group(out, mode="w")
+    jobs = []
+    for (rows, cols, bits, spp), group in _frames(files).items():
+        shape = (rows, cols) if spp == 1 else (rows, cols, spp)
+        root.create_array(f"raw_{rows}x{cols}", shape=(len(group), *shape), dtype=f"uint{bits}", chunks=(1, *shape),
+                          compressors=ZstdCodec(level=1))
+        jobs += [(f, out, i) for i, f in enumerate(group)]
+    with ProcessPoolExecutor(procs) as pool:
+        list(pool.map(_write_one, jobs, chunksize=4))
+
+
+#: (phase, a line of ``radflow --verbose ingest`` that ends it)
+PHASES = (
+    ("Prefect API launched", r"starting a temporary Prefect API"),
+    ("cluster started", r"started local cluster"),
+    ("flow run begins", r"Beginning flow run"),
+    ("discovery", r"inputs discovered"),
+    ("first batch submitted", r"submitting \d+ batches"),
+    ("flow run ends", r"Finished in state Completed\(\)\s*$"),
+)
+
+
+def radflow_cli(src: str, store: str, env: dict[str, str]) -> tuple[float, dict[str, float]]:
+    """``radflow --verbose ingest`` start to exit; the time each phase's line appeared."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "radflow", "--verbose", "ingest", src, store], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    marks: dict[str, float] = {}
+    for line in proc.stdout:
+        for name, pattern in PHASES:
+            if re.search(pattern, line) and (name not in marks or name == "flow run ends"):
+                marks[name] = time.perf_counter() - t0
+    if proc.wait():
+        raise SystemExit(f"radflow ingest failed with exit code {proc.returncode}")
+    return time.perf_counter() - t0, marks
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=64, help="full-size radiographs (default 64)")
+    p.add_argument("--syntax", choices=["explicit", "jpeg2000", "mixed"], default="explicit")
+    p.add_argument("--procs", type=int, default=2, help="processes of the unsharded plain script (default 2)")
+    p.add_argument("--repeat", type=int, default=2, help="interleaved rounds (default 2)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+
+    quiet()
+    import radflow.synth.radiographs as R
+
+    work = args.out or tempfile.mkdtemp(prefix="radflow-baseline-")
+    if args.syntax != "mixed":
+        use_syntax(args.syntax)
+    s = R.write_archive(os.path.join(work, "archive"), args.n, seed=5, sizes=SHAPES, broken=False)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(s.dicom) for f in fs)
+    print(f"archive: {s.images} radiographs, {s.bytes / 1e6:.0f} MB ({args.syntax}) under {s.dicom}", flush=True)
+
+    env = {**os.environ, "RADFLOW_SECRET_KEY": os.environ.get("RADFLOW_SECRET_KEY", "baseline-benchmark-key-32-bytes-or-more")}
+    env.pop("PREFECT_API_URL", None)
+    server = _prefect_server(work)
+    env_api = {**env, "PREFECT_API_URL": server[1]}
+    cases = {
+        "plain script, 1 process, sharded (zstd-1)": lambda out: plain_sharded(files, out),
+        f"plain script, {args.procs} processes, unsharded": lambda out: plain_unsharded(files, out, args.procs),
+        "radflow ingest CLI, start to exit": lambda out: radflow_cli(s.dicom, out, env),
+        "radflow ingest CLI, running Prefect API": lambda out: radflow_cli(s.dicom, out, env_api),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    marks: dict[str, list[dict[str, float]]] = {k: [] for k in cases}
+    try:
+        for r in range(args.repeat):
+            for name, fn in cases.items():
+                out = os.path.join(work, f"out-{r}-{len(times[name])}-{abs(hash(name)) % 10**6}.zarr")
+                t = time.perf_counter()
+                got = fn(out)
+                times[name].append(time.perf_counter() - t)
+                if isinstance(got, tuple):
+                    marks[name].append(got[1])
+                shutil.rmtree(out, ignore_errors=True)
+                print(f"  round {r + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
+    finally:
+        server[0].terminate()
+        server[0].wait()
+    mb = s.bytes / 1e6
+    base = f"plain script, {args.procs} processes, unsharded"
+    print(f"\n== ingest of {s.images} radiographs, {mb:.0f} MB; median of {args.repeat}; baseline: {base} ==")
+    print(f"{'pipeline':<46} {'wall s':>8} {'MB/s':>8} {'× baseline':>11}")
+    ref = mb / statistics.median(times[base])
+    for name, ts in times.items():
+        rate = mb / statistics.median(ts)
+        print(f"{name:<46} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}×")
+    for name in ("radflow ingest CLI, start to exit", "radflow ingest CLI, running Prefect API"):
+        print(f"\nstart-up breakdown, {name} (seconds since the command started, median):")
+        for phase, _ in PHASES:
+            seen = [m[phase] for m in marks[name] if phase in m]
+            if seen:
+                print(f"  {phase:<24} {statistics.median(seen):6.1f}")
+    if not args.out:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prefect_server(work: str) -> tuple[subprocess.Popen, str]:
+    """A Prefect API for the 'running Prefect API' case: ``prefect server start`` on a free loopback port."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": os.path.join(work, "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                             "--no-services"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("prefect server start did not answer within 180 s")
+
+
+if __name__ == "__main__":
+    main()

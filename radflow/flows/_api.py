@@ -1,0 +1,188 @@
+"""Prefect's temporary local API, started by the command line as its first step.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary API server at the first flow call: after
+radflow has imported its flows, after this process has imported Prefect's whole server package
+(seconds of CPU, only to launch a subprocess), and before the Dask cluster is started. The
+command line starts the same server (the same uvicorn command, app and database under
+``PREFECT_HOME``, so runs stay visible in ``prefect server start`` afterwards) in its first
+milliseconds and points ``PREFECT_API_URL`` at it; the server boots on another core while the
+command imports its flows and starts the cluster, and the first flow call waits for it only if it
+is not up yet. Nothing here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Iterator
+
+__all__ = ["TemporaryAPI", "start_temporary_api", "engines"]
+
+log = logging.getLogger(__name__)
+
+
+class TemporaryAPI:
+    """One Prefect API server process on 127.0.0.1, stopped when this process exits."""
+
+    current: "TemporaryAPI | None" = None
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.errors = tempfile.TemporaryFile()  # the server's stderr, read only if it fails to start
+        self.port = _free_port()
+        self.process = self._launch()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.ready = False
+        TemporaryAPI.current = self
+        atexit.register(self.stop)
+
+    def _launch(self) -> subprocess.Popen:
+        spec = importlib.util.find_spec("prefect")
+        app_dir = os.path.dirname(list(spec.submodule_search_locations)[0])
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env.pop("PREFECT_API_URL", None)
+        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app",
+               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.errors)
+
+    def wait_ready(self) -> None:
+        """Block until the API answers ``/health`` (the startup timeout of Prefect's own temporary
+        server applies: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``)."""
+        import httpx
+
+        deadline = time.monotonic() + self.timeout_s
+        with httpx.Client(timeout=5.0) as client:
+            while not self.ready:
+                code = self.process.poll()
+                if code == 3:  # the port was taken between choosing it and binding it: another one
+                    self.port = _free_port()
+                    self.url = f"http://127.0.0.1:{self.port}/api"
+                    os.environ["PREFECT_API_URL"] = self.url
+                    self.process = self._launch()
+                elif code is not None:
+                    raise RuntimeError(f"Prefect's temporary API server exited with code {code}: {self._stderr_tail()}")
+                try:
+                    self.ready = client.get(f"{self.url}/health").status_code == 200
+                except httpx.TransportError:
+                    pass
+                if not self.ready:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"Prefect's temporary API server did not answer within {self.timeout_s:.0f} s "
+                            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); on a busy machine raise it, or point "
+                            "PREFECT_API_URL at a running server (`prefect server start`)")
+                    time.sleep(0.1)
+
+    def _stderr_tail(self) -> str:
+        self.errors.seek(0)
+        return " ".join(self.errors.read().decode(errors="replace").split()[-60:])
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        log.info("stopping the temporary Prefect API on %s", self.url)
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+
+@contextlib.contextmanager
+def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any] | None = None,
+            address: str | None = None) -> Iterator[None]:
+    """Prefect's API, the flows and the cluster, started side by side rather than one after another.
+
+    The temporary API server (when no API is configured) boots in its own process while this one
+    imports the flow ``modules`` and, with ``cluster``, starts the Dask cluster of ``settings`` /
+    ``address`` (flows reuse it; it stays up for the block); the block then finds the API up (or
+    waits for it)."""
+    api = start_temporary_api()
+    for name in modules:
+        importlib.import_module(name)
+    with contextlib.ExitStack() as stack:
+        if cluster:
+            from radflow.cluster import connect
+            from radflow.flows._common import build_settings
+
+            stack.enter_context(connect(build_settings(settings, address).cluster))
+        if api is not None:
+            api.wait_ready()
+        yield
+
+
+def start_temporary_api() -> TemporaryAPI | None:
+    """Start Prefect's temporary API now, unless Prefect is configured otherwise (an API URL or
+    temporary servers turned off, in the environment, the active profile, ``prefect.toml``,
+    ``pyproject.toml`` or ``.env``: Prefect's own rules then apply) or already imported."""
+    if TemporaryAPI.current is not None and TemporaryAPI.current.process is not None:
+        return TemporaryAPI.current
+    if "prefect" in sys.modules or _configured_elsewhere():
+        return None
+    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 180)
+    api = TemporaryAPI(timeout)
+    os.environ["PREFECT_API_URL"] = api.url
+    log.info("starting a temporary Prefect API on %s (runs are kept under PREFECT_HOME; `prefect server start` "
+             "shows them)", api.url)
+    return api
+
+
+_API_KEYS = ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE")
+
+
+def _configured_elsewhere() -> bool:
+    """Whether any of Prefect's setting sources names an API URL or an ephemeral-mode switch."""
+    import tomllib
+
+    if any(os.environ.get(k, "").strip() for k in _API_KEYS):
+        return True
+    home = os.path.expanduser(os.environ.get("PREFECT_HOME") or "~/.prefect")
+    profiles = os.environ.get("PREFECT_PROFILES_PATH") or os.path.join(home, "profiles.toml")
+    try:
+        with open(profiles, "rb") as f:
+            doc = tomllib.load(f)
+        active = os.environ.get("PREFECT_PROFILE") or doc.get("active") or "ephemeral"
+        profile = {k: str(v).strip().lower() for k, v in doc.get("profiles", {}).get(active, {}).items()}
+        if profile.get("PREFECT_API_URL") or "false" in (profile.get(k) for k in _API_KEYS[1:]):
+            return True
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return True  # a profile file radflow cannot read: leave it to Prefect
+    for name in ("prefect.toml", "pyproject.toml", ".env"):
+        try:
+            text = open(name, encoding="utf-8", errors="replace").read()
+        except OSError:
+            continue
+        if name == ".env" and any(k in text for k in _API_KEYS):
+            return True
+        if name != ".env":
+            try:
+                doc = tomllib.loads(text)
+            except ValueError:
+                return True
+            doc = doc.get("tool", {}).get("prefect", {}) if name == "pyproject.toml" else doc
+            if doc.get("api", {}).get("url") or "ephemeral" in doc.get("server", {}):
+                return True
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,81 @@
+"""The command line's early start of Prefect's temporary API: used only where Prefect would start one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _configured(tmp_path, monkeypatch, env=None, files=None) -> bool:
+    import tempfile
+
+    from radflow.flows._api import _configured_elsewhere
+
+    tmp_path = type(tmp_path)(tempfile.mkdtemp(dir=tmp_path))  # each case in a folder of its own
+
+    for key in ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE",
+                "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    for name, text in (files or {}).items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return _configured_elsewhere()
+
+
+def test_a_configured_api_or_switch_is_left_to_prefect(tmp_path, monkeypatch):
+    assert not _configured(tmp_path, monkeypatch)  # nothing configured: radflow starts the temporary API
+    assert not _configured(tmp_path, monkeypatch, files={  # Prefect's default profiles
+        "home/profiles.toml": 'active = "ephemeral"\n[profiles.ephemeral]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n'
+                              '[profiles.local]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'})
+    assert _configured(tmp_path, monkeypatch, env={"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
+    assert _configured(tmp_path, monkeypatch, files={
+        "home/profiles.toml": 'active = "local"\n[profiles.local]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'})
+    assert _configured(tmp_path, monkeypatch, env={"PREFECT_PROFILE": "local"}, files={
+        "home/profiles.toml": 'active = "ephemeral"\n[profiles.local]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'})
+    assert _configured(tmp_path, monkeypatch, files={
+        "home/profiles.toml": 'active = "off"\n[profiles.off]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = false\n'})
+    assert _configured(tmp_path, monkeypatch, files={"prefect.toml": '[api]\nurl = "http://127.0.0.1:4200/api"\n'})
+    assert _configured(tmp_path, monkeypatch, files={"pyproject.toml": '[tool.prefect.api]\nurl = "http://x:4200/api"\n'})
+    assert not _configured(tmp_path, monkeypatch, files={"pyproject.toml": '[project]\nname = "x"\n'})
+    assert _configured(tmp_path, monkeypatch, files={".env": "PREFECT_API_URL=http://127.0.0.1:4200/api\n"})
+
+
+@pytest.mark.timeout(300)
+def test_the_temporary_api_answers_keeps_runs_and_stops(tmp_path):
+    """Started without importing Prefect, it answers Prefect's client, writes its runs to the database
+    under PREFECT_HOME (what `prefect server start` shows later), and is gone when the process exits."""
+    code = """
+import os, sys
+from radflow.flows._api import start_temporary_api
+api = start_temporary_api()
+assert api is not None and "prefect" not in sys.modules and os.environ["PREFECT_API_URL"] == api.url
+api.wait_ready()
+from prefect import flow
+
+@flow(name="early-api-check")
+def f():
+    return 7
+
+assert f() == 7
+print("PID", api.process.pid)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=280,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pid = int(out.stdout.split("PID")[1].split()[0])
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "home" / "prefect.db") as db:
+        names = {r[0] for r in db.execute("select name from flow")}
+    assert "early-api-check" in names
