@@ -133,7 +133,8 @@ def main() -> None:
     files = sorted(os.path.join(d, f) for d, _, fs in os.walk(s.dicom) for f in fs)
     print(f"archive: {s.images} radiographs, {s.bytes / 1e6:.0f} MB ({args.syntax}) under {s.dicom}", flush=True)
 
-    env = {**os.environ, "RADFLOW_SECRET_KEY": os.environ.get("RADFLOW_SECRET_KEY", "baseline-benchmark-key-32-bytes-or-more")}
+    env = {**os.environ, "RADFLOW_SECRET_KEY": os.environ.get("RADFLOW_SECRET_KEY", "baseline-benchmark-key-32-bytes-or-more"),
+           "PREFECT_LOGGING_LEVEL": "INFO"}  # the breakdown reads Prefect's own lines (flow run begins, ends)
     env.pop("PREFECT_API_URL", None)
     server = _prefect_server(work)
     env_api = {**env, "PREFECT_API_URL": server[1]}

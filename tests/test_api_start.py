@@ -79,3 +79,29 @@ print("PID", api.process.pid)
     with sqlite3.connect(tmp_path / "home" / "prefect.db") as db:
         names = {r[0] for r in db.execute("select name from flow")}
     assert "early-api-check" in names
+
+
+@pytest.mark.timeout(400)
+def test_two_commands_at_once_each_with_its_temporary_api_share_the_database(tmp_path):
+    """Two `radflow ingest` started together, no Prefect API configured and a fresh PREFECT_HOME: each
+    starts its own temporary API over the one database (created by whichever comes first); both succeed,
+    and both runs are in the database afterwards."""
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 4, seed=4, sizes=((128, 128),), broken=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               RADFLOW_CLUSTER__N_WORKERS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "radflow", "ingest", a.dicom, str(tmp_path / f"s{i}.zarr")],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL) for i in (1, 2)]
+    outs = [p.communicate(timeout=380) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert "4 discovered, 4 new, 4 ok" in out
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "home" / "prefect.db") as db:
+        runs = db.execute("select count(*) from flow_run join flow on flow.id = flow_run.flow_id "
+                          "where flow.name = 'radflow-ingest' and flow_run.state_type = 'COMPLETED'").fetchone()[0]
+    assert runs == 2

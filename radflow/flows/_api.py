@@ -104,19 +104,20 @@ class TemporaryAPI:
 
 
 @contextlib.contextmanager
-def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any] | None = None,
+def engines(modules: tuple[str, ...], *, cluster: bool | str, settings: dict[str, Any] | None = None,
             address: str | None = None) -> Iterator[None]:
     """Prefect's API, the flows and the cluster, started side by side rather than one after another.
 
     The temporary API server (when no API is configured) boots in its own process while this one
     imports the flow ``modules`` and, with ``cluster``, starts the Dask cluster of ``settings`` /
     ``address`` (flows reuse it; it stays up for the block); the block then finds the API up (or
-    waits for it)."""
+    waits for it). With an API already running there is nothing to overlap and the flow starts its
+    cluster itself, unless ``cluster="always"`` (one cluster for several flows, as ``radflow run``)."""
     api = start_temporary_api()
     for name in modules:
         importlib.import_module(name)
     with contextlib.ExitStack() as stack:
-        if cluster:
+        if cluster == "always" or (cluster and api is not None):  # else nothing to overlap: the flow starts it
             from radflow.cluster import connect
             from radflow.flows._common import build_settings
 
