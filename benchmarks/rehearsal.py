@@ -11,7 +11,7 @@ measured in the same run), the table-read figures, and a projection to the real 
 full-size frames) from per-image costs of full-size radiographs measured in this run.
 
     python benchmarks/rehearsal.py --inputs 377110 --sizes 20000,100000 [--out DIR]
-    python benchmarks/rehearsal.py --inputs 1000            # the size CI runs
+    python benchmarks/rehearsal.py --inputs 500             # the size CI runs
 
 Targets (issue 13; measured here, never asserted in tests): 0 lost inputs and verify passing;
 time per input at the largest size within 20 % of the smallest; flow peak RSS < 1 GiB;

@@ -41,13 +41,13 @@ def test_bad_setting_fails_with_one_line_naming_the_variable(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_every_stage(tmp_path):
-    out = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", "--epochs", "2", timeout=900)
+    out = run("demo", "--out", str(tmp_path / "demo"), "--n", "20", "--epochs", "2", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
     assert "radflow demo — summary" in text
-    assert re.search(r"inputs\s+\d+ discovered, 30 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", text)
+    assert re.search(r"inputs\s+\d+ discovered, 20 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", text)
     auc = re.search(r"held-out\s+AUC ([0-9.]+).* for .lesion. on (\d+) images", text)
-    # 30 images leave few held-out ones: the demo says so when they hold one class only, instead of an AUC of nan
+    # 20 images leave few held-out ones: the demo says so when they hold one class only, instead of an AUC of nan
     skipped = re.search(r"held-out\s+not evaluated: .*column 'lesion' holds only class", text)
     assert (auc and 0.0 <= float(auc.group(1)) <= 1.0) or skipped, text
     assert "Dask dashboard:" in out.stderr
@@ -55,23 +55,23 @@ def test_demo_runs_every_stage(tmp_path):
     for table in ("ledger", "instances", "features", "predictions") + (("evaluation",) if auc else ()):
         assert any((store / "tables" / table).iterdir())
     ins = run("inspect", str(store))
-    assert ins.returncode == 0 and "images" in ins.stdout and "ledger 33 rows" in ins.stdout
-    assert re.search(r"images\s+30 of \d+ filled", ins.stdout), ins.stdout  # capacity grows by shards
+    assert ins.returncode == 0 and "images" in ins.stdout and "ledger 23 rows" in ins.stdout
+    assert re.search(r"images\s+20 of \d+ filled", ins.stdout), ins.stdout  # capacity grows by shards
     assert re.search(r"raw/\S+\s+\d+ of \d+ filled", ins.stdout), ins.stdout
     ver = run("verify", str(store))
-    assert ver.returncode == 0 and "checked 30 frames" in ver.stdout and "no chunk is missing" in ver.stdout
+    assert ver.returncode == 0 and "checked 20 frames" in ver.stdout and "no chunk is missing" in ver.stdout
 
     # a second demo in the same place: its own folder, an honest summary, its own report, the same weights
-    again = run("demo", "--out", str(tmp_path / "demo"), "--n", "30", "--epochs", "2", timeout=900)
+    again = run("demo", "--out", str(tmp_path / "demo"), "--n", "20", "--epochs", "2", timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"this one writes to {tmp_path / 'demo'}.2" in " ".join((again.stdout + again.stderr).split())  # wrapped
-    assert re.search(r"inputs\s+33 discovered, 30 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", again.stdout)
+    assert re.search(r"inputs\s+23 discovered, 20 ok, rejected: NON_IMAGE 1, NOT_DICOM 1, TRUNCATED 1", again.stdout)
     assert "DUPLICATE" not in again.stdout
     reports = [re.search(r"QC report\s+(\S+)", o).group(1) for o in (text, again.stdout)]
     assert reports[0].startswith(str(store) + "/") and reports[1].startswith(f"{tmp_path / 'demo'}.2/store.zarr/")
     weights = [re.search(r"weights SHA-256 ([0-9a-f]{12})", o).group(1) for o in (text, again.stdout)]
     assert weights[0] == weights[1]  # the same seed trains the same model
-    assert len(radflow_store(store).ledger()) == 33  # the first store is untouched
+    assert len(radflow_store(store).ledger()) == 23  # the first store is untouched
 
 
 def radflow_store(path):
