@@ -32,11 +32,12 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 import radflow.ingest  # noqa: E402,F401  (must stay before ``def ingest``)
 
 
-def open_store(url: str, storage_options: dict[str, Any] | None = None):
-    """Open a radflow store for reading; see :class:`radflow.store.handle.Store`."""
+def open_store(url: str, storage_options: dict[str, Any] | None = None, version: Any = None):
+    """Open a radflow store for reading: its newest version, or ``version`` (an id from
+    ``open_store(url).history()``, a tag, or a ``datetime``); see :class:`radflow.store.handle.Store`."""
     from radflow.store.handle import open_store as _open
 
-    return _open(url, storage_options)
+    return _open(url, storage_options, version)
 
 
 def _engines(module: str, options: dict[str, Any]):

@@ -291,12 +291,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from radflow.errors import StoreNotFoundError
     from radflow.store.lock import writer
     from radflow.store.urls import filesystem, normalize
+    from radflow.store.versions import transaction
 
     options = _storage_options(args)
     fs, root = filesystem(normalize(args.store), options)
     if not fs.exists(root):  # before the lock, which would create the folder
         raise StoreNotFoundError(f"no store at {normalize(args.store)!r}")
-    with writer(args.store, options, command="compact"):
+    with writer(args.store, options, command="compact"), transaction(args.store, options, command="compact"):
         out = compact_store(args.store, options, min_parts=args.min_parts, tables=args.table or None)
     if not out:
         print(f"nothing to compact: no table has {args.min_parts} or more Parquet files")
@@ -315,6 +316,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     m = info["meta"]
     print(f"store {info['url']}  (radflow format {m.get('format_version')}, written by radflow {m.get('radflow_version')}, "
           f"created {m.get('created')})")
+    if info.get("version"):
+        print(f"version {info['version']}  (`radflow history` lists every version)")
     print(f"source {m.get('source')}")
     pv = info["privacy"]
     if pv["mode"] == "keep-identifiers":
@@ -474,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     common(sp, cluster=False)
     sp.set_defaults(func=cmd_inspect)
+
+    from radflow.cli_versions import add_parsers
+
+    add_parsers(sub, common)
     return p
 
 

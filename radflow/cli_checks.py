@@ -86,10 +86,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"SOURCE {source!r} does not exist")
     store = getattr(args, "store", None)
     if store and args.command not in ("ingest", "run", "serve") and local(store) \
-            and not os.path.exists(os.path.join(path(store), "zarr.json")):
+            and not os.path.exists(os.path.join(path(store), "zarr.json")) \
+            and not os.path.isdir(os.path.join(path(store), "repo", "refs")):
         from radflow.errors import StoreNotFoundError
 
-        raise StoreNotFoundError(f"no radflow store at STORE {store!r} (no zarr.json there); create one with "
+        raise StoreNotFoundError(f"no radflow store at STORE {store!r} (neither repo/ nor zarr.json there); create one with "
                                  "`radflow ingest SOURCE STORE`")
     steps = getattr(args, "steps", None)
     if steps is not None:

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     max_files_per_batch: int = Field(4096, ge=1, description="upper bound of inputs in one ingest batch")
     compact_parts: int = Field(256, ge=0, description="after a run, compact a table with more than this many "
                                "Parquet files into one (0 = never; `radflow compact` does it on demand)")
+    store_format: Literal[1, 2] = Field(2, description="format of a new store: 2 = versioned (Icechunk: every run "
+                                        "commits a version, `radflow history`), 1 = plain Zarr (no versions)")
+    writer_wait_s: float = Field(0.0, ge=0, description="seconds a run waits for a store another run is writing "
+                                 "(its writer lock) before failing; 0 = fail at once, naming that run")
+    checkpoint_batches: int = Field(64, ge=1, description="a versioned store commits a checkpoint after this many "
+                                    "finished ingest batches or processing ranges (a killed run resumes from it)")
     stage_shards_per_range: int = Field(1, ge=1, description="`images` shards per processing range (one Dask task, "
                                         "one completion record); more = fewer, longer tasks")
     spectral_cutoff: float = Field(0.25, gt=0, lt=0.71, description="cycles/pixel above which spectral energy counts as high-frequency")

@@ -108,7 +108,10 @@ def compact_tables(client: Any, store: str, storage_options: dict[str, Any] | No
         return {}
     from radflow.cluster.waiting import result
 
-    out = result(client.submit(compact_store, store, storage_options, min_parts=threshold + 1, tables=names, pure=False))
+    from radflow.store.versions import settle, task
+
+    out = settle(store, result(client.submit(task(store, compact_store), store, storage_options, min_parts=threshold + 1,
+                                             tables=names, pure=False)))
     run_logger().info("compacted %s", ", ".join(f"{k} ({v['files_before']} → {v['files_after']} files)" for k, v in out.items()))
     return out
 

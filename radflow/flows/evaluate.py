@@ -13,7 +13,9 @@ from radflow.errors import ConfigError
 from radflow.flows._common import build_settings, markdown_table, run_logger
 from radflow.dicom.pseudonym import remap_uid
 from radflow.store.handle import open_store
+from radflow.store.lock import writer
 from radflow.store.tables import write_part
+from radflow.store.versions import transaction
 from radflow.store.urls import filesystem, normalize
 from radflow.tasks.metrics import evaluate_predictions
 
@@ -93,14 +95,18 @@ def evaluate_flow(
     check_labels(lab, names, labels)
     lab = lab.rename(columns={"_sop_uid": "sop_uid"})
     results = []
-    for (model, sha), group in preds.groupby(["model", "model_sha256"]):
-        joined = group.merge(lab, on="sop_uid", how="inner")
-        summary, calib = evaluate_predictions(joined, names, threshold)
-        summary.insert(0, "model", model)
-        summary.insert(1, "model_sha256", sha)
-        write_part(st.url, "evaluation", sha[:12], summary, storage_options=storage_options)
-        write_part(st.url, "calibration", sha[:12], calib, storage_options=storage_options)
-        results.append(summary)
+    with writer(st.url, storage_options, command="evaluate"), \
+            transaction(st.url, storage_options, command="evaluate") as tx:
+        for (model, sha), group in preds.groupby(["model", "model_sha256"]):
+            joined = group.merge(lab, on="sop_uid", how="inner")
+            summary, calib = evaluate_predictions(joined, names, threshold)
+            summary.insert(0, "model", model)
+            summary.insert(1, "model_sha256", sha)
+            write_part(st.url, "evaluation", sha[:12], summary, storage_options=storage_options)
+            write_part(st.url, "calibration", sha[:12], calib, storage_options=storage_options)
+            results.append(summary)
+        if tx is not None:
+            tx.summary = {"models": len(results), "labels": len(names)}
     table = pd.concat(results, ignore_index=True)
     create_markdown_artifact(
         "# radflow evaluation\n\n" + markdown_table(table.to_dict(orient="records")),

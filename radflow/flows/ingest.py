@@ -29,7 +29,7 @@ from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_ke
 from radflow.errors import Reason
 from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
 from radflow.flows._progress import report
-from radflow.store import layout
+from radflow.store import layout, versions
 from radflow.ingest.batches import BatchInput, BatchPlan, ledger_row, lost_detail, plan_batches, probe_input, write_batch
 from radflow.ingest.index import HeaderIndex, index_inputs
 from radflow.dicom.deid import privacy_record
@@ -42,6 +42,7 @@ from radflow.ingest.sources import InputRef, discover
 from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_arrow, read_table, write_part
 from radflow.store.lock import writer
 from radflow.store.urls import filesystem, normalize, zarr_store
+from radflow.store.versions import transaction
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
 
@@ -320,9 +321,11 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
     todo = [d for d in duplicates if d["sop_key"] in stored]
     chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]
     # each chunk's worker reads the stored frames it compares with: no per-frame rows through this process
-    futures = [get_client().submit(check_duplicates, store, c, limits=settings.limits, storage_options=storage_options,
-                                   masks=settings.privacy.masks, pure=False) for c in chunks]
-    results = [result(f) for f in futures]
+    versions.checkpoint(store, "checkpoint: before duplicate checks")  # the checks read frames this run stored
+    futures = [get_client().submit(versions.task(store, check_duplicates), store, c, limits=settings.limits,
+                                   storage_options=storage_options, masks=settings.privacy.masks, pure=False)
+               for c in chunks]
+    results = [versions.settle(store, result(f)) for f in futures]
     reasons: Counter[str] = Counter()
     for r in results:
         reasons.update(r["reasons"])
@@ -352,9 +355,10 @@ def _run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_
     secret = resolve_secret_key(settings)
 
     def run(p: BatchPlan, lost: tuple[tuple[BatchInput, str], ...] = (), attempt: int = 0) -> dict[str, Any]:
-        return result(client.submit(write_batch, store, p, secret=secret, limits=settings.limits,
-                                    storage_options=storage_options, lost=lost, privacy=settings.privacy,
-                                    key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False))
+        return versions.settle(store, result(client.submit(
+            versions.task(store, write_batch), store, p, secret=secret, limits=settings.limits,
+            storage_options=storage_options, lost=lost, privacy=settings.privacy,
+            key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False)))
 
     try:
         return run(plan)
@@ -467,15 +471,30 @@ def ingest_flow(
     fs, root = filesystem(src, storage_options)
     if not fs.exists(root):  # before the writer lock, which creates the store's folder
         raise FileNotFoundError(f"source {src!r} does not exist")
-    with writer(dst, storage_options, command="ingest"):  # what is new is decided under the lock
+    # what is new is decided under the lock
+    with writer(dst, storage_options, command="ingest", wait_s=cfg.writer_wait_s):
         return _ingest(src, dst, cfg, storage_options, t0)
 
 
 def _ingest(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] | None, t0: float) -> dict[str, Any]:
-    log = run_logger()
+    """Under the writer lock: in a versioned store, one transaction (checkpoints every
+    ``checkpoint_batches`` batches, the rest committed at the end as one version)."""
     key = resolve_secret_key(cfg)
-    results: list[dict[str, Any]] = []
     inputs, new = discover_task(src, dst, storage_options, cfg)  # a missing source fails here, before the store exists
+    with transaction(dst, storage_options, command="ingest", create=cfg.store_format == 2, message="ingest",
+                     collect=bool(pending_journals(dst, storage_options))) as tx:
+        if tx is not None:
+            tx.checkpoint_every = cfg.checkpoint_batches
+        summary = _ingest_in(src, dst, cfg, storage_options, t0, key, inputs, new)
+        if tx is not None:
+            tx.summary = {k: summary[k] for k in ("discovered", "new", "ok", "frames") if k in summary}
+    return summary
+
+
+def _ingest_in(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] | None, t0: float, key: bytes,
+               inputs: list[InputRef], new: list[InputRef]) -> dict[str, Any]:
+    log = run_logger()
+    results: list[dict[str, Any]] = []
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
                        radflow_version=VERSION, privacy=privacy_record(cfg.privacy, key))
     if pending_journals(dst, storage_options):  # a killed run left reservations: finish them first

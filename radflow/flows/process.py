@@ -24,6 +24,7 @@ from radflow.stages import Request, registered
 from radflow.store.handle import open_store
 from radflow.store.lock import writer
 from radflow.store.urls import normalize
+from radflow.store.versions import transaction
 
 __all__ = ["process_flow", "STEPS", "check_canvas_fits", "local_worker_memory"]
 
@@ -97,7 +98,12 @@ def process_flow(
     storage_options = storage_options if storage_options is not None else (cfg.storage_options or None)
     url = normalize(store)
     st = open_store(url, storage_options)
-    with writer(url, storage_options, command="process"):  # one writer: plans read what is done under the lock
+    # one writer: plans read what is done under the lock; a versioned store commits one version (and a
+    # checkpoint after each stage)
+    with writer(url, storage_options, command="process", wait_s=cfg.writer_wait_s), \
+            transaction(url, storage_options, command="process") as tx:
+        if tx is not None:  # read through the transaction: each stage's prepare sees what the one before made
+            st = open_store(url, storage_options)
         request = Request(st, cfg, canvas=canvas, model=model, arch=arch, card=card, embeddings=embeddings)
         summary: dict[str, Any] = {"store": url, "frames": int(len(request.frame_index)), "steps": {}}
         if "preprocess" in steps and len(request.frame_index):
@@ -128,6 +134,9 @@ def process_flow(
             request.gpu = _has_gpu_workers(client)
             for job in jobs:
                 summary["steps"][job.stage.name] = run_stage(job, request)
+                if tx is not None:
+                    tx.summary = {"steps": {k: {"frames": v.get("frames", 0), "ranges": v.get("ranges", 0)}
+                                            for k, v in summary["steps"].items()}}
             compacted = compact_tables(client, url, storage_options, cfg.compact_parts)
             if compacted:
                 summary["compacted"] = compacted

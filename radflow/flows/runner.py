@@ -22,6 +22,7 @@ from radflow.cluster.waiting import each_done, result
 from radflow.flows._common import run_logger
 from radflow.flows._progress import report as progress
 from radflow.stages.base import Job, Range, Request, completed, fingerprint, run_range
+from radflow.store import versions
 
 __all__ = ["run_stage", "pending"]
 
@@ -80,8 +81,8 @@ def _stage_task(job: Job, request: Request) -> dict[str, Any]:
         log.warning("%s: %d of %d ranges wait for %s; run that step first", name, waiting, len(ranges), job.after)
     resources = {"GPU": 1} if job.gpu and _has_gpu_workers(client) else None
     progress("stage-start", stage=name, total=sum(r.frames for r in todo))
-    futures = {client.submit(run_range, job, r, key=f"{job.scope}-{r.part}-{r.token[:8]}", resources=resources,
-                             retries=1, pure=False): r for r in todo}
+    futures = {client.submit(versions.task(job.store, run_range), job, r, key=f"{job.scope}-{r.part}-{r.token[:8]}",
+                             resources=resources, retries=1, pure=False): r for r in todo}
     frames, failed = 0, []
     for fut in each_done(list(futures)):
         rng = futures[fut]
@@ -89,9 +90,10 @@ def _stage_task(job: Job, request: Request) -> dict[str, Any]:
             failed.append((rng, fut.exception()))
             log.error("%s: range %s failed: %s", name, rng.part, fut.exception())
             continue
-        frames += fut.result()
+        frames += versions.settle(job.store, fut.result())
         progress("stage-advance", stage=name, advance=rng.frames)
     progress("stage-end", stage=name)
+    versions.checkpoint(job.store, f"{name}: {len(todo) - len(failed)} ranges")  # the next stage reads what this one wrote
     seconds = time.perf_counter() - t0
     if failed:  # the completed ranges are recorded: a re-run does only the failed ones
         raise failed[0][1]

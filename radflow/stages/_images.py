@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from radflow.stages.base import Job, Range, Request, shard_ranges
-from radflow.store import layout
+from radflow.store import layout, versions
 from radflow.store.urls import zarr_store
 
 __all__ = ["canvas_of", "image_ranges", "open_array", "images_block"]
@@ -36,7 +36,10 @@ def _root(store: str, options_json: str, mode: str):
 
 
 def open_array(job: Job, path: str, mode: str = "r"):
-    """Array ``path`` of the job's store, the group opened once per worker process."""
+    """Array ``path`` of the job's store: through the task's session in a versioned store, else the
+    group opened once per worker process."""
+    if versions.session_for(job.store) is not None or versions.is_versioned(job.store, job.storage_options):
+        return layout.open_root(zarr_store(job.store, job.storage_options, read_only=mode == "r"), mode=mode)[path]
     return _root(job.store, json.dumps(job.storage_options, sort_keys=True), mode)[path]
 
 

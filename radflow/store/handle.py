@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from radflow.store import layout
+from radflow.store import layout, versions
 from radflow.store.layout import KINDS, reference_path
 from radflow.store.tables import list_parts, read_table, terminal_ledger
 from radflow.store.urls import normalize, zarr_store
@@ -23,14 +23,58 @@ log = logging.getLogger(__name__)
 class Store:
     """A radflow store at a URL: Zarr arrays plus Parquet tables.
 
-    Tables are read on each call (they change while a run is going); arrays are
-    opened lazily.
+    A versioned store (format 2) is read at its newest version, whichever it is at each call (arrays
+    and tables from the same version), or at ``version`` for good: a version id from
+    :meth:`history`, a tag, or a ``datetime`` (the version that was newest then). :attr:`version`
+    names what is read, so an analysis or a trained model can record exactly what it used. A
+    format-1 store has no versions: its tables and arrays are read as they are on each call.
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, version: Any = None) -> None:
         self.url = normalize(url)
         self.storage_options = dict(storage_options or {})
-        self.root = layout.open_root(zarr_store(self.url, self.storage_options, read_only=True), mode="r")
+        self._pinned: str | None = None
+        self._tip: tuple[str, Any] | None = None
+        self._versioned = versions.current(self.url) is None and (
+            version is not None or versions.is_versioned(self.url, self.storage_options))
+        if self._versioned and version is not None:
+            session = versions.readonly(self.url, self.storage_options, version)
+            self._pinned = session.snapshot_id
+            self._tip = (self._pinned, layout.open_root(versions.RetryingStore(session.store), mode="r"))
+        elif version is not None:
+            raise ValueError(f"{self.url} is a format-1 store without versions; `radflow migrate` it first")
+        elif not self._versioned:
+            self._root = layout.open_root(zarr_store(self.url, self.storage_options, read_only=True), mode="r")
+        else:
+            self.root  # noqa: B018 - a missing store fails here
+
+    @property
+    def root(self):
+        """The store's root group (at :attr:`version` for a versioned store)."""
+        if not self._versioned:
+            return self._root
+        if self._pinned is None:
+            tip = versions.tip(self.url, self.storage_options)
+            if self._tip is None or self._tip[0] != tip:
+                session = versions.readonly(self.url, self.storage_options, tip)
+                self._tip = (tip, layout.open_root(versions.RetryingStore(session.store), mode="r"))
+                self.__dict__.pop("_instances_by_index", None)
+        return self._tip[1]
+
+    @property
+    def version(self) -> str | None:
+        """The version this handle reads (``None`` for a format-1 store): fixed when opened with
+        ``version=``, else the newest."""
+        if not self._versioned:
+            return None
+        self.root  # noqa: B018 - the newest, now
+        return self._tip[0]
+
+    def history(self) -> pd.DataFrame:
+        """The store's versions, newest first (``version, time, message, command, radflow_version,
+        checkpoint, summary``); empty for a format-1 store."""
+        return pd.DataFrame(versions.history(self.url, self.storage_options),
+                            columns=["version", "time", "message", "command", "radflow_version", "checkpoint", "summary"])
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -48,7 +92,7 @@ class Store:
 
     # -- tables -------------------------------------------------------------
     def table(self, name: str) -> pd.DataFrame:
-        return read_table(self.url, name, self.storage_options)
+        return read_table(self.url, name, self.storage_options, version=self.version)
 
     def ledger(self, *, history: bool = False) -> pd.DataFrame:
         """One row per discovered input: source, size, sha256, status, reason, frames, batch — its
@@ -135,7 +179,7 @@ class Store:
         return self.table("errors")
 
     def parts(self, name: str) -> list[str]:
-        return list_parts(self.url, name, self.storage_options)
+        return list_parts(self.url, name, self.storage_options, version=self.version)
 
     # -- arrays -------------------------------------------------------------
     def raw_arrays(self) -> dict[str, zarr.Array]:
@@ -155,11 +199,12 @@ class Store:
         Returns ``(rows, cols)`` or ``(rows, cols, samples)`` in the stored dtype.
         Raises :class:`~radflow.errors.MissingChunkError` if its chunk is absent.
         """
+        root = self.root  # first: a newer version drops the cached index
         try:
             row = self._instances_by_index.loc[int(index)]
         except KeyError:
             raise IndexError(f"no frame with index {index} in {self.url}") from None
-        arr = self.root[f"raw/{row['raw_array']}"]
+        arr = root[f"raw/{row['raw_array']}"]
         pos = int(row["raw_position"])
         if check:
             layout.require_chunk(arr, pos)
@@ -202,6 +247,7 @@ class Store:
         return len(fs.find(path))
 
 
-def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Store:
-    """Open an existing radflow store (local path or ``s3://…``) for reading."""
-    return Store(url, storage_options)
+def open_store(url: str, storage_options: dict[str, Any] | None = None, version: Any = None) -> Store:
+    """Open an existing radflow store (local path or ``s3://…``) for reading: its newest version, or
+    ``version`` (see :class:`Store`)."""
+    return Store(url, storage_options, version)

@@ -41,9 +41,9 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[st
     """Inputs by status and reason, frames by modality and size, arrays, tables and object counts."""
     st = open_store(url, storage_options)
     # the columns the summary counts, not whole tables (headers, paths and checksums stay on disk)
-    ledger = read_table(st.url, "ledger", st.storage_options, columns=["status", "reason", "anomalies"])
+    ledger = read_table(st.url, "ledger", st.storage_options, columns=["status", "reason", "anomalies"], version=st.version)
     inst = read_table(st.url, "instances", st.storage_options,
-                      columns=["modality", "rows", "cols", "raw_array", "burned_in_risk"])
+                      columns=["modality", "rows", "cols", "raw_array", "burned_in_risk"], version=st.version)
     by_status = (
         ledger.fillna({"reason": ""}).groupby(["status", "reason"]).size().reset_index(name="inputs").to_dict(orient="records")
     )
@@ -64,19 +64,20 @@ def describe(url: str, storage_options: dict[str, Any] | None = None) -> dict[st
     filled = _filled(st, inst)
     for name, arr in named.items():
         try:
-            stored = fs.du(f"{root}/{name}")
+            stored = arr.nbytes_stored() if st.version else fs.du(f"{root}/{name}")
         except FileNotFoundError:
             stored = 0
         arrays.append({"name": name, "shape": arr.shape, "dtype": str(arr.dtype), "chunks": arr.chunks,
                        "shards": arr.shards, "stored_bytes": stored, "filled": filled.get(name)})
     tables = {}
     for name in sorted(set(TABLES) | {"evaluation", "calibration"}):
-        if list_parts(st.url, name, storage_options):
-            tables[name] = count_rows(st.url, name, storage_options)
+        if list_parts(st.url, name, storage_options, version=st.version):
+            tables[name] = count_rows(st.url, name, storage_options, version=st.version)
     objects = st.object_count()
     return {
         "url": st.url,
         "meta": st.meta,
+        "version": st.version,
         "privacy": privacy_summary(st.privacy),
         "burned_in_risk": int(inst["burned_in_risk"].fillna(False).sum()) if "burned_in_risk" in inst else 0,
         "ledger": by_status,

@@ -1,4 +1,4 @@
-"""The Zarr layout of a radflow store (format version 1).
+"""The Zarr layout of a radflow store (format versions 1 and 2).
 
 ::
 
@@ -11,6 +11,10 @@ Frames of similar size share one ``raw`` array: the canvas is the frame size rou
 up to a size class, so padding stays small and the number of arrays stays bounded.
 A shard holds ``frames_per_shard`` frames (target ~``shard_target_mib``); an ingest
 batch always starts at a shard boundary, so each shard has exactly one writer.
+
+Format 2 is the same hierarchy inside an Icechunk repository (``<store>/repo``), one version per
+commit, with each table's parts listed as nodes ``tables/<name>/<part>`` (see
+:mod:`radflow.store.versions`); format 1 is the hierarchy at the URL itself.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from radflow.errors import MissingChunkError, StoreFormatError, StoreNotFoundErr
 
 __all__ = [
     "AcquisitionKind", "KINDS", "kind_of_array", "reference_path", "frame_crc32",
-    "FORMAT_VERSION",
+    "FORMAT_VERSION", "FORMATS", "is_versioned_store",
     "size_class",
     "raw_array_name",
     "frames_per_shard",
@@ -41,7 +45,8 @@ __all__ = [
     "present_frames",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMATS = (1, 2)  # format 1 is read and written as before, until `radflow migrate` makes it format 2
 _SHARD_INDEX_ENTRY = 16  # (offset uint64, nbytes uint64) per inner chunk
 _EMPTY = 2**64 - 1
 
@@ -106,9 +111,15 @@ def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: s
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         root = None
     if root is None:
+        versioned = is_versioned_store(zstore)
         root = _new_group(zstore)
+        if versioned:
+            from radflow.store.tables import TABLES
+
+            for name in TABLES:  # made once here: two writers' forks never both create them
+                root.require_group(f"tables/{name}")
         root.attrs["radflow"] = {
-            "format_version": FORMAT_VERSION,
+            "format_version": 2 if versioned else 1,
             "radflow_version": radflow_version,
             "created": _now(),
             "source": source,
@@ -134,13 +145,18 @@ def create_root(zstore, *, source: str, key_fingerprint: str, radflow_version: s
     return root
 
 
+def is_versioned_store(zstore) -> bool:
+    """Whether a Zarr store is a session of a versioned (format 2) store."""
+    return type(getattr(zstore, "_store", zstore)).__name__ == "IcechunkStore"
+
+
 def _check(root: zarr.Group) -> dict[str, Any]:
     meta = dict(root.attrs.get("radflow") or {})
     if not meta:
         raise StoreFormatError(f"{root.store} is a Zarr group but not a radflow store (no 'radflow' attribute)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in FORMATS:
         raise StoreFormatError(
-            f"store format version {meta.get('format_version')} is not {FORMAT_VERSION}; "
+            f"store format version {meta.get('format_version')} is not one of {FORMATS}; "
             "use a radflow release that reads it"
         )
     return meta
@@ -226,7 +242,12 @@ def present_frames(arr: zarr.Array, positions: np.ndarray) -> np.ndarray:
     prefix = arr.store_path.path
     for shard in np.unique(positions // shard_frames):
         key = f"{prefix}/c/" + "/".join([str(int(shard))] + ["0"] * (arr.ndim - 1))
-        buf = sync(arr.store_path.store.get(key, default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
+        try:
+            buf = sync(arr.store_path.store.get(key, default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
+        except Exception as exc:  # a versioned store whose version lists a shard object storage no longer has
+            if "not found" not in str(exc).lower():
+                raise
+            buf = None
         if buf is None:
             continue
         sel = positions // shard_frames == shard

@@ -3,7 +3,9 @@
 Every command that writes a store (``ingest``, ``process``, ``compact``, and ``run`` and ``demo``
 through them) holds the store's writer lock from before it reads what is already stored until its
 last write. A second writer fails at once with :class:`~radflow.errors.StoreBusy`, naming the run
-that holds the lock, so two runs never plan the same inputs into two places. Readers never take it.
+that holds the lock, so two runs never plan the same inputs into two places; or, with
+``RADFLOW_WRITER_WAIT_S`` (seconds), it waits its turn (an ingest and a ``process`` started together:
+the second starts when the first has committed). Readers never take it.
 
 * Local stores: an ``flock`` on ``<store>/writer.lock``. The kernel releases it when the holding
   process ends, however it ends (a SIGKILL leaves no stale lock).
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +34,8 @@ from radflow.store.urls import filesystem, is_remote, join, normalize
 __all__ = ["writer", "LOCK_NAME"]
 
 LOCK_NAME = "writer.lock"
+
+log = logging.getLogger(__name__)
 
 
 def _holder(command: str, ttl_s: float) -> dict[str, Any]:
@@ -50,15 +56,33 @@ def _busy(url: str, info: dict[str, Any], extra: str = "") -> StoreBusy:
 
 @contextlib.contextmanager
 def writer(store_url: str, storage_options: dict[str, Any] | None = None, *, command: str = "",
-           ttl_s: float = 120.0) -> Iterator[None]:
-    """Hold ``store_url``'s writer lock for the block; :class:`StoreBusy` at once if another run holds it."""
+           ttl_s: float = 120.0, wait_s: float | None = None) -> Iterator[None]:
+    """Hold ``store_url``'s writer lock for the block. If another run holds it: :class:`StoreBusy` at
+    once, or after waiting up to ``wait_s`` seconds for it (default: ``RADFLOW_WRITER_WAIT_S``, 0)."""
     url = normalize(store_url)
-    if is_remote(url):
-        with _lease(url, storage_options, command, ttl_s):
-            yield
+    if wait_s is None:
+        wait_s = float(os.environ.get("RADFLOW_WRITER_WAIT_S") or 0)
+    deadline = time.monotonic() + max(0.0, wait_s)
+    said = False
+    while True:
+        try:
+            hold = _lease(url, storage_options, command, ttl_s) if is_remote(url) else _flock(url, command, ttl_s)
+            hold.__enter__()
+            break
+        except StoreBusy as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                log.warning("%s; waiting up to %.0f s for it", str(exc).split(";")[0], wait_s)
+                said = True
+            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+    try:
+        yield
+    except BaseException:
+        if not hold.__exit__(*sys.exc_info()):
+            raise
     else:
-        with _flock(url, command, ttl_s):
-            yield
+        hold.__exit__(None, None, None)
 
 
 @contextlib.contextmanager

@@ -157,8 +157,16 @@ def write_part(
 ) -> str:
     """Write one part of table ``name`` atomically; return its URL.
 
-    Local parts are written to a temporary name and renamed; an S3 PUT is atomic.
+    Local parts are written to a temporary name and renamed; an S3 PUT is atomic. In a versioned store
+    the file's name is unique (``part-<part>.v<hex>.parquet``, so a version's files never change) and
+    the part is listed in the session this write belongs to (see :mod:`radflow.store.versions`): it is
+    part of the store from that session's commit on.
     """
+    from radflow.store import versions
+
+    session = versions.session_for(store_url, write=True)
+    if session is None and versions.is_versioned(store_url, storage_options):
+        raise RuntimeError(f"{store_url} is versioned: write its tables inside a transaction")
     schema = schema if schema is not None else TABLES.get(name)
     if isinstance(rows, pa.Table):
         table = rows
@@ -168,9 +176,64 @@ def write_part(
         table = pa.Table.from_pylist(rows, schema=schema)
     else:
         table = pa.Table.from_pylist(rows)
-    url = join(table_url(store_url, name), f"part-{part}.parquet")
+    file = f"part-{part}.parquet" if session is None else f"part-{part}.v{uuid.uuid4().hex[:8]}.parquet"
+    url = join(table_url(store_url, name), file)
     _write(url, table, storage_options)
+    if session is not None:
+        _register(versions.RetryingStore(session.store), name, part, file, table.num_rows)
     return url
+
+
+def _node(part: str) -> str:
+    return part.replace("/", "%2F")
+
+
+def _register(zstore, name: str, part: str, file: str, rows: int) -> None:
+    """List ``file`` as part ``part`` of table ``name`` in a versioned store's session."""
+    import zarr
+
+    root = zarr.open_group(zstore, mode="r+")
+    group = root.require_group(f"tables/{name}/{_node(part)}")
+    group.attrs.put({"file": file, "rows": int(rows)})
+
+
+def _unregister(zstore, name: str, nodes: list[str]) -> None:
+    import zarr
+
+    root = zarr.open_group(zstore, mode="r+")
+    for node in nodes:
+        try:
+            del root[f"tables/{name}/{node}"]
+        except KeyError:
+            pass
+
+
+def _manifest(store_url: str, name: str, storage_options: dict[str, Any] | None,
+              version: Any = None) -> dict[str, tuple[Any, ...]] | None:
+    """A versioned store's files of table ``name`` as ``{url: (rows, node)}`` at this thread's session,
+    the newest version or ``version``; ``None`` for a format-1 store (its parts are what is listed)."""
+    import zarr
+
+    from radflow.store import versions
+
+    session = versions.session_for(store_url) if version is None else None
+    if session is None:
+        if version is None and not versions.is_versioned(store_url, storage_options):
+            return None
+        session = versions.readonly(store_url, storage_options, version)
+    root = zarr.open_group(versions.RetryingStore(session.store), mode="r")
+    try:
+        group = root[f"tables/{name}"]
+    except KeyError:
+        return {}
+    fs, base = filesystem(table_url(store_url, name), storage_options)  # paths as a listing gives them
+    fs.invalidate_cache(base)  # a listing cached before these parts were written must not hide them
+    out = {}
+    for node, child in group.groups():
+        file = child.attrs.get("file")
+        if file:
+            out[f"{base.rstrip('/')}/{file}"] = (child.attrs.get("rows"), node)
+    return out
 
 
 def _write(url: str, table: pa.Table, storage_options: dict[str, Any] | None, *,
@@ -199,17 +262,29 @@ _SORT_KEYS = ("index", "kspace_index", "sinogram_index", "source", "sop_uid", "k
 COMPACT_ROW_GROUP = 4096
 
 
+_UNIQUE = re.compile(r"\.v[0-9a-f]{8}$")
+
+
 def _part_name(path: str) -> str:
-    return os.path.basename(path)[len("part-"):-len(".parquet")]
+    return _UNIQUE.sub("", os.path.basename(path)[len("part-"):-len(".parquet")])
 
 
-def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def list_parts(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
+               version: Any = None) -> list[str]:
     """Every Parquet file of table ``name``: the parts writers wrote and the files compaction made of them."""
-    return sorted(_listing(store_url, name, storage_options))
+    return sorted(_listing(store_url, name, storage_options, version))
 
 
-def _listing(store_url: str, name: str, storage_options: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
-    """``{file: (size, modified)}`` of table ``name``'s Parquet files, from one listing."""
+def _listing(store_url: str, name: str, storage_options: dict[str, Any] | None,
+             version: Any = None) -> dict[str, tuple[Any, ...]]:
+    """``{file: stamp}`` of table ``name``'s Parquet files: a versioned store's manifest, else one listing
+    (stamp: size and modification time)."""
+    listed = _manifest(store_url, name, storage_options, version)
+    return listed if listed is not None else _folder(store_url, name, storage_options)
+
+
+def _folder(store_url: str, name: str, storage_options: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
+    """``{file: (size, modified)}`` of the Parquet files in table ``name``'s folder, from one listing."""
     fs, path = filesystem(table_url(store_url, name), storage_options)
     fs.invalidate_cache(path)  # parts are written by other processes while a run goes on
     try:
@@ -319,10 +394,11 @@ def _retrying(fn):
             time.sleep(min(0.5, 0.01 * attempt))
 
 
-def part_names(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> set[str]:
+def part_names(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
+               version: Any = None) -> set[str]:
     """The names of every part of table ``name`` that writers wrote, whether or not it was compacted since."""
     fs, _ = filesystem(table_url(store_url, name), storage_options)
-    return _retrying(lambda: _sources(fs, list_parts(store_url, name, storage_options))[1])
+    return _retrying(lambda: _sources(fs, list_parts(store_url, name, storage_options, version=version))[1])
 
 
 def _read_file(fs, src: Source, columns: list[str] | None, filters: Any, with_part: bool) -> pa.Table:
@@ -347,21 +423,28 @@ def _read_file(fs, src: Source, columns: list[str] | None, filters: Any, with_pa
 
 def read_arrow(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
                columns: list[str] | None = None, filters: Any = None, unreadable: list[str] | None = None,
-               with_part: bool = False) -> pa.Table | None:
+               with_part: bool = False, version: Any = None) -> pa.Table | None:
     """Table ``name`` as one Arrow table (``None`` when it has no parts), files read in parallel threads
     with ``columns`` and ``filters`` (pyarrow's DNF list or an expression) pushed down to each file.
 
     Reads see each part exactly once while compaction runs beside them (see :func:`compact_table`).
-    ``with_part=True`` adds a ``_part`` column naming each row's part."""
+    ``with_part=True`` adds a ``_part`` column naming each row's part; ``version`` reads a versioned
+    store's table as it was at that version."""
     from concurrent.futures import ThreadPoolExecutor
 
     fs, _ = filesystem(table_url(store_url, name), storage_options)
+    manifest = _manifest(store_url, name, storage_options, version)  # a versioned store: its parts never move
 
     def one(src: Source) -> pa.Table | None:
         try:
             return _read_file(fs, src, columns, filters, with_part)
         except FileNotFoundError:
-            raise
+            if manifest is None:
+                raise  # compaction removed it meanwhile: read a fresh listing
+            if unreadable is None:
+                raise FileNotFoundError(f"{src[0]}: a part the store's version lists is missing; run `radflow verify`") from None
+            unreadable.append(src[0])
+            return None
         except Exception:  # pyarrow raises assorted types for a damaged part
             if unreadable is None:
                 raise
@@ -369,7 +452,7 @@ def read_arrow(store_url: str, name: str, storage_options: dict[str, Any] | None
             return None
 
     def attempt() -> list[pa.Table]:
-        files = _listing(store_url, name, storage_options)
+        files = manifest if manifest is not None else _folder(store_url, name, storage_options)
         sources, _ = _sources(fs, sorted(files), unreadable)
         if filters is not None:  # a writer's part whose footer rules the filter out is not opened again
             sources = [src for src in sources if src[1] is None or _may_match(fs, src[0], files[src[0]], filters)]
@@ -378,28 +461,30 @@ def read_arrow(store_url: str, name: str, storage_options: dict[str, Any] | None
         with ThreadPoolExecutor(max_workers=min(16, len(sources))) as pool:
             return [t for t in pool.map(one, sources) if t is not None]
 
-    tables = _retrying(attempt)
+    tables = attempt() if manifest is not None else _retrying(attempt)
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
-def count_rows(store_url: str, name: str, storage_options: dict[str, Any] | None = None) -> int:
+def count_rows(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
+               version: Any = None) -> int:
     """Rows of table ``name`` from the Parquet footers (no column is read)."""
     # with the part-name column: Arrow concatenates zero-column tables into zero rows
-    table = read_arrow(store_url, name, storage_options, columns=[], with_part=True)
+    table = read_arrow(store_url, name, storage_options, columns=[], with_part=True, version=version)
     return 0 if table is None else table.num_rows
 
 
 def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None = None, *,
                columns: list[str] | None = None, filters: Any = None,
-               unreadable: list[str] | None = None) -> pd.DataFrame:
+               unreadable: list[str] | None = None, version: Any = None) -> pd.DataFrame:
     """All parts of table ``name`` as one DataFrame (empty, with the schema's columns, if none); see
     :func:`read_arrow` for ``columns`` and ``filters``.
 
     With ``unreadable`` (a list), a part that does not parse is appended to it and skipped
     instead of raising (``radflow verify`` reads damaged stores this way)."""
-    table = read_arrow(store_url, name, storage_options, columns=columns, filters=filters, unreadable=unreadable)
+    table = read_arrow(store_url, name, storage_options, columns=columns, filters=filters, unreadable=unreadable,
+                       version=version)
     if table is None:
         schema = TABLES.get(name)
         if schema is None:
@@ -422,8 +507,11 @@ def compact_table(store_url: str, name: str, storage_options: dict[str, Any] | N
     """
     import json
 
+    from radflow.store import versions
+
     fs, _ = filesystem(table_url(store_url, name), storage_options)
-    files = list_parts(store_url, name, storage_options)
+    listed = _listing(store_url, name, storage_options)
+    files = sorted(listed)
     if len(files) < max(2, min_parts):
         return {"files_before": len(files), "files_after": len(files), "rows": -1}
     stamps = {f: _stamp(fs, f) for f in files}
@@ -440,6 +528,13 @@ def compact_table(store_url: str, name: str, storage_options: dict[str, Any] | N
     part = f"~{max(gens, default=0) + 1:08d}-{uuid.uuid4().hex[:8]}"
     _write(join(table_url(store_url, name), f"part-{part}.parquet"), table, storage_options,
            row_group_size=COMPACT_ROW_GROUP)
+    session = versions.session_for(store_url, write=True)
+    if session is None and versions.is_versioned(store_url, storage_options):
+        raise RuntimeError(f"{store_url} is versioned: compact its tables inside a transaction")
+    if session is not None:  # versioned: the new file replaces the old ones in the manifest; older versions keep them
+        _unregister(versions.RetryingStore(session.store), name, [listed[f][1] for f in files])
+        _register(versions.RetryingStore(session.store), name, part, f"part-{part}.parquet", table.num_rows)
+        return {"files_before": len(files), "files_after": 1, "rows": table.num_rows}
     removed = 0
     for f in files:
         if _stamp(fs, f) != stamps[f]:
@@ -461,7 +556,19 @@ def _stamp(fs, path: str) -> tuple[Any, ...]:
 
 
 def table_names(store_url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The tables a store holds (folders under ``tables/``)."""
+    """The tables a store holds (folders under ``tables/``, or a versioned store's listed tables)."""
+    import zarr
+
+    from radflow.store import versions
+
+    session = versions.session_for(store_url)
+    if session is None and versions.is_versioned(store_url, storage_options):
+        session = versions.readonly(store_url, storage_options)
+    if session is not None:
+        try:
+            return sorted(n for n, _ in zarr.open_group(versions.RetryingStore(session.store), mode="r")["tables"].groups())
+        except KeyError:
+            return []
     fs, path = filesystem(join(store_url, "tables"), storage_options)
     fs.invalidate_cache(path)
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["filesystem", "join", "is_remote", "zarr_store", "normalize"]
+__all__ = ["filesystem", "join", "is_remote", "zarr_store", "plain_store", "normalize"]
 
 
 def normalize(url: str | os.PathLike[str]) -> str:
@@ -65,8 +65,26 @@ def join(url: str, *parts: str) -> str:
     return out
 
 
-def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = False):
-    """A zarr-python 3 store for the URL (``LocalStore`` or ``FsspecStore``)."""
+def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = False,
+               version: Any = None):
+    """A zarr-python 3 store for the URL.
+
+    A versioned store (format 2, :mod:`radflow.store.versions`): the session this thread writes through
+    (a task's fork, the flow's transaction), else the newest version (or ``version``), read-only: a write
+    outside a transaction fails. A format-1 store: ``LocalStore`` or ``FsspecStore`` over the URL itself.
+    """
+    from radflow.store import versions
+
+    session = versions.session_for(url, write=not read_only) if version is None else None
+    if session is not None:
+        return versions.RetryingStore(session.store)
+    if version is not None or versions.is_versioned(url, storage_options):
+        return versions.RetryingStore(versions.readonly(url, storage_options, version).store)
+    return plain_store(url, storage_options, read_only=read_only)
+
+
+def plain_store(url: str, storage_options: dict[str, Any] | None = None, *, read_only: bool = False):
+    """The Zarr store over the URL itself (a format-1 store's hierarchy)."""
     from zarr.storage import FsspecStore, LocalStore
 
     if not is_remote(url):

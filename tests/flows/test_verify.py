@@ -20,7 +20,8 @@ def test_verify_reports_missing_chunks_and_changed_pixels(tmp_path, prefect_api,
     a = write_archive(tmp_path / "a", 8, seed=5, sizes=((512, 512), (600, 480)), broken=False)
     write_fastmri(os.path.join(a.dicom, "mr"), 1, slices=2, coils=2, shape=(64, 64), crop=(48, 48))
     store = str(tmp_path / "v.zarr")
-    radflow.ingest(a.dicom, store, settings={"shard_target_mib": 1})  # small shards: several per array
+    # format 1: the damage is done to its files directly (format 2's are below)
+    radflow.ingest(a.dicom, store, settings={"shard_target_mib": 1, "store_format": 1})  # small shards: several per array
     clean = radflow.verify(store)
     assert clean["checked"] == 8 + 2 and clean["problems"] == []
 
@@ -60,7 +61,7 @@ def test_verify_lists_every_damaged_object(tmp_path, prefect_api, dask_client):
 
     a = write_archive(tmp_path / "a", 12, seed=7, sizes=((512, 512), (600, 480), (1024, 768)), broken=False)
     store = str(tmp_path / "d.zarr")
-    radflow.ingest(a.dicom, store, settings={"shard_target_mib": 1, "max_files_per_batch": 2})
+    radflow.ingest(a.dicom, store, settings={"shard_target_mib": 1, "max_files_per_batch": 2, "store_format": 1})
     assert radflow.verify(store)["problems"] == []
     st = radflow.open_store(store)
     inst = st.instances()
@@ -96,3 +97,47 @@ def test_verify_lists_every_damaged_object(tmp_path, prefect_api, dask_client):
                           timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "TABLE_PART_UNREADABLE" in proc.stdout and "ARRAY_METADATA_MISSING" in proc.stdout
+
+
+def test_verify_lists_the_damage_to_a_versioned_store(tmp_path, prefect_api, dask_client):
+    """Format 2: a shard object gone from storage, a flipped byte in another, a listed ledger part
+    deleted, a headers part cut short: each is listed (the frames of the lost shard as MISSING_CHUNK),
+    nothing raises, and the command exits 1."""
+    import glob
+    import subprocess
+    import sys
+
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 12, seed=7, sizes=((512, 512), (600, 480), (1024, 768)), broken=False)
+    store = str(tmp_path / "d2.zarr")
+    radflow.ingest(a.dicom, store, settings={"shard_target_mib": 1, "max_files_per_batch": 2})
+    st = radflow.open_store(store)
+    assert st.meta["format_version"] == 2 and radflow.verify(store)["problems"] == []
+    inst = st.instances()
+    chunks = sorted(glob.glob(os.path.join(store, "repo", "chunks", "*")))
+    assert len(chunks) >= 3
+    os.remove(chunks[0])  # a shard object lost from storage
+    blob = bytearray(open(chunks[1], "rb").read())
+    blob[len(blob) // 3] ^= 0xFF  # one byte flipped inside another
+    open(chunks[1], "wb").write(bytes(blob))
+    batch = inst["batch"].iloc[-1]
+    ledger = glob.glob(os.path.join(store, "tables", "ledger", f"part-{batch}.v*.parquet"))
+    assert len(ledger) == 1
+    os.remove(ledger[0])
+    part = sorted(glob.glob(os.path.join(store, "tables", "headers", "*.parquet")))[0]
+    data = open(part, "rb").read()
+    open(part, "wb").write(data[: len(data) // 2])
+
+    res = radflow.verify(store)
+    kinds = {p["problem"] for p in res["problems"]}
+    objects = {p.get("object") for p in res["problems"]}
+    assert "MISSING_CHUNK" in kinds and kinds & {"UNREADABLE_CHUNK", "CRC_MISMATCH"}, res["problems"]
+    missing = {(p["array"], p["position"]) for p in res["problems"] if p["problem"] == "MISSING_CHUNK"}
+    assert len({a for a, _ in missing}) == 1  # the frames of one shard object
+    assert os.path.relpath(ledger[0], store) in objects and "LEDGER_ROWS_MISSING" in kinds
+    assert os.path.relpath(part, store) in objects and "TABLE_PART_UNREADABLE" in kinds
+    proc = subprocess.run([sys.executable, "-m", "radflow", "verify", store], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "MISSING_CHUNK" in proc.stdout and "TABLE_PART_UNREADABLE" in proc.stdout
