@@ -411,10 +411,13 @@ def main() -> None:
                                   first_study=70_000_000 + 10_000 * k)
                     run_once(client, src, store, model, f"night {k + 1}")
                 fig["read_after_increments"] = read_figures(store)
+                from radflow.store.lock import writer
                 from radflow.store.tables import compact_store
+                from radflow.store.versions import transaction
 
                 t = time.perf_counter()
-                fig["compaction"] = compact_store(store)
+                with writer(store, command="compact"), transaction(store, command="compact"):  # as `radflow compact`
+                    fig["compaction"] = compact_store(store)
                 fig["compaction_s"] = time.perf_counter() - t
                 fig["read_after_compaction"] = read_figures(store)
                 fig["objects_after_compaction"] = store_counts(store)

@@ -63,20 +63,21 @@ for ax, col in zip(axes, ["mean", "glcm_contrast", "hf_energy_fraction"]):
 axes[0].legend()
 fig.tight_layout()
 table.describe().T.head(12)'''),
-        ("md", "## SQL over the Parquet tables\n\nEvery table is a folder of Parquet parts: DuckDB, pandas, "
-               "polars or Spark read it directly."),
+        ("md", "## SQL over the Parquet tables\n\nEvery table is a set of Parquet files: DuckDB, pandas, polars or "
+               "Spark read them directly. A store's version lists its own files (`store.parts(name)`); read those "
+               "(a folder can also hold files that only older versions use)."),
         ("code", '''import duckdb
 
-tables = os.path.join(store_url, "tables")
+instances, features, ledger = (store.parts(name) for name in ("instances", "features", "ledger"))
 duckdb.sql(f"""
     SELECT i.modality, i.view, count(*) AS frames, round(avg(f.mean), 3) AS mean_intensity
-    FROM read_parquet('{tables}/instances/*.parquet') i
-    JOIN read_parquet('{tables}/features/*.parquet') f USING (index)
+    FROM read_parquet({instances}) i
+    JOIN read_parquet({features}) f USING (index)
     GROUP BY ALL ORDER BY frames DESC
 """).df()'''),
         ("code", '''duckdb.sql(f"""
     SELECT status, coalesce(reason, '') AS reason, count(*) AS inputs
-    FROM read_parquet('{tables}/ledger/*.parquet') GROUP BY ALL ORDER BY inputs DESC
+    FROM read_parquet({ledger}) GROUP BY ALL ORDER BY inputs DESC
 """).df()'''),
         ("md", "Headers are kept de-identified (DICOM PS3.15 Annex E) in the `headers` table:"),
         ("code", '''h = store.headers(parse=True)
