@@ -38,7 +38,7 @@ def _root(store: str, options_json: str, mode: str):
 def open_array(job: Job, path: str, mode: str = "r"):
     """Array ``path`` of the job's store: through the task's session in a versioned store, else the
     group opened once per worker process."""
-    if versions.session_for(job.store) is not None or versions.is_versioned(job.store, job.storage_options):
+    if versions.is_versioned(job.store, job.storage_options):  # (a task's fork only exists for those)
         return layout.open_root(zarr_store(job.store, job.storage_options, read_only=mode == "r"), mode=mode)[path]
     return _root(job.store, json.dumps(job.storage_options, sort_keys=True), mode)[path]
 

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -64,25 +63,20 @@ def writer(store_url: str, storage_options: dict[str, Any] | None = None, *, com
         wait_s = float(os.environ.get("RADFLOW_WRITER_WAIT_S") or 0)
     deadline = time.monotonic() + max(0.0, wait_s)
     said = False
-    while True:
-        try:
-            hold = _lease(url, storage_options, command, ttl_s) if is_remote(url) else _flock(url, command, ttl_s)
-            hold.__enter__()
-            break
-        except StoreBusy as exc:
-            if time.monotonic() >= deadline:
-                raise
-            if not said:
-                log.warning("%s; waiting up to %.0f s for it", str(exc).split(";")[0], wait_s)
-                said = True
-            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-    try:
+    with contextlib.ExitStack() as held:
+        while True:
+            try:
+                held.enter_context(_lease(url, storage_options, command, ttl_s) if is_remote(url)
+                                   else _flock(url, command, ttl_s))
+                break
+            except StoreBusy as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not said:
+                    log.warning("%s; waiting up to %.0f s for it", str(exc).split(";")[0], wait_s)
+                    said = True
+                time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         yield
-    except BaseException:
-        if not hold.__exit__(*sys.exc_info()):
-            raise
-    else:
-        hold.__exit__(None, None, None)
 
 
 @contextlib.contextmanager

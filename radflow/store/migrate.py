@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from radflow.config import VERSION
 from radflow.store.lock import LOCK_NAME, writer
 from radflow.store.urls import filesystem, join, normalize, plain_store
 
@@ -60,8 +61,7 @@ def migrate(url: str, storage_options: dict[str, Any] | None = None) -> dict[str
             return [k async for k in src.list()]
 
         keys = _zarr_keys(sync(listing()))
-        done = repo is not None and any((s.metadata or {}).get("command") == "migrate"
-                                        for s in repo.ancestry(branch=versions.BRANCH))
+        done = repo is not None and any((s.metadata or {}).get("command") == "migrate" for s in versions._ancestry(repo))
         copied = nbytes = parts = 0
         version = None
         if not done:
@@ -80,7 +80,7 @@ def migrate(url: str, storage_options: dict[str, Any] | None = None) -> dict[str
                     _register(dst, name, _part_name(base), base, -1)
                     parts += 1
             version = session.commit("migrate from format 1", metadata={
-                "command": "migrate", "radflow_version": versions._radflow_version(), "checkpoint": False,
+                "command": "migrate", "radflow_version": VERSION, "checkpoint": False,
                 "summary": {"objects": copied, "bytes": nbytes, "table_parts": parts}})
         # the switch: without the root zarr.json the store reads as format 2
         fs, root_path = filesystem(url, storage_options)

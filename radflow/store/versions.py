@@ -41,6 +41,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from radflow.config import VERSION
 from radflow.store.retries import RetryingStore, retried, transient
 from radflow.store.urls import _options, is_remote, normalize
 
@@ -244,7 +245,7 @@ class Transaction:
             self._dirty = False
             if not self.session.has_uncommitted_changes:
                 return None
-            meta = {"command": self.command, "radflow_version": _radflow_version(), "checkpoint": checkpoint,
+            meta = {"command": self.command, "radflow_version": VERSION, "checkpoint": checkpoint,
                     "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **metadata}
             meta["token"] = uuid.uuid4().hex
             snap = _commit(self.repo, self.session, message, _jsonable(meta))
@@ -290,15 +291,6 @@ def _commit(repo, session, message: str, meta: dict[str, Any]) -> str:
                 return tip
             time.sleep(min(2.0, 0.05 * 2 ** attempt))
     raise AssertionError("unreachable")
-
-
-def _radflow_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("radflow")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _jsonable(obj: Any) -> Any:
