@@ -26,7 +26,8 @@ def _quiet_orchestration(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     if not verbose:  # progress bars, the summary and a one-line reason on failure say what matters
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        # (critical: a worker whose scheduler went first at an interrupt logs its heartbeat's traceback at error)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # run logs reach the Prefect UI at INFO ...
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")  # ... the terminal stays quiet
         os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")

@@ -6,6 +6,10 @@ import functools
 import hashlib
 import os
 
+#: the Dask configuration of a test's own LocalCluster whose workers are killed on purpose: a task fails
+#: at the first death, and the cluster never closes a nanny whose worker is between two restarts
+#: (``lost-worker-timeout``, as radflow's own local clusters do)
+KILLING_CLUSTER = {"distributed.scheduler.allowed-failures": 0, "distributed.deploy.lost-worker-timeout": "1h"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -79,3 +79,24 @@ def test_two_commands_at_once_each_with_its_temporary_api_share_the_database(tmp
         runs = db.execute("select count(*) from flow_run join flow on flow.id = flow_run.flow_id "
                           "where flow.name = 'radflow-ingest' and flow_run.state_type = 'COMPLETED'").fetchone()[0]
     assert runs == 2
+
+
+def test_the_temporary_api_holds_its_port_from_the_start(tmp_path, monkeypatch):
+    """The port is bound before the server process has even imported Prefect: a Dask cluster started
+    meanwhile cannot be given it (it once was, and the flow's API calls went to a Dask scheduler)."""
+    from radflow.flows._api import TemporaryAPI
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    api = TemporaryAPI(timeout_s=300)
+    try:
+        with socket.socket() as s, pytest.raises(OSError):
+            s.bind(("127.0.0.1", api.port))
+        api.wait_ready()
+        import httpx
+
+        assert httpx.get(f"{api.url}/health", timeout=10).status_code == 200
+    finally:
+        api.stop()
+    with socket.socket() as s:  # released at the end
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", api.port))

@@ -57,6 +57,8 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     if current is not None and current.status == "running":
         yield current
         return
+    import dask
+
     cluster = _start_cluster(settings)
     client = Client(cluster, set_as_default=True)
     if settings.kind == "local-cuda":
@@ -65,7 +67,9 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
         client.register_plugin(RMMAllocators())
     log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
     try:
-        with client.as_current():
+        # a nanny restarts its worker after a decoder kills it; the cluster must not close the nanny when
+        # its worker is found missing between two restarts (read by the cluster at each worker's removal)
+        with client.as_current(), dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}):
             yield client
     finally:
         client.close()

@@ -38,10 +38,16 @@ class TemporaryAPI:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.errors = tempfile.TemporaryFile()  # the server's stderr, read only if it fails to start
-        self.port = _free_port()
-        self.process = self._launch()
+        # the port is bound here and the socket handed to the server (uvicorn --fd): between choosing a
+        # free port and a server binding it seconds later, the Dask cluster started meanwhile could take it
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server's own socket
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/api"
+        self.process = self._launch()
         self.ready = False
+        self.restarts = 0
         TemporaryAPI.current = self
         atexit.register(self.stop)
 
@@ -50,9 +56,11 @@ class TemporaryAPI:
         app_dir = os.path.dirname(list(spec.submodule_search_locations)[0])
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
+        fd = self.socket.fileno()
         cmd = [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app",
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
-        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.errors)
+               "--fd", str(fd), "--log-level", "error", "--lifespan", "on"]
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.errors,
+                                pass_fds=(fd,))
 
     def wait_ready(self) -> None:
         """Block until the API answers ``/health`` (the startup timeout of Prefect's own temporary
@@ -63,10 +71,9 @@ class TemporaryAPI:
         with httpx.Client(timeout=5.0) as client:
             while not self.ready:
                 code = self.process.poll()
-                if code == 3:  # the port was taken between choosing it and binding it: another one
-                    self.port = _free_port()
-                    self.url = f"http://127.0.0.1:{self.port}/api"
-                    os.environ["PREFECT_API_URL"] = self.url
+                if code == 3 and self.restarts < 3:  # uvicorn's start-up failure (the database being created
+                    self.restarts += 1             # by another command's server at that moment): once more
+                    log.info("Prefect's temporary API server failed to start; starting it again on %s", self.url)
                     self.process = self._launch()
                 elif code is not None:
                     raise RuntimeError(f"Prefect's temporary API server exited with code {code}: {self._stderr_tail()}")
@@ -90,6 +97,7 @@ class TemporaryAPI:
         proc, self.process = self.process, None
         if proc is None:
             return
+        self.socket.close()
         log.info("stopping the temporary Prefect API on %s", self.url)
         proc.terminate()
         try:
@@ -181,9 +189,3 @@ def _configured_elsewhere() -> bool:
             if doc.get("api", {}).get("url") or "ephemeral" in doc.get("server", {}):
                 return True
     return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect, dashboard_link
-from radflow.cluster.waiting import each_done, result
+from radflow.cluster.waiting import NoWorkers, each_done, result
 from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
 from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
@@ -341,6 +341,8 @@ def run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_o
     ``retries`` times (a batch's outputs are pure functions of its plan: a retry overwrites them)."""
     try:
         return _run_batch(client, store, plan, settings, storage_options)
+    except NoWorkers:  # no cluster left to retry on: the run ends (and resumes when run again)
+        raise
     except Exception as exc:  # noqa: BLE001 - retried, then raised
         if not retries:
             raise

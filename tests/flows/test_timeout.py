@@ -16,6 +16,7 @@ import pytest
 from distributed.diagnostics.plugin import WorkerPlugin
 
 import radflow
+from tests.helpers import KILLING_CLUSTER
 
 # bounded by pytest-timeout, not by a wall-clock assertion: on a loaded 2-core machine each worker
 # restart takes tens of seconds; a cluster left without workers ends the run (cluster.waiting)
@@ -57,7 +58,7 @@ def test_input_that_hangs_its_decoder_is_timeout(tmp_path, pydicom_test_files, p
     shutil.copy(os.path.join(pydicom_test_files, "MR_small_jpeg_ls_lossless.dcm"), hung)
     store = str(tmp_path / "hang.zarr")
     try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+        with dask.config.set(KILLING_CLUSTER), \
                 LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                              dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
             client.register_plugin(HangingJPEGLS())

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 import radflow
+from tests.helpers import KILLING_CLUSTER
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def test_input_that_kills_its_worker_is_worker_lost(tmp_path, prefect_api, dask_
     _inflation_bomb(os.path.join(a.dicom, "p00001", "rle_bomb.dcm"), syntax=RLELossless)
     store = str(tmp_path / "lost.zarr")
     try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+        with dask.config.set(KILLING_CLUSTER), \
                 LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="450MB", processes=True,
                              host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
             summary = radflow.ingest(a.dicom, store, cluster=cluster.scheduler_address,
@@ -105,7 +106,7 @@ def test_an_input_that_kills_its_batch_but_not_alone_is_left_out(tmp_path, prefe
     monkeypatch.setattr(ingest_module, "write_batch", write_batch_that_dies_in_company)
     store = str(tmp_path / "poison.zarr")
     try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+        with dask.config.set(KILLING_CLUSTER), \
                 LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
                              dashboard_address="127.0.0.1:0") as cluster:
             summary = radflow.ingest(a.dicom, store, cluster=cluster.scheduler_address,
