@@ -21,7 +21,9 @@ demo: setup
 	$(PYTHON) -m radflow demo --out radflow-demo
 
 test: setup browser
-	$(PYTHON) -m pytest -q tests --nbmake notebooks
+	# two test processes, a test file each at a time (-n 2 --dist loadfile): most tests wait on servers and
+	# subprocesses, so two share the two cores; a file's module fixtures are built once
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile tests --nbmake notebooks
 
 bench: setup
 	$(PYTHON) benchmarks/ingest.py

@@ -11,12 +11,16 @@ import tempfile
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["RADFLOW_SECRET_KEY"] = "radflow-test-key-of-at-least-32-bytes"
-# the tests' flow runs go to their own Prefect home, never the user's ~/.prefect; removed at the end
-_PREFECT_HOME = os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="radflow-tests-prefect-"))
+# the tests' flow runs go to their own Prefect home, never the user's ~/.prefect; removed at the end. Each
+# pytest-xdist worker gets one of its own (a home made here for the controlling process is not shared)
+_HOME_PREFIX = "radflow-tests-prefect-"
+if os.path.basename(os.environ.get("PREFECT_HOME") or _HOME_PREFIX).startswith(_HOME_PREFIX):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=_HOME_PREFIX)
+_PREFECT_HOME = os.environ["PREFECT_HOME"]
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if os.path.basename(_PREFECT_HOME).startswith("radflow-tests-prefect-"):
+    if os.path.basename(_PREFECT_HOME).startswith(_HOME_PREFIX):
         shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 import pytest

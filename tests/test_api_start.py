@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,17 +56,26 @@ def test_two_commands_at_once_each_with_its_temporary_api_share_the_database(tmp
     """Two `radflow ingest` started together, no Prefect API configured and a fresh PREFECT_HOME: each
     starts its own temporary API (without importing Prefect first) over the one database, created by
     whichever comes first; both succeed, both runs are in the database afterwards (what `prefect server
-    start` shows), and neither server outlives its command."""
+    start` shows), and neither server outlives its command. The servers are made slow to start (25 s
+    more than usual, past Prefect's own 20 s default): radflow's start-up timeout fits a busy machine."""
     from radflow.synth import write_archive
 
     a = write_archive(tmp_path / "a", 4, seed=4, sizes=((128, 128),), broken=False)
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(  # only the API server process sleeps, before it imports anything
+        "import sys, time\n"
+        "if 'prefect.server.api.server:create_app' in sys.argv:\n"
+        "    time.sleep(25)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               RADFLOW_CLUSTER__N_WORKERS="1")
+               RADFLOW_CLUSTER__N_WORKERS="1", PYTHONPATH=os.pathsep.join(p for p in (str(slow), env.get("PYTHONPATH")) if p))
     procs = [subprocess.Popen([sys.executable, "-m", "radflow", "--verbose", "ingest", a.dicom, str(tmp_path / f"s{i}.zarr")],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               stdin=subprocess.DEVNULL) for i in (1, 2)]
+    t0 = time.monotonic()
     outs = [p.communicate(timeout=380) for p in procs]
+    assert time.monotonic() - t0 > 25  # the servers' start-up was slow indeed (a sleep, not a measurement)
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
         assert "4 discovered, 4 new, 4 ok" in out
