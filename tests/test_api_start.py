@@ -97,14 +97,10 @@ def test_the_temporary_api_holds_its_port_from_the_start(tmp_path, monkeypatch):
     from radflow.flows._api import TemporaryAPI
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
-    api = TemporaryAPI(timeout_s=300)
+    api = TemporaryAPI(timeout_s=300)  # that the server then serves on it: the test above
     try:
         with socket.socket() as s, pytest.raises(OSError):
             s.bind(("127.0.0.1", api.port))
-        api.wait_ready()
-        import httpx
-
-        assert httpx.get(f"{api.url}/health", timeout=10).status_code == 200
     finally:
         api.stop()
     with socket.socket() as s:  # released at the end
