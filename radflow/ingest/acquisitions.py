@@ -113,6 +113,7 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
     kind = KINDS[plan.kind]
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
     arr = root[plan.array].with_config({"write_empty_chunks": True})
+    checksum = layout.frame_checksum_of(root)
     ref_arr = root[reference_path(plan.array)].with_config({"write_empty_chunks": True}) if plan.ref_shape else None
     block = np.zeros((plan.planned_frames, *plan.shape), np.dtype(kind.dtype))
     ref_block = np.zeros((plan.planned_frames, *plan.ref_shape), np.float32) if ref_arr is not None else None
@@ -138,7 +139,7 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
                 kind.index_col: plan.index + used + s, "source": item.label, "slice": s, "array": plan.array,
                 "position": plan.position + used + s, "shape": "x".join(map(str, d["shape"])),
                 "ref_rows": d["ref"][0] if d["ref"] else 0, "ref_cols": d["ref"][1] if d["ref"] else 0,
-                "patient_key": patient, "crc32": frame_crc32(values[s]), "batch": plan.batch_id, **info,
+                "patient_key": patient, "crc32": frame_crc32(values[s], checksum), "batch": plan.batch_id, **info,
             })
         used += n
         return n

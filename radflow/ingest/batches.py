@@ -292,6 +292,7 @@ def write_batch(
     t_start = time.perf_counter()
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
     arr = root[plan.array].with_config({"write_empty_chunks": True})
+    checksum = layout.frame_checksum_of(root)
     frame_shape = arr.shape[1:]
     block = np.zeros((plan.planned_frames, *frame_shape), dtype=arr.dtype)
     instances: list[dict[str, Any]] = []
@@ -326,7 +327,7 @@ def write_batch(
             fr = frames[f]
             block[used, : header.rows, : header.cols] = fr
             instances.append(_instance_row(plan, secret, header, header.identity, item.label, f, plan.index + used,
-                                           plan.position + used, frame_crc32(fr), decoder, list(found))
+                                           plan.position + used, frame_crc32(fr, checksum), decoder, list(found))
                              | {"masked": bool(regions)})
             used += 1
         for kind, lut in (("modality", header.modality_lut), ("voi", header.voi_lut)):

@@ -17,10 +17,11 @@ from typing import Any
 from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.ingest.batches import apply_masks, ledger_row, mask_regions
-from radflow.store.layout import frame_crc32
+from radflow.store.layout import frame_checksum_of, frame_crc32, open_root
 from radflow.dicom.read import decode_frames, header_from_dataset, read_dataset
 from radflow.ingest.sources import read_bytes
 from radflow.store.tables import LEDGER_SCHEMA, write_part
+from radflow.store.urls import zarr_store
 
 __all__ = ["split_duplicates", "check_duplicates"]
 
@@ -44,15 +45,16 @@ def split_duplicates(candidates: list[dict[str, Any]], stored: set[str]) -> tupl
 Frame = tuple[int, int, str, int, int, int]  # stored frame: index, crc32, dtype name, rows, cols, samples
 
 
-def _frame_key(frame: Any) -> tuple[int, str, int, int, int]:
-    """What two frames must share to hold the same values: CRC32 (native order), dtype, shape."""
+def _frame_key(frame: Any, checksum: str) -> tuple[int, str, int, int, int]:
+    """What two frames must share to hold the same values: the checksum (native order), dtype, shape."""
     samples = frame.shape[2] if frame.ndim == 3 else 1
-    return frame_crc32(frame), frame.dtype.newbyteorder("=").name, frame.shape[0], frame.shape[1], samples
+    return frame_crc32(frame, checksum), frame.dtype.newbyteorder("=").name, frame.shape[0], frame.shape[1], samples
 
 
-def _compare(frames: Any, stored: list[Frame]) -> tuple[bool, str]:
-    """``(same values, why not)`` of decoded ``frames`` against the stored copy's frames."""
-    got = [_frame_key(f) for f in frames]
+def _compare(frames: Any, stored: list[Frame], checksum: str = "crc32") -> tuple[bool, str]:
+    """``(same values, why not)`` of decoded ``frames`` against the stored copy's frames (whose
+    checksums are the store's ``checksum``)."""
+    got = [_frame_key(f, checksum) for f in frames]
     want = [tuple(s[1:]) for s in stored]
     if len(got) != len(want):
         return False, f"{len(got)} frames vs {len(want)} stored"
@@ -81,7 +83,8 @@ def stored_frames(store_url: str, sop_keys: list[str], storage_options: dict[str
 
 def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict[str, list[Frame]] | None = None, *,
                      limits: Limits, storage_options: dict[str, Any] | None = None,
-                     masks: dict[str, list[tuple[int, int, int, int]]] | None = None) -> dict[str, Any]:
+                     masks: dict[str, list[tuple[int, int, int, int]]] | None = None,
+                     checksum: str | None = None) -> dict[str, Any]:
     """Decode each duplicate candidate and compare its frames with the stored instance.
 
     Parameters
@@ -90,11 +93,14 @@ def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict
     expected : ``sop_key`` → ``[(index, crc32, dtype, rows, cols, samples), ...]`` of the stored
         frames, in frame order (default: read from the store's ``instances`` here, on the worker)
     masks : the privacy masks the store applies (a copy is masked the same way before comparing)
+    checksum : the frame checksum of ``expected`` (default: the store's, read from its root)
 
     Returns counts by reason; writes one ledger part named after the items.
     """
     if expected is None:
         expected = stored_frames(store_url, [i["sop_key"] for i in items], storage_options)
+    if checksum is None:
+        checksum = frame_checksum_of(open_root(zarr_store(store_url, storage_options), mode="r"))
     rows = []
     part = hashlib.sha256("\0".join(f"{i['uri']}\0{i['size']}\0{i['version']}" for i in items).encode()).hexdigest()[:16]
     for item in items:
@@ -109,7 +115,7 @@ def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict
             header = header_from_dataset(ds, limits, found)
             frames, _ = decode_frames(ds, header, data)
             frames = apply_masks(frames, mask_regions(masks or {}, header))
-            same, why = _compare(frames, stored)
+            same, why = _compare(frames, stored, checksum)
             reason = Reason.DUPLICATE_IDENTICAL if same else Reason.DUPLICATE_CONFLICT
             detail = (f"same SOP Instance UID as stored frame index {stored[0][0]}; "
                       + ("identical pixel values" if same else f"different: {why}"))

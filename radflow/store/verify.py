@@ -35,6 +35,7 @@ def verify_frames(store_url: str, array: str, rows: list[dict[str, Any]],
 
     try:
         root = layout.open_root(zarr_store(store_url, storage_options), mode="r")
+        checksum = layout.frame_checksum_of(root)
         arr = root[array]
         positions = np.array([int(r["position"]) for r in rows], dtype=np.int64)
         present = layout.present_frames(arr, positions)
@@ -56,10 +57,10 @@ def verify_frames(store_url: str, array: str, rows: list[dict[str, Any]],
             continue
         if r.get("rows"):
             frame = frame[: int(r["rows"]), : int(r["cols"])]
-        crc = frame_crc32(frame)
+        crc = frame_crc32(frame, checksum)
         if crc != int(r["crc32"]):
             problems.append({**ident(r), "array": array, "position": int(r["position"]), "problem": "CRC_MISMATCH",
-                             "detail": f"crc32 {crc:08x}, recorded {int(r['crc32']):08x}"})
+                             "detail": f"{checksum} {crc:08x}, recorded {int(r['crc32']):08x}"})
     return problems
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import radflow
-from radflow.store.layout import frame_crc32
+from radflow.store.layout import FRAME_CHECKSUM, frame_crc32
 from radflow.models.loading import ModelSpec, load_model, save_model
 from radflow.tasks.infer import ModelCard, predict
 from radflow.tasks.train import build_model
@@ -55,7 +55,7 @@ def test_stored_frames_are_bit_exact(ingested):
         got = st.raw_frame(int(row["index"]))
         assert got.dtype == ref.dtype and got.shape == ref.shape
         np.testing.assert_array_equal(got, ref)
-        assert frame_crc32(got) == row["crc32"]
+        assert frame_crc32(got, FRAME_CHECKSUM) == row["crc32"]  # a new store records CRC-32C
     assert set(inst["decoder"]) <= {"pydicom", "pylibjpeg", "gdcm"}
     assert {"1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"} & set(inst["transfer_syntax"])
 

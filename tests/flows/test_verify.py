@@ -141,3 +141,35 @@ def test_verify_lists_the_damage_to_a_versioned_store(tmp_path, prefect_api, das
                           timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "MISSING_CHUNK" in proc.stdout and "TABLE_PART_UNREADABLE" in proc.stdout
+
+
+def test_each_store_is_checked_with_the_frame_checksum_it_records(tmp_path, prefect_api, dask_client):
+    """New stores record CRC-32C (``radflow.frame_checksum``); a store made before names none and holds
+    zlib's CRC-32, which verify goes on checking as CRC-32."""
+    import zarr
+
+    from radflow.store.layout import frame_crc32
+    from radflow.store.verify import verify_frames
+    from radflow.synth import write_archive
+
+    a = write_archive(tmp_path / "a", 3, seed=2, sizes=((128, 128),), broken=False)
+    store = str(tmp_path / "c.zarr")
+    radflow.ingest(a.dicom, store, settings={"store_format": 1})
+    root = zarr.open_group(zarr_store(store), mode="r+")
+    assert root.attrs["radflow"]["frame_checksum"] == "crc32c"
+    st = radflow.open_store(store)
+    inst = st.instances()
+    rows = {algorithm: [{"index": int(r["index"]), "position": int(r["raw_position"]), "rows": int(r["rows"]),
+                         "cols": int(r["cols"]), "crc32": frame_crc32(st.raw_frame(int(r["index"])), algorithm)}
+                        for _, r in inst.iterrows()] for algorithm in ("crc32", "crc32c")}
+    assert [r["crc32"] for r in rows["crc32c"]] == list(inst["crc32"])  # what ingest recorded
+    array = f"raw/{inst['raw_array'].iloc[0]}"
+    assert verify_frames(store, array, rows["crc32c"]) == []
+    wrong = verify_frames(store, array, rows["crc32"])
+    assert len(wrong) == 3 and {p["problem"] for p in wrong} == {"CRC_MISMATCH"} and wrong[0]["detail"].startswith("crc32c")
+
+    meta = dict(root.attrs["radflow"])
+    del meta["frame_checksum"]  # as a store made before records it
+    root.attrs["radflow"] = meta
+    assert verify_frames(store, array, rows["crc32"]) == []
+    assert len(verify_frames(store, array, rows["crc32c"])) == 3
