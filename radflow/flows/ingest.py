@@ -47,7 +47,9 @@ from radflow.store.versions import transaction
 __all__ = ["ingest_flow", "select_new", "summarize"]
 
 
-_PROBE_LOCK = threading.Lock()
+#: held by a probe, and by a batch's runs after its probes: a probe that kills the worker on purpose must
+#: not be taken for the death of another batch's careful re-run (which then blamed an innocent input)
+_PROBE_LOCK = threading.RLock()
 
 
 def _alone(client, fn, *args, timeout_s: float = 0.0, attempts: int = 2, **kwargs) -> tuple[str | None, Any]:
@@ -366,6 +368,15 @@ def _run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_
         return run(plan)
     except KilledWorker:  # this batch, or one running beside it on the same worker, killed the worker
         run_logger().warning("batch %s lost its worker; probing its %d inputs one by one", plan.batch_id, len(plan.inputs))
+    with _PROBE_LOCK:
+        return _careful(run, client, plan, settings, storage_options)
+
+
+def _careful(run, client, plan: BatchPlan, settings: Settings, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """A batch that lost its worker: its inputs probed alone, then the batch without those that kill
+    workers, run again until it passes (the caller holds the probe lock: no other probe runs meanwhile)."""
+    from distributed.scheduler import KilledWorker
+
     probes = [(i, _alone(client, probe_input, i.uri, settings.limits, storage_options,
                          timeout_s=settings.limits.input_timeout_s)[0]) for i in plan.inputs]
     lost: list[tuple[Any, ...]] = [(i, reason) for i, reason in probes if reason]
