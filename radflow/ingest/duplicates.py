@@ -51,7 +51,7 @@ def _frame_key(frame: Any, checksum: str) -> tuple[int, str, int, int, int]:
     return frame_crc32(frame, checksum), frame.dtype.newbyteorder("=").name, frame.shape[0], frame.shape[1], samples
 
 
-def _compare(frames: Any, stored: list[Frame], checksum: str = "crc32") -> tuple[bool, str]:
+def _compare(frames: Any, stored: list[Frame], checksum: str) -> tuple[bool, str]:
     """``(same values, why not)`` of decoded ``frames`` against the stored copy's frames (whose
     checksums are the store's ``checksum``)."""
     got = [_frame_key(f, checksum) for f in frames]

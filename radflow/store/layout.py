@@ -25,6 +25,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
@@ -308,22 +309,20 @@ def reference_path(array_path: str) -> str:
 #: name one hold zlib's CRC-32. CRC-32C is computed in hardware (SSE4.2 / ARMv8 CRC) by ``google-crc32c``,
 #: the library Zarr's own ``crc32c`` codec uses: about 5× zlib's CRC-32 on the same frames.
 FRAME_CHECKSUM = "crc32c"
+_CHECKSUMS = {"crc32": lambda data: zlib.crc32(data) & 0xFFFFFFFF, "crc32c": lambda data: int(google_crc32c.value(data))}
 
 
-def frame_crc32(frame: np.ndarray, algorithm: str = "crc32") -> int:
+def frame_crc32(frame: np.ndarray, algorithm: str) -> int:
     """The checksum of a frame's native-size pixels in C order and native byte order (a big-endian
     frame gives the checksum of its values, not of its bytes): what ``instances.crc32`` records and
     verify checks. ``algorithm``: ``"crc32"`` (zlib) or ``"crc32c"`` (Castagnoli), as the store says
     (:func:`frame_checksum_of`)."""
+    try:
+        checksum = _CHECKSUMS[algorithm]
+    except KeyError:
+        raise StoreFormatError(f"unknown frame checksum {algorithm!r} (this radflow knows crc32 and crc32c)") from None
     native = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
-    data = native.view(np.uint8).reshape(-1)
-    if algorithm == "crc32c":
-        import google_crc32c
-
-        return int(google_crc32c.value(data))
-    if algorithm != "crc32":
-        raise StoreFormatError(f"unknown frame checksum {algorithm!r} (this radflow knows crc32 and crc32c)")
-    return zlib.crc32(data) & 0xFFFFFFFF
+    return checksum(native.view(np.uint8).reshape(-1))
 
 
 def frame_checksum_of(root: zarr.Group) -> str:
