@@ -13,9 +13,14 @@ setup:
 
 browser:
 	# Debian tools the tests use as independent references (needs root): headless Chromium renders the QC
-	# report; dcmtk decompresses the lossless corpus for the decoder cross-check; dcm2niix places slices
-	{ command -v chromium && command -v dcmdjpeg && command -v dcm2niix; } >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dcmtk dcm2niix >/dev/null; }
+	# report; dcmtk decompresses the lossless corpus for the decoder cross-check; dcm2niix places slices;
+	# Orthanc with its DICOMweb plugin is the archive the DICOMweb tests pull from (each test starts its own
+	# on 127.0.0.1; policy-rc.d keeps the package from starting a system-wide one at install)
+	{ command -v chromium && command -v dcmdjpeg && command -v dcm2niix && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } \
+	  >/dev/null || { apt-get update -qq && \
+	  own=0; [ -e /usr/sbin/policy-rc.d ] || { own=1; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dcmtk dcm2niix orthanc orthanc-dicomweb >/dev/null; \
+	  rc=$$?; [ $$own = 0 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; }
 
 demo: setup
 	$(PYTHON) -m radflow demo --out radflow-demo

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from radflow.cli_checks import NO_SETTINGS, canvas, check_settings, positive_int, probability, split_steps
+from radflow.cli_checks import NO_SETTINGS, canvas, check_settings, positive_int, probability, query_item, split_steps
 from radflow.cli_interrupts import install_interrupts
 from radflow.cli_progress import with_progress as _with_progress
 
@@ -119,7 +119,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     import radflow
 
-    s = _with_progress(lambda: radflow.ingest(args.source, args.store, cluster=args.cluster,
+    query = dict(args.query) if args.query else None
+    s = _with_progress(lambda: radflow.ingest(args.source, args.store, cluster=args.cluster, query=query,
                                               storage_options=_storage_options(args), settings=_settings(args)))
     _print_ingest(s)
     return 0
@@ -128,7 +129,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from radflow.flows.schedule import serve_ingest
 
-    serve_ingest(args.source, args.store, cron=args.cron, name=args.name, timezone=args.timezone, cluster=args.cluster)
+    serve_ingest(args.source, args.store, cron=args.cron, name=args.name, timezone=args.timezone, cluster=args.cluster,
+                 query=dict(args.query) if args.query else None)
     return 0
 
 
@@ -374,9 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write N CT sinogram files (HDF5: sinogram, theta, reference) under DIR/sinograms")
     sp.set_defaults(func=cmd_synth)
 
-    sp = sub.add_parser("ingest", help="ingest a DICOM archive (folder or s3:// prefix) into a store")
-    sp.add_argument("source")
-    sp.add_argument("store")
+    def source_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("source", help="folder, s3:// prefix, zip/tar archive, DICOMDIR, or a DICOMweb service "
+                        "(dicomweb+https://host/dicom-web)")
+        sp.add_argument("store")
+        sp.add_argument("--query", action="append", type=query_item, metavar="KEY=VALUE",
+                        help="DICOMweb source: a QIDO-RS filter, repeatable (Modality=CR,DX StudyDate=20200101-20201231)")
+
+    sp = sub.add_parser("ingest", help="ingest a DICOM archive (folder, s3:// prefix or DICOMweb) into a store")
+    source_args(sp)
     sp.add_argument("--shard-mib", type=positive_int, help="target shard size in MiB (default 128)")
     sp.add_argument("--retry-rejected", action="store_true",
                     help="read every rejected input again (transient reasons are retried anyway, up to 3 runs)")
@@ -386,8 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_ingest)
 
     sp = sub.add_parser("serve", help="serve a scheduled incremental ingestion (Prefect deployment with a cron schedule)")
-    sp.add_argument("source")
-    sp.add_argument("store")
+    source_args(sp)
     sp.add_argument("--cron", required=True, help='cron schedule, e.g. "0 2 * * *" (02:00 every night in --timezone)')
     sp.add_argument("--timezone", default="UTC", help="IANA time zone the cron times are in (default UTC; e.g. Europe/Berlin)")
     sp.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")

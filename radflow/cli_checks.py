@@ -25,6 +25,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def query_item(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--query`` (a QIDO-RS attribute: a keyword such as ``Modality`` or a tag ``00080060``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. Modality=CR,DX or StudyDate=20200101-20201231)")
+    return key.strip(), value.strip()
+
+
 def probability(text: str) -> float:
     import math
 
@@ -84,6 +92,13 @@ def check_arguments(args: argparse.Namespace) -> None:
     source = getattr(args, "source", None)
     if source and local(source) and not os.path.exists(path(source)):
         raise ConfigError(f"SOURCE {source!r} does not exist")
+    if getattr(args, "query", None) and not (source or "").startswith("dicomweb+"):
+        raise ConfigError("--query selects instances of a DICOMweb SOURCE (dicomweb+https://host/path) only")
+    if source and source.startswith("dicomweb+"):
+        from radflow.config import Settings
+        from radflow.ingest.dicomweb import check
+
+        check(source, Settings().dicomweb)  # the URL, the credentials and the service, in a second
     store = getattr(args, "store", None)
     if store and args.command not in ("ingest", "run", "serve") and local(store) \
             and not os.path.exists(os.path.join(path(store), "zarr.json")) \

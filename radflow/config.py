@@ -117,6 +117,24 @@ class PrivacySettings(BaseModel):
         "modality ('US') or device ('MANUFACTURER/MODEL'), for burned-in text")
 
 
+class DicomWebSettings(BaseModel):
+    """DICOMweb sources and destinations (``dicomweb+https://…``): requests, paging and credentials.
+    Credentials are read from the environment or a file, never from a URL; they are never logged."""
+
+    max_concurrency: int = Field(4, ge=1, description="requests one run keeps in flight against the archive, "
+                                 "across all its workers (protects a production PACS)")
+    page_size: int = Field(1000, ge=1, description="instances per QIDO-RS page (limit/offset paging)")
+    timeout_s: float = Field(60.0, gt=0, description="seconds one HTTP request may take")
+    attempts: int = Field(5, ge=1, description="attempts of a request answered 408, 429, 502, 503 or 504 (or cut "
+                          "off), with exponential back-off")
+    backoff_ms: int = Field(500, ge=1, description="first back-off between attempts, doubled each time")
+    token: SecretStr | None = Field(None, description="bearer token (Authorization: Bearer)")
+    username: str | None = Field(None, description="user name for HTTP basic authentication")
+    password: SecretStr | None = Field(None, description="password for HTTP basic authentication")
+    credentials_file: Path | None = Field(None, description='JSON file with {"token": …} or {"username": …, '
+                                          '"password": …} (e.g. a mounted secret)')
+
+
 class Settings(BaseSettings):
     """All of radflow's configuration.
 
@@ -169,6 +187,7 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    dicomweb: DicomWebSettings = Field(default_factory=DicomWebSettings)
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for store and source URLs "
                                              "(credentials belong in the environment, not here)")
 

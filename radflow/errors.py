@@ -85,6 +85,12 @@ class StoreNotFoundError(RadflowError, FileNotFoundError):
     """No radflow store exists at the given URL."""
 
 
+class SourceUnavailable(RadflowError, ConnectionError):
+    """The source itself stopped answering (a DICOMweb service unreachable, overloaded past every retry,
+    or refusing the run's credentials): not a property of one input, so no ledger row is written; the
+    batch fails and the run ends, and running it again resumes where it stopped."""
+
+
 class StoreBusy(RadflowError):
     """Another radflow run holds the store's writer lock."""
 

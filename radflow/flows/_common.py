@@ -9,12 +9,13 @@ import datetime as _dt
 import logging
 import os
 import tempfile
+import uuid
 from typing import Any, Iterator
 
 from radflow.config import Settings
 from radflow.errors import ConfigError
 
-__all__ = ["build_settings", "run_logger", "markdown_table", "performance_report"]
+__all__ = ["build_settings", "run_logger", "markdown_table", "performance_report", "request_slots"]
 
 
 def build_settings(overrides: dict[str, Any] | None, cluster: str | None = None) -> Settings:
@@ -26,6 +27,9 @@ def build_settings(overrides: dict[str, Any] | None, cluster: str | None = None)
     overrides = dict(overrides or {})
     if "secret_key" in overrides:
         raise ConfigError("pass the pseudonymization key through RADFLOW_SECRET_KEY or RADFLOW_KEY_FILE, not as an option")
+    if set(overrides.get("dicomweb") or {}) & {"token", "password", "username"}:
+        raise ConfigError("pass DICOMweb credentials through RADFLOW_DICOMWEB__TOKEN (or __USERNAME and __PASSWORD, "
+                          "or __CREDENTIALS_FILE), not as an option: flow parameters are recorded")
     settings = Settings()
     if overrides:
         merged = settings.model_dump()
@@ -134,3 +138,21 @@ def stop_temporary_api() -> None:
                 proc.kill()
     except Exception:  # noqa: BLE001 - best effort on the way out
         pass
+
+
+@contextlib.contextmanager
+def request_slots(client, src: str, cfg: Settings, storage_options: dict[str, Any] | None):
+    """``storage_options`` that carry, for a DICOMweb source, a cluster-wide semaphore of
+    ``dicomweb.max_concurrency`` request slots (the run's limit across all its workers)."""
+    from radflow.ingest.dicomweb import is_dicomweb
+
+    if not is_dicomweb(src):
+        yield storage_options
+        return
+    from distributed import Semaphore
+
+    slots = Semaphore(max_leases=cfg.dicomweb.max_concurrency, name=f"radflow-dicomweb-{uuid.uuid4().hex}")
+    try:
+        yield {**(storage_options or {}), "dicomweb": {"settings": cfg.dicomweb, "slots": slots}}
+    finally:
+        slots.close()

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import threading
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -27,7 +28,8 @@ from radflow.cluster import connect, dashboard_link
 from radflow.cluster.waiting import NoWorkers, each_done, result
 from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
-from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
+from radflow.flows._common import (build_settings, compact_tables, markdown_table, performance_report, request_slots,
+                                   run_logger)
 from radflow.flows._progress import report
 from radflow.store import layout, versions
 from radflow.ingest.batches import BatchInput, BatchPlan, ledger_row, lost_detail, plan_batches, probe_input, write_batch
@@ -38,6 +40,7 @@ from radflow.ingest.journal import (Journal, completed_batches, pending_journals
 from radflow.dicom.pseudonym import source_label
 from radflow.ingest.duplicates import check_duplicates, split_duplicates
 from radflow.ingest.acquisitions import KINDS, reference_path
+from radflow.ingest.dicomweb import is_dicomweb
 from radflow.ingest.sources import InputRef, discover
 from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_arrow, read_table, write_part
 from radflow.store.lock import writer
@@ -135,10 +138,11 @@ def with_worker_memory(settings: Settings, client: Any) -> Settings:
 
 @task(name="discover", cache_policy=NO_CACHE)
 def discover_task(source: str, store: str, storage_options: dict[str, Any] | None,
-                  settings: Settings) -> tuple[list[InputRef], list[InputRef]]:
-    inputs = discover(source, storage_options, settings.limits, follow_links=settings.follow_links)
-    if settings.privacy.hash_sources:
-        key = resolve_secret_key(settings)
+                  settings: Settings, query: dict[str, str] | None = None) -> tuple[list[InputRef], list[InputRef]]:
+    key = resolve_secret_key(settings)
+    inputs = discover(source, storage_options, settings.limits, follow_links=settings.follow_links, query=query,
+                      secret=key)
+    if settings.privacy.hash_sources and not is_dicomweb(source):  # (DICOMweb labels are keyed already)
         inputs = [dataclasses.replace(r, source=source_label(key, r.uri)) for r in inputs]
     new = select_new(inputs, read_outcomes(store, storage_options), max_attempts=settings.retry_attempts,
                      retry_rejected=settings.retry_rejected)
@@ -358,11 +362,13 @@ def _run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_
 
     secret = resolve_secret_key(settings)
 
+    # each submission its own key: the same key would get an earlier run's result (or error) back from a
+    # scheduler that still holds it (a shared cluster, a resumed run in the same process)
     def run(p: BatchPlan, lost: tuple[tuple[BatchInput, str], ...] = (), attempt: int = 0) -> dict[str, Any]:
         return versions.settle(store, result(client.submit(
             versions.task(store, write_batch), store, p, secret=secret, limits=settings.limits,
             storage_options=storage_options, lost=lost, privacy=settings.privacy,
-            key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}", pure=False)))
+            key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}-{uuid.uuid4().hex[:8]}", pure=False)))
 
     try:
         return run(plan)
@@ -461,17 +467,21 @@ def ingest_flow(
     cluster: str | None = None,
     storage_options: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
+    query: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Ingest every new DICOM input under ``source`` into the store at ``store``.
 
     Parameters
     ----------
-    source : local directory or ``s3://`` prefix
+    source : local directory, ``s3://`` prefix, zip/tar archive, DICOMDIR, or a DICOMweb service
+        (``dicomweb+https://host/dicom-web``)
     store : store URL (created if absent)
     cluster : scheduler address; None starts a local cluster (or reuses the current client)
     storage_options : fsspec options for both URLs (e.g. ``{"endpoint_url": ...}``; default:
         ``RADFLOW_STORAGE_OPTIONS``)
     settings : overrides of :class:`radflow.config.Settings` fields
+    query : a DICOMweb source's QIDO-RS filters (``{"Modality": "CR,DX", "StudyDate": "20200101-20201231"}``;
+        a comma lists alternatives)
 
     Returns
     -------
@@ -481,39 +491,44 @@ def ingest_flow(
     cfg = build_settings(settings, cluster)
     storage_options = storage_options if storage_options is not None else (cfg.storage_options or None)
     src, dst = normalize(source), normalize(store)
-    fs, root = filesystem(src, storage_options)
-    if not fs.exists(root):  # before the writer lock, which creates the store's folder
-        raise FileNotFoundError(f"source {src!r} does not exist")
+    if is_dicomweb(src):  # its settings travel with the options (the store's options are the rest)
+        storage_options = {**(storage_options or {}), "dicomweb": {"settings": cfg.dicomweb}}
+    else:
+        fs, root = filesystem(src, storage_options)
+        if not fs.exists(root):  # before the writer lock, which creates the store's folder
+            raise FileNotFoundError(f"source {src!r} does not exist")
     # what is new is decided under the lock
     with writer(dst, storage_options, command="ingest", wait_s=cfg.writer_wait_s):
-        return _ingest(src, dst, cfg, storage_options, t0)
+        return _ingest(src, dst, cfg, storage_options, t0, query)
 
 
-def _ingest(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] | None, t0: float) -> dict[str, Any]:
+def _ingest(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] | None, t0: float,
+            query: dict[str, str] | None = None) -> dict[str, Any]:
     """Under the writer lock: in a versioned store, one transaction (checkpoints every
     ``checkpoint_batches`` batches, the rest committed at the end as one version)."""
     key = resolve_secret_key(cfg)
-    inputs, new = discover_task(src, dst, storage_options, cfg)  # a missing source fails here, before the store exists
+    # a missing source fails here, before the store exists
+    inputs, new = discover_task(src, dst, storage_options, cfg, query)
     with transaction(dst, storage_options, command="ingest", create=cfg.store_format == 2, message="ingest",
                      collect=bool(pending_journals(dst, storage_options))) as tx:
         if tx is not None:
             tx.checkpoint_every = cfg.checkpoint_batches
-        summary = _ingest_in(src, dst, cfg, storage_options, t0, key, inputs, new)
+        summary = _ingest_in(src, dst, cfg, storage_options, t0, key, inputs, new, query)
         if tx is not None:
             tx.summary = {k: summary[k] for k in ("discovered", "new", "ok", "frames") if k in summary}
     return summary
 
 
 def _ingest_in(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] | None, t0: float, key: bytes,
-               inputs: list[InputRef], new: list[InputRef]) -> dict[str, Any]:
+               inputs: list[InputRef], new: list[InputRef], query: dict[str, str] | None) -> dict[str, Any]:
     log = run_logger()
     results: list[dict[str, Any]] = []
     layout.create_root(zarr_store(dst, storage_options), source=src, key_fingerprint=key_fingerprint(key),
                        radflow_version=VERSION, privacy=privacy_record(cfg.privacy, key))
     if pending_journals(dst, storage_options):  # a killed run left reservations: finish them first
-        with connect(cfg.cluster):
-            results += resume_task(dst, cfg, storage_options, quote({r.label: r.uri for r in inputs}))
-        inputs, new = discover_task(src, dst, storage_options, cfg)
+        with connect(cfg.cluster) as client, request_slots(client, src, cfg, storage_options) as opts:
+            results += resume_task(dst, cfg, opts, quote({r.label: r.uri for r in inputs}))
+        inputs, new = discover_task(src, dst, storage_options, cfg, query)
     if not new:
         if not results:
             log.info("nothing new under %s; the store is unchanged", src)
@@ -521,7 +536,8 @@ def _ingest_in(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any
         _artifact(dst, summary)
         return summary
     compacted: dict[str, Any] = {}
-    with connect(cfg.cluster) as client, performance_report(dst, cfg, storage_options, "ingest") as report_url:
+    with connect(cfg.cluster) as client, performance_report(dst, cfg, storage_options, "ingest") as report_url, \
+            request_slots(client, src, cfg, storage_options) as storage_options:
         link = dashboard_link(client)
         if link:
             log.info("Dask dashboard: %s", link)

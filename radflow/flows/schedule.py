@@ -18,7 +18,8 @@ __all__ = ["serve_ingest", "schedule"]
 
 
 def serve_ingest(source: str, store: str, *, cron: str, name: str = "scheduled", timezone: str = "UTC",
-                 cluster: str | None = None, settings: dict[str, Any] | None = None) -> None:
+                 cluster: str | None = None, settings: dict[str, Any] | None = None,
+                 query: dict[str, str] | None = None) -> None:
     """Serve the ingest flow on ``cron`` until interrupted (blocks)."""
     from radflow.store.urls import normalize
 
@@ -27,6 +28,8 @@ def serve_ingest(source: str, store: str, *, cron: str, name: str = "scheduled",
         params["cluster"] = cluster
     if settings:
         params["settings"] = settings
+    if query:
+        params["query"] = query
     ingest_flow.serve(name=name, schedule=schedule(cron, timezone), parameters=params, print_starting_message=True,
                       tags=["radflow", "ingest"], description=f"incremental ingestion on '{cron}' ({timezone})")
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from radflow.config import Limits, PrivacySettings
 from radflow.dicom.deid import deidentifier
-from radflow.errors import Anomaly, InputRejected, Reason, anomaly
+from radflow.errors import Anomaly, InputRejected, Reason, SourceUnavailable, anomaly
 from radflow.store import layout
 from radflow.store.layout import frame_crc32
 from radflow.dicom.read import FALLBACK_DECODERS, Header, decode_frames, header_from_dataset, read_dataset
@@ -391,6 +391,8 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
                 bytes_in += len(data)
                 sha = hashlib.sha256(data).hexdigest()
                 outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data, found)}
+        except SourceUnavailable:  # the source, not this input: the batch fails and the run resumes later
+            raise
         except InputRejected as exc:
             outcome = {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
         except Exception as exc:  # a bad file never fails the batch

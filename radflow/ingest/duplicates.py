@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from radflow.config import Limits
-from radflow.errors import InputRejected, Reason
+from radflow.errors import InputRejected, Reason, SourceUnavailable
 from radflow.ingest.batches import apply_masks, ledger_row, mask_regions
 from radflow.store.layout import frame_checksum_of, frame_crc32, open_root
 from radflow.dicom.read import decode_frames, header_from_dataset, read_dataset
@@ -121,6 +121,8 @@ def check_duplicates(store_url: str, items: list[dict[str, Any]], expected: dict
                       + ("identical pixel values" if same else f"different: {why}"))
             rows.append(ledger_row(item.get("source") or item["uri"], item["size"], item["version"], status="duplicate", reason=reason,
                                    detail=detail, sha256=sha, frames=0, batch=f"dup-{part}", seconds=time.perf_counter() - t0))
+        except SourceUnavailable:  # the source, not this input: the run ends and resumes later
+            raise
         except InputRejected as exc:
             rows.append(ledger_row(item.get("source") or item["uri"], item["size"], item["version"], status="rejected", reason=exc.reason,
                                    detail=exc.detail, sha256=sha, batch=f"dup-{part}", seconds=time.perf_counter() - t0))

@@ -16,7 +16,7 @@ import numpy as np
 
 from radflow.config import Limits
 from radflow.dicom.pseudonym import remap_uid
-from radflow.errors import InputRejected, Reason
+from radflow.errors import InputRejected, Reason, SourceUnavailable
 from radflow.ingest.sources import InputRef, read_bytes
 from radflow.store import layout
 from radflow.watchdog import deadline
@@ -143,6 +143,8 @@ def index_inputs(
                 if unsafe:  # discovery decided: never opened
                     raise InputRejected(Reason(reason), unsafe)
                 _index_one(row, uri, size, limits, storage_options, secret)
+        except SourceUnavailable:  # the source, not this input: the batch fails and the run resumes later
+            raise
         except InputRejected as exc:
             row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
         except Exception as exc:  # never fail the run for one input
@@ -156,11 +158,16 @@ def _index_one(row: dict[str, Any], uri: str, size: int, limits: Limits,
     """Fill ``row`` with the planning facts of one input's header (raises ``InputRejected``)."""
     from radflow.ingest.acquisitions import HDF5_SIGNATURE, acquisition_index_row
     from radflow.ingest.archives import is_member_uri
-    from radflow.dicom.read import read_header
+    from radflow.dicom.read import header_from_dataset, read_header
+    from radflow.ingest import dicomweb
     from radflow.store.urls import filesystem
 
     if size > limits.max_file_bytes:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
+    if dicomweb.is_dicomweb(uri):  # the header from the archive's metadata: the pixels are fetched once, by the batch
+        h = header_from_dataset(dicomweb.metadata(uri, storage_options), limits)
+        _dicom_row(row, h, secret)
+        return
     if is_member_uri(uri):
         fh = io.BytesIO(read_bytes(uri, storage_options, limits.max_file_bytes))
     else:
@@ -176,6 +183,10 @@ def _index_one(row: dict[str, Any], uri: str, size: int, limits: Limits,
             return
         fh.seek(0)
         h = read_header(fh, limits)
+    _dicom_row(row, h, secret)
+
+
+def _dicom_row(row: dict[str, Any], h, secret: bytes | None) -> None:
     shape = [layout.size_class(h.rows), layout.size_class(h.cols)] + ([h.samples] if h.samples > 1 else [])
     row.update(status="candidate", reason=None, detail="", kind="dicom", frames=h.frames, dtype=h.dtype,
                array="raw/" + layout.raw_array_name(h.dtype, h.rows, h.cols, h.samples), shape=shape,

@@ -47,7 +47,8 @@ def _uri(fs, path: str, remote: bool) -> str:
 
 
 def discover(source: str, storage_options: dict[str, Any] | None = None, limits: Limits | None = None, *,
-             follow_links: bool = False) -> list[InputRef]:
+             follow_links: bool = False, query: dict[str, str] | None = None,
+             secret: bytes | None = None) -> list[InputRef]:
     """List every path under ``source`` (recursively), sorted by URI: regular files to ingest, and
     every other path a local walk meets, each to be rejected with its reason (so every path ends
     with one ledger row): links not followed (``LINK_SKIPPED``), FIFOs, sockets and devices
@@ -58,8 +59,20 @@ def discover(source: str, storage_options: dict[str, Any] | None = None, limits:
     instead of as files (see :mod:`radflow.ingest.archives`). A ``source`` that is a DICOMDIR
     file lists the files that DICOM media directory references. Hidden files and folders (name
     starting with ``.``) are skipped.
+
+    A ``dicomweb+http(s)://`` source lists the archive's instances that match ``query`` (QIDO-RS
+    attributes, see :mod:`radflow.ingest.dicomweb`), labelled with their SOP Instance UID keyed by
+    ``secret``.
     """
+    from radflow.ingest import dicomweb
     from radflow.ingest.archives import is_archive, list_members
+
+    if dicomweb.is_dicomweb(source):
+        if secret is None:
+            raise ValueError("a DICOMweb source needs the store's key (its instances are labelled by keyed UIDs)")
+        return dicomweb.discover(source, query, secret, dicomweb.options(storage_options)[0])
+    if query:
+        raise ValueError("a query (--query) selects instances of a DICOMweb source only")
 
     limits = limits or Limits()
     url = normalize(source)
@@ -182,8 +195,11 @@ def _dicomdir_members(fs, path: str) -> dict[str, dict[str, Any]]:
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None) -> bytes:
     """Read one input (a file or an archive member) whole; I/O failures become ``IO_ERROR`` rejections."""
+    from radflow.ingest import dicomweb
     from radflow.ingest.archives import is_member_uri, read_member
 
+    if dicomweb.is_dicomweb(uri):
+        return dicomweb.retrieve(uri, storage_options, max_bytes)
     if is_member_uri(uri):
         return read_member(uri, storage_options, max_bytes)
     try:

@@ -48,6 +48,7 @@ def _options(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]
     ``storage_options={"config_kwargs": {"retries": ...}}`` overrides the botocore policy.
     """
     opts = dict(storage_options or {})
+    opts.pop("dicomweb", None)  # a DICOMweb source's settings and request slots, not an fsspec option
     if url.startswith("s3://"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:

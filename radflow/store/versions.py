@@ -95,7 +95,8 @@ _KNOWN_LOCK = threading.Lock()
 def _key(url: str, storage_options: dict[str, Any] | None) -> str:
     import json
 
-    return normalize(url) + "\0" + json.dumps(storage_options or {}, sort_keys=True, default=str)
+    opts = {k: v for k, v in (storage_options or {}).items() if k != "dicomweb"}  # a source's, not the store's
+    return normalize(url) + "\0" + json.dumps(opts, sort_keys=True, default=str)
 
 
 def repository(url: str, storage_options: dict[str, Any] | None = None, *, create: bool = False):

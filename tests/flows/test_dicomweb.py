@@ -1,0 +1,160 @@
+"""A DICOMweb archive as a source, against a real Orthanc started by the tests (127.0.0.1, free ports).
+
+The archive: synthetic radiographs in several transfer syntaxes plus pydicom's compressed test files,
+uploaded through Orthanc's REST API. The same files, laid out by their UIDs, make the folder the
+DICOMweb ingest is compared with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pydicom
+import pytest
+
+import radflow
+from radflow.config import DicomWebSettings
+from radflow.ingest import dicomweb
+from radflow.store.tables import terminal_ledger
+from tests.conftest import TEST_SIZES
+from tests.orthanc import PASSWORD, USER, FaultProxy, Orthanc
+
+pytestmark = pytest.mark.slow
+
+#: pydicom's files in compressed transfer syntaxes (several share a SOP Instance UID: the first is kept)
+COMPRESSED = ("JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm", "SC_rgb_rle_2frame.dcm",
+              "MR_small_jpeg_ls_lossless.dcm", "CT_small.dcm")
+#: small runs: several batches, several QIDO pages, quick back-off
+SETTINGS = {"max_files_per_batch": 4, "dicomweb": {"page_size": 7, "attempts": 2, "backoff_ms": 50, "max_concurrency": 2}}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, pydicom_test_files):
+    """Orthanc holding the archive, and the folder of the same files (``<study>/<series>/<sop>``: the order
+    of the DICOMweb instance addresses, so both ingests plan the same batches)."""
+    from radflow.synth import write_archive
+
+    root = tmp_path_factory.mktemp("dicomweb")
+    synth = write_archive(root / "synth", 14, seed=5, sizes=TEST_SIZES, broken=False)
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(synth.dicom) for f in fs)
+    files += [os.path.join(pydicom_test_files, f) for f in COMPRESSED]
+    server = Orthanc(str(root / "orthanc")).start()
+    folder = root / "folder"
+    kept: dict[str, str] = {}
+    try:
+        for path in files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if ds.SOPInstanceUID in kept or server.upload(path) != "Success":
+                continue
+            kept[ds.SOPInstanceUID] = ds.Modality
+            dst = folder / ds.StudyInstanceUID / ds.SeriesInstanceUID / ds.SOPInstanceUID
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dst)
+        yield server, str(folder), kept
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def credentials(monkeypatch):
+    monkeypatch.setenv("RADFLOW_DICOMWEB__USERNAME", USER)
+    monkeypatch.setenv("RADFLOW_DICOMWEB__PASSWORD", PASSWORD)
+
+
+def _content(store: str) -> dict[str, object]:
+    """What must agree between two ingests of the same instances from different places: every array,
+    and every table without the columns that name the place (source) or the batch."""
+    digest = radflow.digest(store)
+    out: dict[str, object] = {k: v for k, v in digest.items() if not k.startswith(("tables/", "attrs", "store"))}
+    s = radflow.open_store(store)
+    for name in ("instances", "headers"):
+        df = s.table(name).drop(columns=["source", "batch", "seconds"], errors="ignore")
+        out[name] = df.sort_values(list(df.columns[:3])).astype(str).reset_index(drop=True).to_dict("list")
+    # (an archive reports no file size or version: the ledger keys its instances by their keyed UID)
+    ledger = terminal_ledger(s.table("ledger")).drop(columns=["source", "batch", "seconds", "size", "version"])
+    out["ledger"] = ledger.sort_values("sha256").astype(str).reset_index(drop=True).to_dict("list")
+    return out
+
+
+def test_dicomweb_ingest_equals_a_folder_ingest(tmp_path, archive, credentials, prefect_api, dask_client):
+    server, folder, kept = archive
+    a, b = str(tmp_path / "folder.zarr"), str(tmp_path / "dicomweb.zarr")
+    sa = radflow.ingest(folder, a, settings=SETTINGS)
+    sb = radflow.ingest(server.dicomweb, b, settings=SETTINGS)
+    assert sb["discovered"] == sa["discovered"] == len(kept) and sb["ok"] == sa["ok"] == len(kept)
+    assert sb["frames"] == sa["frames"] and sb["rejected"] == sa["rejected"] == {}
+    assert _content(b) == _content(a)  # bit-exact frames, the files' own sha256, the same de-identified headers
+    ledger = radflow.open_store(b).table("ledger")
+    assert ledger["source"].str.startswith(f"{server.dicomweb}/instances/2.25.").all()  # keyed UIDs only
+    for uid in kept:  # no original UID anywhere in the tables
+        for name in ("ledger", "instances", "headers"):
+            assert not radflow.open_store(b).table(name).astype(str).apply(lambda c: c.str.contains(uid, regex=False)).any().any()
+    again = radflow.ingest(server.dicomweb, b, settings=SETTINGS)  # incremental: nothing fetched again
+    assert again["new"] == 0 and len(radflow.open_store(b).table("ledger")) == len(kept)
+
+
+def test_a_query_selects_its_instances_page_by_page(archive, credentials):
+    server, _, kept = archive
+    want = {uid for uid, modality in kept.items() if modality in ("CT", "MR")}
+    assert 0 < len(want) < len(kept)
+    settings = DicomWebSettings(username=USER, password=PASSWORD, page_size=2)
+    found = dicomweb.search(dicomweb.service_url(server.dicomweb), {"Modality": "CT,MR"}, settings)
+    assert {item["00080018"]["Value"][0] for item in found} == want
+    refs = dicomweb.discover(server.dicomweb, None, b"k" * 32, DicomWebSettings(username=USER, password=PASSWORD, page_size=3))
+    assert len(refs) == len(kept) == len({r.uri for r in refs})  # all of them, over several pages, each once
+
+
+def test_a_wrong_password_fails_at_once_and_creates_nothing(tmp_path, archive):
+    server, _, _ = archive
+    store = tmp_path / "never.zarr"
+    env = {**os.environ, "RADFLOW_DICOMWEB__USERNAME": USER, "RADFLOW_DICOMWEB__PASSWORD": "not-the-password-4711"}
+    out = subprocess.run([sys.executable, "-m", "radflow", "ingest", server.dicomweb, str(store)], env=env,
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode != 0
+    assert "HTTP 401" in out.stderr and "RADFLOW_DICOMWEB__PASSWORD" in out.stderr and "4711" not in out.stderr
+    assert "Traceback" not in out.stderr and not store.exists()
+    with pytest.raises(dicomweb.SourceRefused, match="HTTP 401"):
+        dicomweb.check(server.dicomweb, DicomWebSettings(username=USER, password="wrong"))
+    with pytest.raises(Exception, match="must not carry credentials"):
+        dicomweb.service_url(f"dicomweb+http://{USER}:{PASSWORD}@127.0.0.1:1/dicom-web")
+
+
+def test_busy_answers_are_retried(tmp_path, archive, credentials, prefect_api, dask_client):
+    server, _, kept = archive
+    with FaultProxy(server.http, every_503=3) as proxy:
+        clean = str(tmp_path / "clean.zarr")
+        radflow.ingest(server.dicomweb, clean, settings=SETTINGS)
+        busy = str(tmp_path / "busy.zarr")
+        patient = {**SETTINGS, "dicomweb": {**SETTINGS["dicomweb"], "attempts": 5}}  # every third request is refused
+        s = radflow.ingest(proxy.dicomweb, busy, settings=patient)
+    assert proxy.injected >= 5 and s["ok"] == len(kept) and s["rejected"] == {}
+    assert _content(busy) == _content(clean)
+
+
+def test_archive_stopped_mid_transfer_then_rerun(tmp_path, archive, credentials, prefect_api, dask_client):
+    server, _, kept = archive
+    with FaultProxy(server.http) as proxy:
+        whole = str(tmp_path / "whole.zarr")
+        one_at_a_time = {**SETTINGS, "dicomweb": {**SETTINGS["dicomweb"], "max_concurrency": 1}}
+        radflow.ingest(proxy.dicomweb, whole, settings=one_at_a_time)
+        assert proxy.most_in_flight == 1  # the run's limit holds across both workers
+        seen = proxy.requests["retrieve"]  # the 7th retrieve of the next run stops the archive
+        proxy.on_retrieve = lambda n: server.stop() if n == seen + 7 else None
+        cut = str(tmp_path / "cut.zarr")
+        try:
+            with pytest.raises(Exception, match="stopped answering|unreachable|HTTP 502"):
+                radflow.ingest(proxy.dicomweb, cut, settings=SETTINGS)
+        finally:
+            proxy.on_retrieve = None
+            server.start()  # the same storage folder: the same instances
+        s = radflow.ingest(proxy.dicomweb, cut, settings=SETTINGS)
+    assert 0 < s["ok"] < len(kept)  # the first run had stored some of them
+    assert radflow.digest(cut)["store"] == radflow.digest(whole)["store"]
+    instances = radflow.open_store(cut).table("instances")
+    assert not instances.duplicated(["sop_uid", "frame"]).any() and len(instances) == len(radflow.open_store(whole).table("instances"))
+    ledger = radflow.open_store(cut).table("ledger")
+    assert len(ledger) == len(kept) and (ledger["status"] == "ok").all()  # one row per instance, nothing lost
