@@ -119,7 +119,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     import radflow
 
-    query = dict(args.query) if args.query else None
+    query = dict(args.query) if getattr(args, "query", None) else None
     s = _with_progress(lambda: radflow.ingest(args.source, args.store, cluster=args.cluster, query=query,
                                               storage_options=_storage_options(args), settings=_settings(args)))
     _print_ingest(s)
@@ -486,9 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, cluster=False)
     sp.set_defaults(func=cmd_inspect)
 
+    from radflow.cli_export import add_parser as add_export
     from radflow.cli_versions import add_parsers
 
     add_parsers(sub, common)
+    add_export(sub, common)
     return p
 
 

@@ -92,7 +92,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     source = getattr(args, "source", None)
     if source and local(source) and not os.path.exists(path(source)):
         raise ConfigError(f"SOURCE {source!r} does not exist")
-    if getattr(args, "query", None) and not (source or "").startswith("dicomweb+"):
+    if getattr(args, "query", None) and source and not source.startswith("dicomweb+"):
         raise ConfigError("--query selects instances of a DICOMweb SOURCE (dicomweb+https://host/path) only")
     if source and source.startswith("dicomweb+"):
         from radflow.config import Settings

@@ -158,3 +158,68 @@ def test_archive_stopped_mid_transfer_then_rerun(tmp_path, archive, credentials,
     assert not instances.duplicated(["sop_uid", "frame"]).any() and len(instances) == len(radflow.open_store(whole).table("instances"))
     ledger = radflow.open_store(cut).table("ledger")
     assert len(ledger) == len(kept) and (ledger["status"] == "ok").all()  # one row per instance, nothing lost
+
+
+def _model(path: str) -> str:
+    import json
+
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 5, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 1))
+    torch.jit.script(net).save(path)
+    with open(path + ".card.json", "w") as fh:
+        json.dump({"labels": ["finding"], "activation": "sigmoid", "name": "tiny-net"}, fh)
+    return path
+
+
+def test_predictions_go_back_to_the_archive_as_structured_reports(tmp_path, archive, credentials, prefect_api,
+                                                                   dask_client, monkeypatch):
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_user_pass
+
+    from radflow.config import Settings, resolve_secret_key
+    from radflow.dicom.pseudonym import remap_uid
+    from radflow.dicom.sr import report_summary
+    from radflow.errors import ConfigError
+    from radflow.export.results import export_predictions
+
+    server, _, kept = archive
+    store = str(tmp_path / "pred.zarr")
+    radflow.ingest(server.dicomweb, store, settings=SETTINGS)
+    radflow.process(store, steps=["preprocess", "infer"], canvas=64, model=_model(str(tmp_path / "tiny-net.pt")))
+    preds = radflow.open_store(store).predictions()
+    predicted = set(preds["sop_uid"])
+    assert len(predicted) == len(kept)
+    results = Orthanc(str(tmp_path / "results")).start()  # the archive the reports go to
+    try:
+        out = export_predictions(store, results.dicomweb)
+        assert out["matched"] == out["reports"] == out["instances"] == len(kept) and out["not_found"] == 0
+        web = DICOMwebClient(results.dicomweb[len("dicomweb+"):], session=create_session_from_user_pass(USER, PASSWORD))
+        found = web.search_for_instances(fields=["00080060"])
+        assert len(found) == len(kept) and {f["00080060"]["Value"][0] for f in found} == {"SR"}
+        key = resolve_secret_key(Settings())
+        for item in found:
+            sr = web.retrieve_instance(item["0020000D"]["Value"][0], item["0020000E"]["Value"][0],
+                                       item["00080018"]["Value"][0])
+            summary = report_summary(sr)
+            original = set(summary["referenced"])
+            assert len(original) == 1 and original <= set(kept)  # re-identified: the archive's own UID
+            mine = preds[preds["sop_uid"] == remap_uid(key, original.pop())].sort_values("index")
+            assert summary["values"]["p_finding"] == pytest.approx(float(mine["p_finding"].iloc[-1]), rel=1e-6)
+            assert "weights sha256 " + mine["model_sha256"].iloc[0] in sr.to_json()
+        again = export_predictions(store, results.dicomweb)  # the same UIDs again: nothing doubled
+        assert again["reports"] == len(kept) and len(web.search_for_instances()) == len(kept)
+    finally:
+        results.stop()
+    cli = [sys.executable, "-m", "radflow", "export", store, "--predictions", "--to", str(tmp_path / "sr")]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    files = sorted((tmp_path / "sr").iterdir())
+    assert f"{len(kept)} DICOM SR reports for {len(kept)} of {len(kept)} predicted instances" in done.stdout
+    assert len(files) == len(kept)
+    assert all(pydicom.dcmread(f).Modality == "SR" for f in files)
+    monkeypatch.setenv("RADFLOW_SECRET_KEY", "another-key-of-at-least-thirty-two-bytes")
+    with pytest.raises(ConfigError, match="another pseudonymization key"):
+        export_predictions(store, str(tmp_path / "never"))
