@@ -38,7 +38,7 @@ def source_headers(source: str, wanted: set[str], key: bytes, settings: Settings
         service = dicomweb.service_url(source)
         opts = {"dicomweb": {"settings": settings.dicomweb}}
         for item in dicomweb.search(service, query, settings.dicomweb):
-            study, series, sop = (dicomweb._value(item, t) for t in ("0020000D", "0020000E", "00080018"))
+            study, series, sop = (dicomweb.first_value(item, t) for t in ("0020000D", "0020000E", "00080018"))
             pseudonym = remap_uid(key, sop)
             if pseudonym in wanted:
                 yield pseudonym, dicomweb.metadata(dicomweb.instance_uri(service, study, series, sop), opts)

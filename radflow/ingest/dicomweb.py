@@ -32,7 +32,7 @@ from radflow.config import DicomWebSettings
 from radflow.errors import ConfigError, InputRejected, Reason, SourceUnavailable
 
 __all__ = ["SCHEME", "is_dicomweb", "service_url", "instance_uri", "parse_instance_uri", "source_of",
-           "search", "discover", "retrieve", "metadata", "client", "check", "SourceRefused", "options"]
+           "search", "discover", "retrieve", "metadata", "client", "check", "SourceRefused", "options", "first_value"]
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +190,14 @@ def search(service: str, query: dict[str, str] | None = None, settings: DicomWeb
                 break
             offset += len(page)
             for item in page:
-                sop = _value(item, "00080018")
+                sop = first_value(item, "00080018")
                 if sop and sop not in seen:
                     seen.add(sop)
                     yield item
         log.info("QIDO-RS %s: %d instances so far", filters or "all", len(seen))
 
 
-def _value(item: dict[str, Any], tag: str) -> str:
+def first_value(item: dict[str, Any], tag: str) -> str:
     values = (item.get(tag) or {}).get("Value") or [""]
     return str(values[0])
 
@@ -211,7 +211,7 @@ def discover(url: str, query: dict[str, str] | None, secret: bytes, settings: Di
     service = service_url(url)
     refs = []
     for item in search(service, query, settings, fields=("00280008",)):
-        study, series, sop = (_value(item, t) for t in _FIELDS)
+        study, series, sop = (first_value(item, t) for t in _FIELDS)
         refs.append(InputRef(instance_uri(service, study, series, sop), 0, "",
                              source=source_of(service, remap_uid(secret, sop))))
     refs.sort()
@@ -283,7 +283,7 @@ def metadata(uri: str, storage_options: dict[str, Any] | None = None):
             found = client(service, settings).retrieve_instance_metadata(study, series, sop)
     except Exception as exc:
         raise _failed(exc, "WADO-RS metadata") from None
-    syntax = _value(found, "00020010") or pydicom.uid.ExplicitVRLittleEndian
+    syntax = first_value(found, "00020010") or pydicom.uid.ExplicitVRLittleEndian
     body = {k: v for k, v in found.items() if not k.startswith("0002")}
     ds = pydicom.Dataset.from_json(body, bulk_data_uri_handler=lambda *_: b"")
     if "Rows" in ds and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
