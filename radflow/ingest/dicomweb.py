@@ -297,7 +297,9 @@ def check(url: str, settings: DicomWebSettings | None = None) -> None:
     """Fail fast: the URL (no credentials in it), and one QIDO-RS request of one instance, so a wrong
     password or a wrong service path is reported before anything starts."""
     service = service_url(url)
+    s = settings or DicomWebSettings()
+    quick = s.model_copy(update={"attempts": min(2, s.attempts)})  # an unreachable archive is reported in seconds
     try:
-        client(service, settings).search_for_instances(limit=1, fields=["00080018"])
+        client(service, quick).search_for_instances(limit=1, fields=["00080018"])
     except Exception as exc:
         raise _refusal(exc, service, "the instance query (QIDO-RS)") from None
