@@ -4,7 +4,7 @@ HTTP proxy in front of it that injects faults.
 Orthanc listens on 127.0.0.1 only, on free ports, with HTTP basic authentication, its storage in a
 folder of the test's (a stopped server started again on the same folder holds the same instances).
 The proxy forwards every request; it answers ``503`` to every ``every_503``-th request without
-forwarding it, and calls ``on_retrieve(n)`` before forwarding the ``n``-th WADO-RS instance retrieve
+forwarding it, answers ``404`` to the retrieves of the SOP Instance UIDs in ``missing``, and calls ``on_retrieve(n)`` before forwarding the ``n``-th WADO-RS instance retrieve
 (a test stops Orthanc there); it counts the most requests it had in flight at once. A request it cannot forward (Orthanc stopped) gets ``502``, as a
 gateway in front of a stopped archive answers.
 """
@@ -128,6 +128,7 @@ class FaultProxy:
         self.target = urlsplit(target)
         self.every_503 = every_503
         self.on_retrieve = None
+        self.missing: set[str] = set()  # SOP Instance UIDs whose retrieve answers 404
         self.injected = 0
         self.unreachable: list[str] = []
         self.in_flight = self.most_in_flight = 0
@@ -164,6 +165,9 @@ class FaultProxy:
                     with proxy._lock:
                         proxy.injected += 1
                     self._reply(503, b"busy", [("Retry-After", "0")])
+                    return
+                if retrieve and path.rstrip("/").rsplit("/", 1)[-1] in proxy.missing:
+                    self._reply(404, b"no such instance")
                     return
                 if retrieve and proxy.on_retrieve is not None:
                     proxy.on_retrieve(k)

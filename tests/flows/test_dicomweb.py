@@ -135,6 +135,24 @@ def test_busy_answers_are_retried(tmp_path, archive, credentials, prefect_api, d
     assert _content(busy) == _content(clean)
 
 
+def test_an_instance_that_cannot_be_retrieved_is_io_error_with_its_status(tmp_path, archive, credentials,
+                                                                          prefect_api, dask_client):
+    server, _, kept = archive
+    gone = sorted(kept)[3]
+    store = str(tmp_path / "gone.zarr")
+    with FaultProxy(server.http) as proxy:
+        proxy.missing = {gone}  # listed by QIDO-RS, then 404 on retrieve (deleted in between)
+        s = radflow.ingest(proxy.dicomweb, store, settings=SETTINGS)
+        assert s["ok"] == len(kept) - 1 and s["rejected"] == {"IO_ERROR": 1}
+        ledger = radflow.open_store(store).ledger()
+        row = ledger[ledger["status"] == "rejected"].iloc[0]
+        assert row["reason"] == "IO_ERROR" and "HTTP 404" in row["detail"] and len(ledger) == len(kept)
+        proxy.missing = set()  # back again: the next run tries it again (IO_ERROR is transient)
+        again = radflow.ingest(proxy.dicomweb, store, settings=SETTINGS)
+    assert again["new"] == 1 and again["ok"] == 1
+    assert (radflow.open_store(store).ledger()["status"] == "ok").all()
+
+
 def test_archive_stopped_mid_transfer_then_rerun(tmp_path, archive, credentials, prefect_api, dask_client):
     server, _, kept = archive
     with FaultProxy(server.http) as proxy:
