@@ -203,7 +203,9 @@ def test_predictions_go_back_to_the_archive_as_structured_reports(tmp_path, arch
     from radflow.errors import ConfigError
     from radflow.export.results import export_predictions
 
-    server, _, kept = archive
+    server, folder, kept = archive
+    studies = {sop: study for study in os.listdir(folder) for series in os.listdir(os.path.join(folder, study))
+               for sop in os.listdir(os.path.join(folder, study, series))}
     store = str(tmp_path / "pred.zarr")
     radflow.ingest(server.dicomweb, store, settings=SETTINGS)
     radflow.process(store, steps=["preprocess", "infer"], canvas=64, model=_model(str(tmp_path / "tiny-net.pt")))
@@ -224,7 +226,9 @@ def test_predictions_go_back_to_the_archive_as_structured_reports(tmp_path, arch
             summary = report_summary(sr)
             original = set(summary["referenced"])
             assert len(original) == 1 and original <= set(kept)  # re-identified: the archive's own UID
-            mine = preds[preds["sop_uid"] == remap_uid(key, original.pop())].sort_values("index")
+            source_uid = original.pop()
+            assert sr.StudyInstanceUID == item["0020000D"]["Value"][0] == studies[source_uid]  # in the image's study
+            mine = preds[preds["sop_uid"] == remap_uid(key, source_uid)].sort_values("index")
             assert summary["values"]["p_finding"] == pytest.approx(float(mine["p_finding"].iloc[-1]), rel=1e-6)
             assert "weights sha256 " + mine["model_sha256"].iloc[0] in sr.to_json()
         again = export_predictions(store, results.dicomweb)  # the same UIDs again: nothing doubled
