@@ -252,6 +252,9 @@ def retrieve(uri: str, storage_options: dict[str, Any] | None = None, max_bytes:
     service, study, series, sop = parse_instance_uri(uri)
     c = client(service, settings)
     url = f"{service}/studies/{study}/series/{series}/instances/{sop}"
+    # the client's own request and multipart decoding (its retries, session, parsing): its public
+    # ``retrieve_instance`` hands back a parsed pydicom Dataset, and a Dataset written out again is not the
+    # archive's file byte for byte; the part's bytes are what the ledger's sha256 and the frames come from
     try:
         with _slot(slots):
             response = c._http_get(url, headers={"Accept": _ACCEPT})  # retried by the client on 429/503/…
