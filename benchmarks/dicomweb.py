@@ -106,7 +106,8 @@ def main() -> None:
             fh.write('{"labels": ["finding"], "activation": "sigmoid", "name": "tiny-net"}')
         _cli("process", b, "--steps", "preprocess,infer", "--canvas", "64", "--model", model, *common, env=env)
         t0 = time.perf_counter()
-        _cli("export", b, "--predictions", "--to", results.dicomweb, env=env)
+        # the store's source was the proxy (gone now): the archive is listed again where it is
+        _cli("export", b, "--predictions", "--to", results.dicomweb, "--source", archive.dicomweb, env=env)
         export_s = time.perf_counter() - t0
         check_roundtrip(b, results, folder, export_s)
     finally:

@@ -32,7 +32,8 @@ from radflow.config import DicomWebSettings
 from radflow.errors import ConfigError, InputRejected, Reason, SourceUnavailable
 
 __all__ = ["SCHEME", "is_dicomweb", "service_url", "instance_uri", "parse_instance_uri", "source_of",
-           "search", "discover", "retrieve", "metadata", "client", "check", "SourceRefused", "options", "first_value"]
+           "search", "discover", "retrieve", "metadata", "client", "check", "SourceRefused", "options", "first_value",
+           "ReadAhead"]
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,53 @@ def metadata(uri: str, storage_options: dict[str, Any] | None = None):
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
+
+
+class ReadAhead:
+    """Requests of one worker task made ahead of their use: ``take(uri)`` returns ``fetch(uri)`` (or raises
+    what it raised), with up to ``width`` fetched or in flight from this task at once, in the order of
+    ``uris``. Each request still takes one of the run's slots, so the run-wide limit holds; the task's
+    decoding overlaps the next requests' latency instead of waiting for each in turn."""
+
+    def __init__(self, uris: list[str], fetch, width: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._uris, self._fetch, self._width = list(uris), fetch, max(1, width)
+        self._next = 0
+        self._futures: dict[str, Any] = {}
+        self._pool = ThreadPoolExecutor(self._width, thread_name_prefix="radflow-dicomweb")
+
+    @classmethod
+    def of(cls, uris: list[str], fetch, storage_options: dict[str, Any] | None) -> "ReadAhead | None":
+        """A read-ahead over the DICOMweb addresses among ``uris``, or None when there are none."""
+        mine = [u for u in uris if is_dicomweb(u)]
+        if not mine:
+            return None
+        settings, slots = options(storage_options)
+        if slots is not None:
+            # a Dask semaphore finds its scheduler through the worker of the thread that first uses it: bind it
+            # here, in the task's thread, before the read-ahead threads acquire from it
+            _ = slots.loop
+        return cls(mine, fetch, settings.max_concurrency)
+
+    def take(self, uri: str) -> Any:
+        while self._next < len(self._uris) and len(self._futures) < self._width:
+            u = self._uris[self._next]
+            self._next += 1
+            self._futures.setdefault(u, self._pool.submit(self._fetch, u))
+        fut = self._futures.pop(uri, None)
+        return self._fetch(uri) if fut is None else fut.result()
+
+    def close(self) -> None:
+        for fut in self._futures.values():
+            fut.cancel()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ReadAhead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def check(url: str, settings: DicomWebSettings | None = None) -> None:

@@ -8,6 +8,8 @@ the frame count and the remapped SOP UID) beside the discovered references the f
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 from typing import Any, Iterator, Sequence
@@ -17,6 +19,7 @@ import numpy as np
 from radflow.config import Limits
 from radflow.dicom.pseudonym import remap_uid
 from radflow.errors import InputRejected, Reason, SourceUnavailable
+from radflow.ingest import dicomweb
 from radflow.ingest.sources import InputRef, read_bytes
 from radflow.store import layout
 from radflow.watchdog import deadline
@@ -133,39 +136,50 @@ def index_inputs(
     read under ``limits.input_timeout_s``.
     """
     out = []
-    for ref in refs:
-        uri, size, version = ref[:3]
-        unsafe = ref[3] if len(ref) > 3 else None
-        reason = ref[4] if len(ref) > 4 else Reason.ARCHIVE_UNSAFE_MEMBER.value
-        row: dict[str, Any] = {"uri": uri, "size": size, "version": version}
-        try:
-            with deadline(limits.input_timeout_s, "reading one header"):
-                if unsafe:  # discovery decided: never opened
-                    raise InputRejected(Reason(reason), unsafe)
-                _index_one(row, uri, size, limits, storage_options, secret)
-        except SourceUnavailable:  # the source, not this input: the batch fails and the run resumes later
-            raise
-        except InputRejected as exc:
-            row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
-        except Exception as exc:  # never fail the run for one input
-            row.update(status="rejected", reason=Reason.DECODE_ERROR.value, detail=f"unexpected {type(exc).__name__} reading header")
-        out.append(row)
+    with contextlib.ExitStack() as stack:
+        ahead = dicomweb.ReadAhead.of([r[0] for r in refs if not (len(r) > 3 and r[3])],
+                                      functools.partial(dicomweb.metadata, storage_options=storage_options),
+                                      storage_options)
+        if ahead is not None:  # a DICOMweb source: the next instances' metadata is asked for meanwhile
+            stack.enter_context(ahead)
+        for ref in refs:
+            out.append(_index_row(ref, limits, storage_options, secret, ahead))
     return out
 
 
+def _index_row(ref: tuple, limits: Limits, storage_options: dict[str, Any] | None, secret: bytes | None,
+               ahead: Any) -> dict[str, Any]:
+    uri, size, version = ref[:3]
+    unsafe = ref[3] if len(ref) > 3 else None
+    reason = ref[4] if len(ref) > 4 else Reason.ARCHIVE_UNSAFE_MEMBER.value
+    row: dict[str, Any] = {"uri": uri, "size": size, "version": version}
+    try:
+        with deadline(limits.input_timeout_s, "reading one header"):
+            if unsafe:  # discovery decided: never opened
+                raise InputRejected(Reason(reason), unsafe)
+            _index_one(row, uri, size, limits, storage_options, secret, ahead)
+    except SourceUnavailable:  # the source, not this input: the batch fails and the run resumes later
+        raise
+    except InputRejected as exc:
+        row.update(status="rejected", reason=exc.reason.value, detail=exc.detail)
+    except Exception as exc:  # never fail the run for one input
+        row.update(status="rejected", reason=Reason.DECODE_ERROR.value, detail=f"unexpected {type(exc).__name__} reading header")
+    return row
+
+
 def _index_one(row: dict[str, Any], uri: str, size: int, limits: Limits,
-               storage_options: dict[str, Any] | None, secret: bytes | None) -> None:
+               storage_options: dict[str, Any] | None, secret: bytes | None, ahead: Any = None) -> None:
     """Fill ``row`` with the planning facts of one input's header (raises ``InputRejected``)."""
     from radflow.ingest.acquisitions import HDF5_SIGNATURE, acquisition_index_row
     from radflow.ingest.archives import is_member_uri
     from radflow.dicom.read import header_from_dataset, read_header
-    from radflow.ingest import dicomweb
     from radflow.store.urls import filesystem
 
     if size > limits.max_file_bytes:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
     if dicomweb.is_dicomweb(uri):  # the header from the archive's metadata: the pixels are fetched once, by the batch
-        h = header_from_dataset(dicomweb.metadata(uri, storage_options), limits)
+        ds = ahead.take(uri) if ahead is not None else dicomweb.metadata(uri, storage_options)
+        h = header_from_dataset(ds, limits)
         _dicom_row(row, h, secret)
         return
     if is_member_uri(uri):

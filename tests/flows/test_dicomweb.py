@@ -132,6 +132,8 @@ def test_busy_answers_are_retried(tmp_path, archive, credentials, prefect_api, d
         patient = {**SETTINGS, "dicomweb": {**SETTINGS["dicomweb"], "attempts": 5}}  # every third request is refused
         s = radflow.ingest(proxy.dicomweb, busy, settings=patient)
     assert proxy.injected >= 5 and s["ok"] == len(kept) and s["rejected"] == {}
+    # two workers, each task reading ahead on two threads: the run-wide limit of 2 still holds
+    assert proxy.most_in_flight <= SETTINGS["dicomweb"]["max_concurrency"]
     assert _content(busy) == _content(clean)
 
 
