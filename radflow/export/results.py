@@ -10,6 +10,7 @@ STOW-RS, to a DICOMweb archive (``dicomweb+https://…``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import defaultdict
@@ -37,11 +38,17 @@ def source_headers(source: str, wanted: set[str], key: bytes, settings: Settings
     if dicomweb.is_dicomweb(source):
         service = dicomweb.service_url(source)
         opts = {"dicomweb": {"settings": settings.dicomweb}}
+        found: dict[str, str] = {}  # instance address → pseudonym, for the instances with predictions
         for item in dicomweb.search(service, query, settings.dicomweb):
             study, series, sop = (dicomweb.first_value(item, t) for t in ("0020000D", "0020000E", "00080018"))
             pseudonym = remap_uid(key, sop)
             if pseudonym in wanted:
-                yield pseudonym, dicomweb.metadata(dicomweb.instance_uri(service, study, series, sop), opts)
+                found[dicomweb.instance_uri(service, study, series, sop)] = pseudonym
+        uris = sorted(found)
+        with dicomweb.ReadAhead(uris, functools.partial(dicomweb.metadata, storage_options=opts),
+                                settings.dicomweb.max_concurrency) as ahead:  # the requests overlap
+            for uri in uris:
+                yield found[uri], ahead.take(uri)
         return
     from radflow.ingest.sources import discover, read_bytes
 
