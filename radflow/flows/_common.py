@@ -1,4 +1,4 @@
-"""Helpers shared by the flows (no Prefect imports here)."""
+"""Helpers shared by the flows (Prefect is imported only inside the functions that need it)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from radflow.config import Settings
 from radflow.errors import ConfigError
 
-__all__ = ["build_settings", "run_logger", "markdown_table", "performance_report", "request_slots"]
+__all__ = ["build_settings", "run_logger", "markdown_table", "performance_report", "request_slots", "publish_artifact"]
 
 
 def build_settings(overrides: dict[str, Any] | None, cluster: str | None = None) -> Settings:
@@ -156,3 +156,16 @@ def request_slots(client, src: str, cfg: Settings, storage_options: dict[str, An
         yield {**(storage_options or {}), "dicomweb": {"settings": cfg.dicomweb, "slots": slots}}
     finally:
         slots.close()
+
+
+def publish_artifact(markdown: str, *, key: str, description: str) -> None:
+    """The run's summary as a Prefect markdown artifact. Never fails the run: the work is done and its
+    result returned whether or not Prefect's API takes the artifact (under load a sync API call cut off
+    by its deadline has surfaced inside Prefect as an ``UnboundLocalError``)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        create_markdown_artifact(markdown, key=key, description=description)
+    except Exception as exc:  # noqa: BLE001 - the artifact is a view of a result already written
+        run_logger().warning("could not record the %s artifact in Prefect (%s); the run's result is unaffected",
+                             key, type(exc).__name__)

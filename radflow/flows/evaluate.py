@@ -6,11 +6,10 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from radflow.config import resolve_secret_key
 from radflow.errors import ConfigError
-from radflow.flows._common import build_settings, markdown_table, run_logger
+from radflow.flows._common import build_settings, markdown_table, publish_artifact, run_logger
 from radflow.dicom.pseudonym import remap_uid
 from radflow.store.handle import open_store
 from radflow.store.lock import writer
@@ -108,7 +107,7 @@ def evaluate_flow(
         if tx is not None:
             tx.summary = {"models": len(results), "labels": len(names)}
     table = pd.concat(results, ignore_index=True)
-    create_markdown_artifact(
+    publish_artifact(
         "# radflow evaluation\n\n" + markdown_table(table.to_dict(orient="records")),
         key="radflow-evaluation", description="AUC, sensitivity and specificity per label",
     )

@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
@@ -28,8 +27,8 @@ from radflow.cluster import connect, dashboard_link
 from radflow.cluster.waiting import NoWorkers, each_done, result
 from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
-from radflow.flows._common import (build_settings, compact_tables, markdown_table, performance_report, request_slots,
-                                   run_logger)
+from radflow.flows._common import (build_settings, compact_tables, markdown_table, performance_report,
+                                   publish_artifact, request_slots, run_logger)
 from radflow.flows._progress import report
 from radflow.store import layout, versions
 from radflow.ingest.batches import BatchInput, BatchPlan, ledger_row, lost_detail, plan_batches, probe_input, write_batch
@@ -457,7 +456,7 @@ def _artifact(store: str, summary: dict[str, Any]) -> None:
     extra = f"Dask performance report: `{summary['performance_report']}`\n\n" if summary.get("performance_report") else ""
     md = (f"# radflow ingest\n\nStore: `{store}`\n\n{extra}{markdown_table([head])}\n## Rejected by reason\n\n"
           f"{markdown_table(rejected)}\n## Kept with anomalies\n\n{markdown_table(kept)}")
-    create_markdown_artifact(md, key="radflow-ingest", description="radflow ingest summary")
+    publish_artifact(md, key="radflow-ingest", description="radflow ingest summary")
 
 
 @flow(name="radflow-ingest", task_runner=ThreadPoolTaskRunner(max_workers=8), validate_parameters=False)

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from radflow.cluster import connect, dashboard_link
 from radflow.config import Settings
 from radflow.errors import ConfigError
-from radflow.flows._common import build_settings, compact_tables, markdown_table, performance_report, run_logger
+from radflow.flows._common import (build_settings, compact_tables, markdown_table, performance_report,
+                                   publish_artifact, run_logger)
 from radflow.flows._progress import report as progress
 from radflow.flows.runner import _has_gpu_workers, run_stage
 from radflow.stages import Request, registered
@@ -141,7 +141,7 @@ def process_flow(
             if compacted:
                 summary["compacted"] = compacted
         table = markdown_table([{"step": k, **v} for k, v in summary["steps"].items()])
-        create_markdown_artifact(
+        publish_artifact(
             f"# radflow process\n\nStore: `{url}`\n\n{table}",
             key="radflow-process", description="radflow process summary",
         )

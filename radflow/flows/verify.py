@@ -8,7 +8,6 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -16,7 +15,7 @@ from prefect.utilities.annotations import quote  # large inputs: Prefect would v
 
 from radflow.cluster import connect
 from radflow.cluster.waiting import result
-from radflow.flows._common import build_settings, markdown_table, run_logger
+from radflow.flows._common import build_settings, markdown_table, publish_artifact, run_logger
 from radflow.flows._progress import report
 from radflow.ingest.acquisitions import KINDS
 from radflow.store.handle import open_store
@@ -80,7 +79,7 @@ def verify_flow(store: str, cluster: str | None = None, storage_options: dict[st
         report("stage-end", stage="verify")
     counts = dict(Counter(p["problem"] for p in problems))
     run_logger().info("verified %d frames and slices: %s", checked, counts or "no problems")
-    create_markdown_artifact(
+    publish_artifact(
         f"# radflow verify\n\nStore: `{url}`\n\n{markdown_table([{'checked': checked, **counts}])}\n"
         + markdown_table(problems[:100]),
         key="radflow-verify", description="radflow verify: CRC32 and chunk presence of every stored frame",
