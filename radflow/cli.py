@@ -31,6 +31,9 @@ def _quiet_orchestration(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # run logs reach the Prefect UI at INFO ...
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")  # ... the terminal stays quiet
         os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "WARNING")
+        # an interrupt ends worker processes before they free their semaphores: multiprocessing's resource
+        # tracker (its own process) frees them and would print a "leaked semaphore objects" warning
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # run logs propagate to the root logger on their way to the Prefect API: not to the terminal
         for handler in logging.getLogger().handlers:
