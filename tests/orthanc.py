@@ -4,9 +4,11 @@ HTTP proxy in front of it that injects faults.
 Orthanc listens on 127.0.0.1 only, on free ports, with HTTP basic authentication, its storage in a
 folder of the test's (a stopped server started again on the same folder holds the same instances).
 The proxy forwards every request; it answers ``503`` to every ``every_503``-th request without
-forwarding it, answers ``404`` to the retrieves of the SOP Instance UIDs in ``missing``, and calls ``on_retrieve(n)`` before forwarding the ``n``-th WADO-RS instance retrieve
-(a test stops Orthanc there); it counts the most requests it had in flight at once. A request it cannot forward (Orthanc stopped) gets ``502``, as a
-gateway in front of a stopped archive answers.
+forwarding it (each request at most once, so its retry passes), ``404`` to the retrieves of the SOP
+Instance UIDs in ``missing``, and calls ``on_retrieve(n)`` before forwarding the ``n``-th WADO-RS
+instance retrieve (a test stops Orthanc there); it counts the most requests it had in flight at once.
+A request it cannot forward (Orthanc stopped) gets ``502``, as a gateway in front of a stopped archive
+answers.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class FaultProxy:
         self.injected = 0
         self.unreachable: list[str] = []
         self.in_flight = self.most_in_flight = 0
+        self._refused: set[tuple[str, str]] = set()
         self.requests: Counter[str] = Counter()
         self._count = itertools.count(1)
         self._retrieves = itertools.count(1)
@@ -161,8 +164,9 @@ class FaultProxy:
                     n = next(proxy._count)
                     proxy.requests["retrieve" if retrieve else "other"] += 1
                     k = next(proxy._retrieves) if retrieve else 0
-                if proxy.every_503 and n % proxy.every_503 == 0:
-                    with proxy._lock:
+                if proxy.every_503 and n % proxy.every_503 == 0 and (self.command, path) not in proxy._refused:
+                    with proxy._lock:  # (a request refused once is let through on its retries: no flaky pile-up)
+                        proxy._refused.add((self.command, path))
                         proxy.injected += 1
                     self._reply(503, b"busy", [("Retry-After", "0")])
                     return
