@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 
-import pandas as pd
 import pydicom
 import pytest
 
