@@ -34,21 +34,6 @@ def _cli(*args: str, env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-def _content(store: str) -> dict:
-    import radflow
-    from radflow.store.tables import terminal_ledger
-
-    digest = radflow.digest(store)
-    out: dict = {k: v for k, v in digest.items() if not k.startswith(("tables/", "attrs", "store"))}
-    s = radflow.open_store(store)
-    for name in ("instances", "headers"):
-        df = s.table(name).drop(columns=["source", "batch", "seconds"], errors="ignore")
-        out[name] = df.sort_values(list(df.columns[:3])).astype(str).reset_index(drop=True).to_dict("list")
-    ledger = terminal_ledger(s.table("ledger")).drop(columns=["source", "batch", "seconds", "size", "version"])
-    out["ledger"] = ledger.sort_values("sha256").astype(str).reset_index(drop=True).to_dict("list")
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500, help="synthetic radiographs (default 500)")
@@ -59,6 +44,7 @@ def main() -> None:
     import torch
 
     from radflow.synth import write_archive
+    from tests.helpers import content_apart_from_place
     from tests.orthanc import PASSWORD, USER, FaultProxy, Orthanc
 
     work = tempfile.mkdtemp(prefix="radflow-bench-dicomweb-")
@@ -90,7 +76,7 @@ def main() -> None:
             web_s = _cli("ingest", proxy.dicomweb, b, *common, env=env)
             requests = dict(proxy.requests)
             most = proxy.most_in_flight
-        same = _content(a) == _content(b)
+        same = content_apart_from_place(a) == content_apart_from_place(b)
         rows = [("folder (baseline)", folder_s, "-", "-"),
                 ("DICOMweb", web_s, f"{sum(requests.values())} ({requests.get('retrieve', 0)} retrieves)", str(most))]
         print(f"{'ingest':<20}{'wall s':>8}{'MB/s':>8}{'ratio':>7}  {'HTTP requests':<24}{'most in flight':>15}")

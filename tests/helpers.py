@@ -1,4 +1,4 @@
-"""Test helpers: optional-dependency markers and file snapshots."""
+"""Test helpers: optional-dependency markers, file snapshots and store comparisons."""
 
 from __future__ import annotations
 
@@ -64,3 +64,21 @@ def write_batch_that_dies_in_company(store_url, plan, **kwargs):
     if len(plan.inputs) > 1 and any("poison" in i.uri for i in plan.inputs):
         os._exit(137)
     return write_batch(store_url, plan, **kwargs)
+
+
+def content_apart_from_place(store: str) -> dict[str, object]:
+    """What must agree between two ingests of the same instances from different places: every array,
+    and every table without the columns that name the place (source) or the batch."""
+    import radflow
+    from radflow.store.tables import terminal_ledger
+
+    digest = radflow.digest(store)
+    out: dict[str, object] = {k: v for k, v in digest.items() if not k.startswith(("tables/", "attrs", "store"))}
+    s = radflow.open_store(store)
+    for name in ("instances", "headers"):
+        df = s.table(name).drop(columns=["source", "batch", "seconds"], errors="ignore")
+        out[name] = df.sort_values(list(df.columns[:3])).astype(str).reset_index(drop=True).to_dict("list")
+    # (an archive reports no file size or version: the ledger keys its instances by their keyed UID)
+    ledger = terminal_ledger(s.table("ledger")).drop(columns=["source", "batch", "seconds", "size", "version"])
+    out["ledger"] = ledger.sort_values("sha256").astype(str).reset_index(drop=True).to_dict("list")
+    return out

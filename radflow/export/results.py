@@ -40,7 +40,7 @@ def source_headers(source: str, wanted: set[str], key: bytes, settings: Settings
         opts = {"dicomweb": {"settings": settings.dicomweb}}
         found: dict[str, str] = {}  # instance address → pseudonym, for the instances with predictions
         for item in dicomweb.search(service, query, settings.dicomweb):
-            study, series, sop = (dicomweb.first_value(item, t) for t in ("0020000D", "0020000E", "00080018"))
+            study, series, sop = dicomweb.uids_of(item)
             pseudonym = remap_uid(key, sop)
             if pseudonym in wanted:
                 found[dicomweb.instance_uri(service, study, series, sop)] = pseudonym
@@ -50,16 +50,14 @@ def source_headers(source: str, wanted: set[str], key: bytes, settings: Settings
             for uri in uris:
                 yield found[uri], ahead.take(uri)
         return
-    from radflow.ingest.sources import discover, read_bytes
-
-    import io
+    from radflow.ingest.sources import discover, open_input
 
     for ref in discover(source, storage_options, settings.limits):
         if ref.unsafe:
             continue
         try:
-            data = read_bytes(ref.uri, storage_options, settings.limits.max_file_bytes)
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            with open_input(ref.uri, storage_options, settings.limits.max_file_bytes) as fh:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True)  # the header only, not the pixels
             sop = str(ds.SOPInstanceUID)
         except Exception:  # not DICOM, unreadable: not one of the stored images
             continue

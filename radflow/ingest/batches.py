@@ -10,7 +10,6 @@ objects.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
@@ -29,7 +28,7 @@ from radflow.store import layout
 from radflow.store.layout import frame_crc32
 from radflow.dicom.read import FALLBACK_DECODERS, Header, decode_frames, header_from_dataset, read_dataset
 from radflow.dicom.pseudonym import keyed_hash, remap_uid
-from radflow.ingest.dicomweb import ReadAhead, is_dicomweb
+from radflow.ingest.dicomweb import ReadAhead
 from radflow.ingest.sources import read_bytes
 from radflow.store.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHEMA, anomaly_counts, write_part
 from radflow.store.urls import zarr_store
@@ -384,33 +383,29 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
     """
     ledger: list[dict[str, Any]] = []
     bytes_in = 0
-    with contextlib.ExitStack() as stack:
-        ahead = ReadAhead.of([i.uri for i in plan.inputs], functools.partial(
-            read_bytes, storage_options=storage_options, max_bytes=limits.max_file_bytes), storage_options)
-        if ahead is not None:  # a DICOMweb source: the next instances are fetched while this one decodes
-            stack.enter_context(ahead)
+    # a DICOMweb source: the next instances are fetched while this one decodes (other inputs: read when taken)
+    with ReadAhead.of([i.uri for i in plan.inputs], functools.partial(
+            read_bytes, storage_options=storage_options, max_bytes=limits.max_file_bytes), storage_options) as ahead:
         for item in plan.inputs:
-            ledger.append(_one_input(item, plan, limits, storage_options, store, ahead))
-            bytes_in += ledger[-1].pop("_bytes")
+            row, n = _one_input(item, plan, limits, store, ahead)
+            ledger.append(row)
+            bytes_in += n
     for i, reason, *detail in lost:  # (input, reason) or (input, reason, detail)
         ledger.append(ledger_row(i.label, i.size, i.version, status="rejected", reason=Reason(reason),
                                  detail=detail[0] if detail else lost_detail(reason), batch=plan.batch_id))
     return ledger, bytes_in
 
 
-def _one_input(item: BatchInput, plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
-               store: Callable[[BatchInput, bytes, list[str]], int], ahead: ReadAhead | None) -> dict[str, Any]:
-    """One input read, handed to ``store`` and recorded: its ledger row (with ``_bytes``, the bytes read)."""
+def _one_input(item: BatchInput, plan: BatchPlan, limits: Limits, store: Callable[[BatchInput, bytes, list[str]], int],
+               ahead: ReadAhead) -> tuple[dict[str, Any], int]:
+    """One input read, handed to ``store`` and recorded: its ledger row and the bytes read."""
     t0 = time.perf_counter()
     sha = ""
     found: list[str] = []
     data = b""
     try:
         with deadline(limits.input_timeout_s, "reading and decoding one input"):
-            if ahead is not None and is_dicomweb(item.uri):
-                data = ahead.take(item.uri)
-            else:
-                data = read_bytes(item.uri, storage_options, max_bytes=limits.max_file_bytes)
+            data = ahead.take(item.uri)
             sha = hashlib.sha256(data).hexdigest()
             outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data, found)}
     except SourceUnavailable:  # the source, not this input: the batch fails and the run resumes later
@@ -419,8 +414,8 @@ def _one_input(item: BatchInput, plan: BatchPlan, limits: Limits, storage_option
         outcome = {"status": "rejected", "reason": exc.reason, "detail": exc.detail}
     except Exception as exc:  # a bad file never fails the batch
         outcome = {"status": "rejected", "reason": Reason.DECODE_ERROR, "detail": f"unexpected {type(exc).__name__} while decoding"}
-    return {**ledger_row(item.label, item.size, item.version, sha256=sha, batch=plan.batch_id,
-                         seconds=time.perf_counter() - t0, anomalies=found, **outcome), "_bytes": len(data)}
+    return ledger_row(item.label, item.size, item.version, sha256=sha, batch=plan.batch_id,
+                      seconds=time.perf_counter() - t0, anomalies=found, **outcome), len(data)
 
 
 def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, bytes_in: int, pixel_bytes: int,

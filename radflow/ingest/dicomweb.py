@@ -33,7 +33,7 @@ from radflow.errors import ConfigError, InputRejected, Reason, SourceUnavailable
 
 __all__ = ["SCHEME", "is_dicomweb", "service_url", "instance_uri", "parse_instance_uri", "source_of",
            "search", "discover", "retrieve", "metadata", "client", "check", "SourceRefused", "options", "first_value",
-           "ReadAhead"]
+           "uids_of", "ReadAhead"]
 
 log = logging.getLogger(__name__)
 
@@ -203,16 +203,22 @@ def first_value(item: dict[str, Any], tag: str) -> str:
     return str(values[0])
 
 
+def uids_of(item: dict[str, Any]) -> tuple[str, str, str]:
+    """``(study, series, sop)`` Instance UIDs of a QIDO-RS result."""
+    study, series, sop = (first_value(item, t) for t in _FIELDS)
+    return study, series, sop
+
+
 def discover(url: str, query: dict[str, str] | None, secret: bytes, settings: DicomWebSettings | None = None):
-    """The inputs of a DICOMweb source (see :class:`radflow.ingest.sources.InputRef`), sorted by URI:
-    each instance with the archive's size when it reports one (else 0); its label keyed by ``secret``."""
+    """The inputs of a DICOMweb source (see :class:`radflow.ingest.sources.InputRef`), sorted by URI, each
+    labelled with its SOP Instance UID keyed by ``secret`` (QIDO-RS reports no file size or version: 0, "")."""
     from radflow.dicom.pseudonym import remap_uid
     from radflow.ingest.sources import InputRef
 
     service = service_url(url)
     refs = []
-    for item in search(service, query, settings, fields=("00280008",)):
-        study, series, sop = (first_value(item, t) for t in _FIELDS)
+    for item in search(service, query, settings):
+        study, series, sop = uids_of(item)
         refs.append(InputRef(instance_uri(service, study, series, sop), 0, "",
                              source=source_of(service, remap_uid(secret, sop))))
     refs.sort()
@@ -312,13 +318,12 @@ class ReadAhead:
         self._pool = ThreadPoolExecutor(self._width, thread_name_prefix="radflow-dicomweb")
 
     @classmethod
-    def of(cls, uris: list[str], fetch, storage_options: dict[str, Any] | None) -> "ReadAhead | None":
-        """A read-ahead over the DICOMweb addresses among ``uris``, or None when there are none."""
+    def of(cls, uris: list[str], fetch, storage_options: dict[str, Any] | None) -> "ReadAhead":
+        """A read-ahead over the DICOMweb addresses among ``uris`` (other addresses are fetched when taken;
+        with none among them no thread starts)."""
         mine = [u for u in uris if is_dicomweb(u)]
-        if not mine:
-            return None
         settings, slots = options(storage_options)
-        if slots is not None:
+        if mine and slots is not None:
             # a Dask semaphore finds its scheduler through the worker of the thread that first uses it: bind it
             # here, in the task's thread, before the read-ahead threads acquire from it
             _ = slots.loop

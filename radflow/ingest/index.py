@@ -8,9 +8,7 @@ the frame count and the remapped SOP UID) beside the discovered references the f
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
 from typing import Any, Iterator, Sequence
 
@@ -20,7 +18,7 @@ from radflow.config import Limits
 from radflow.dicom.pseudonym import remap_uid
 from radflow.errors import InputRejected, Reason, SourceUnavailable
 from radflow.ingest import dicomweb
-from radflow.ingest.sources import InputRef, read_bytes
+from radflow.ingest.sources import InputRef, open_input
 from radflow.store import layout
 from radflow.watchdog import deadline
 
@@ -136,19 +134,17 @@ def index_inputs(
     read under ``limits.input_timeout_s``.
     """
     out = []
-    with contextlib.ExitStack() as stack:
-        ahead = dicomweb.ReadAhead.of([r[0] for r in refs if not (len(r) > 3 and r[3])],
-                                      functools.partial(dicomweb.metadata, storage_options=storage_options),
-                                      storage_options)
-        if ahead is not None:  # a DICOMweb source: the next instances' metadata is asked for meanwhile
-            stack.enter_context(ahead)
+    # a DICOMweb source: the next instances' metadata is asked for meanwhile
+    with dicomweb.ReadAhead.of([r[0] for r in refs if not (len(r) > 3 and r[3])],
+                               functools.partial(dicomweb.metadata, storage_options=storage_options),
+                               storage_options) as ahead:
         for ref in refs:
             out.append(_index_row(ref, limits, storage_options, secret, ahead))
     return out
 
 
 def _index_row(ref: tuple, limits: Limits, storage_options: dict[str, Any] | None, secret: bytes | None,
-               ahead: Any) -> dict[str, Any]:
+               ahead: dicomweb.ReadAhead) -> dict[str, Any]:
     uri, size, version = ref[:3]
     unsafe = ref[3] if len(ref) > 3 else None
     reason = ref[4] if len(ref) > 4 else Reason.ARCHIVE_UNSAFE_MEMBER.value
@@ -168,29 +164,18 @@ def _index_row(ref: tuple, limits: Limits, storage_options: dict[str, Any] | Non
 
 
 def _index_one(row: dict[str, Any], uri: str, size: int, limits: Limits,
-               storage_options: dict[str, Any] | None, secret: bytes | None, ahead: Any = None) -> None:
+               storage_options: dict[str, Any] | None, secret: bytes | None, ahead: dicomweb.ReadAhead) -> None:
     """Fill ``row`` with the planning facts of one input's header (raises ``InputRejected``)."""
     from radflow.ingest.acquisitions import HDF5_SIGNATURE, acquisition_index_row
-    from radflow.ingest.archives import is_member_uri
     from radflow.dicom.read import header_from_dataset, read_header
-    from radflow.store.urls import filesystem
 
     if size > limits.max_file_bytes:
         raise InputRejected(Reason.DIMENSION_LIMIT, f"file of {size} bytes exceeds limit {limits.max_file_bytes}")
     if dicomweb.is_dicomweb(uri):  # the header from the archive's metadata: the pixels are fetched once, by the batch
-        ds = ahead.take(uri) if ahead is not None else dicomweb.metadata(uri, storage_options)
-        h = header_from_dataset(ds, limits)
+        h = header_from_dataset(ahead.take(uri), limits)
         _dicom_row(row, h, secret)
         return
-    if is_member_uri(uri):
-        fh = io.BytesIO(read_bytes(uri, storage_options, limits.max_file_bytes))
-    else:
-        fs, path = filesystem(uri, storage_options)
-        try:
-            fh = fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
-        except OSError as exc:
-            raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None
-    with fh:
+    with open_input(uri, storage_options, limits.max_file_bytes) as fh:
         if fh.read(8) == HDF5_SIGNATURE:
             fh.seek(0)
             row.update(status="candidate", reason=None, detail="", **acquisition_index_row(fh, limits))

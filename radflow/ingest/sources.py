@@ -13,7 +13,7 @@ from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.store.urls import filesystem, is_remote, normalize
 
-__all__ = ["InputRef", "discover", "read_bytes"]
+__all__ = ["InputRef", "discover", "read_bytes", "open_input"]
 
 log = logging.getLogger(__name__)
 
@@ -213,3 +213,19 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None, max_byte
         raise
     except (OSError, ValueError) as exc:
         raise InputRejected(Reason.IO_ERROR, f"cannot read input: {type(exc).__name__}") from exc
+
+
+def open_input(uri: str, storage_options: dict[str, Any] | None = None, max_bytes: int | None = None):
+    """A binary file object over one input for reading its header (local or fsspec, read in 256 KiB blocks,
+    so the pixels need not be read); an archive member is read whole. ``IO_ERROR`` if it cannot be opened."""
+    import io
+
+    from radflow.ingest.archives import is_member_uri
+
+    if is_member_uri(uri):
+        return io.BytesIO(read_bytes(uri, storage_options, max_bytes))
+    fs, path = filesystem(uri, storage_options)
+    try:
+        return fs.open(path, "rb", block_size=256 * 1024) if "://" in uri else open(path, "rb")
+    except OSError as exc:
+        raise InputRejected(Reason.IO_ERROR, f"cannot open input: {type(exc).__name__}") from None

@@ -18,8 +18,8 @@ import pytest
 import radflow
 from radflow.config import DicomWebSettings
 from radflow.ingest import dicomweb
-from radflow.store.tables import terminal_ledger
 from tests.conftest import TEST_SIZES
+from tests.helpers import content_apart_from_place
 from tests.orthanc import PASSWORD, USER, FaultProxy, Orthanc
 
 pytestmark = pytest.mark.slow
@@ -64,21 +64,6 @@ def credentials(monkeypatch):
     monkeypatch.setenv("RADFLOW_DICOMWEB__PASSWORD", PASSWORD)
 
 
-def _content(store: str) -> dict[str, object]:
-    """What must agree between two ingests of the same instances from different places: every array,
-    and every table without the columns that name the place (source) or the batch."""
-    digest = radflow.digest(store)
-    out: dict[str, object] = {k: v for k, v in digest.items() if not k.startswith(("tables/", "attrs", "store"))}
-    s = radflow.open_store(store)
-    for name in ("instances", "headers"):
-        df = s.table(name).drop(columns=["source", "batch", "seconds"], errors="ignore")
-        out[name] = df.sort_values(list(df.columns[:3])).astype(str).reset_index(drop=True).to_dict("list")
-    # (an archive reports no file size or version: the ledger keys its instances by their keyed UID)
-    ledger = terminal_ledger(s.table("ledger")).drop(columns=["source", "batch", "seconds", "size", "version"])
-    out["ledger"] = ledger.sort_values("sha256").astype(str).reset_index(drop=True).to_dict("list")
-    return out
-
-
 def test_dicomweb_ingest_equals_a_folder_ingest(tmp_path, archive, credentials, prefect_api, dask_client):
     server, folder, kept = archive
     a, b = str(tmp_path / "folder.zarr"), str(tmp_path / "dicomweb.zarr")
@@ -86,7 +71,7 @@ def test_dicomweb_ingest_equals_a_folder_ingest(tmp_path, archive, credentials, 
     sb = radflow.ingest(server.dicomweb, b, settings=SETTINGS)
     assert sb["discovered"] == sa["discovered"] == len(kept) and sb["ok"] == sa["ok"] == len(kept)
     assert sb["frames"] == sa["frames"] and sb["rejected"] == sa["rejected"] == {}
-    assert _content(b) == _content(a)  # bit-exact frames, the files' own sha256, the same de-identified headers
+    assert content_apart_from_place(b) == content_apart_from_place(a)  # bit-exact frames, the files' own sha256, the same de-identified headers
     ledger = radflow.open_store(b).table("ledger")
     assert ledger["source"].str.startswith(f"{server.dicomweb}/instances/2.25.").all()  # keyed UIDs only
     for uid in kept:  # no original UID anywhere in the tables
@@ -133,7 +118,7 @@ def test_busy_answers_are_retried(tmp_path, archive, credentials, prefect_api, d
     assert proxy.injected >= 5 and s["ok"] == len(kept) and s["rejected"] == {}
     # two workers, each task reading ahead on two threads: the run-wide limit of 2 still holds
     assert proxy.most_in_flight <= SETTINGS["dicomweb"]["max_concurrency"]
-    assert _content(busy) == _content(clean)
+    assert content_apart_from_place(busy) == content_apart_from_place(clean)
 
 
 def test_an_instance_that_cannot_be_retrieved_is_io_error_with_its_status(tmp_path, archive, credentials,
