@@ -52,6 +52,7 @@ def source_headers(source: str, wanted: set[str], key: bytes, settings: Settings
         return
     from radflow.ingest.sources import discover, open_input
 
+    seen: set[str] = set()  # an archive may hold copies of one instance (the store kept one): one report each
     for ref in discover(source, storage_options, settings.limits):
         if ref.unsafe:
             continue
@@ -62,7 +63,8 @@ def source_headers(source: str, wanted: set[str], key: bytes, settings: Settings
         except Exception:  # not DICOM, unreadable: not one of the stored images
             continue
         pseudonym = remap_uid(key, sop)
-        if pseudonym in wanted:
+        if pseudonym in wanted and pseudonym not in seen:
+            seen.add(pseudonym)
             yield pseudonym, ds
 
 

@@ -228,6 +228,13 @@ def test_predictions_go_back_to_the_archive_as_structured_reports(tmp_path, arch
     assert f"{len(kept)} DICOM SR reports for {len(kept)} of {len(kept)} predicted instances" in done.stdout
     assert len(files) == len(kept)
     assert all(pydicom.dcmread(f).Modality == "SR" for f in files)
+    copies = tmp_path / "copies"  # the same images as a folder, one of them twice: one report each
+    shutil.copytree(folder, copies)
+    first = next(p for p in copies.rglob("*") if p.is_file())
+    shutil.copyfile(first, first.parent / "copy-of-it")
+    again = export_predictions(store, str(tmp_path / "sr-folder"), source=str(copies))
+    assert again["reports"] == again["matched"] == len(kept) and again["not_found"] == 0
+    assert len(list((tmp_path / "sr-folder").iterdir())) == len(kept)
     monkeypatch.setenv("RADFLOW_SECRET_KEY", "another-key-of-at-least-thirty-two-bytes")
     with pytest.raises(ConfigError, match="another pseudonymization key"):
         export_predictions(store, str(tmp_path / "never"))
