@@ -127,7 +127,8 @@ class DicomWebSettings(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="seconds one HTTP request may take")
     attempts: int = Field(5, ge=1, description="attempts of a request answered 408, 429, 502, 503 or 504 (or cut "
                           "off), with exponential back-off")
-    backoff_ms: int = Field(500, ge=1, description="first back-off between attempts, doubled each time")
+    backoff_ms: int = Field(500, ge=1, description="back-off unit: the waits between attempts are 2, 4, 8 … times this "
+                            "(with 500: 1 s, 2 s, 4 s, 8 s)")
     token: SecretStr | None = Field(None, description="bearer token (Authorization: Bearer)")
     username: str | None = Field(None, description="user name for HTTP basic authentication")
     password: SecretStr | None = Field(None, description="password for HTTP basic authentication")

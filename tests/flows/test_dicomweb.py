@@ -105,6 +105,16 @@ def test_a_wrong_password_fails_at_once_and_creates_nothing(tmp_path, archive):
         dicomweb.check(server.dicomweb, DicomWebSettings(username=USER, password="wrong"))
     with pytest.raises(Exception, match="must not carry credentials"):
         dicomweb.service_url(f"dicomweb+http://{USER}:{PASSWORD}@127.0.0.1:1/dicom-web")
+    with pytest.raises(dicomweb.SourceRefused, match="HTTP 404"):  # not the service root
+        dicomweb.check(server.dicomweb.replace("/dicom-web", "/no-such-path"),
+                       DicomWebSettings(username=USER, password=PASSWORD))
+    secrets_file = tmp_path / "pacs.json"  # credentials from a file (a mounted secret)
+    secrets_file.write_text(f'{{"username": "{USER}", "password": "{PASSWORD}"}}')
+    dicomweb.check(server.dicomweb, DicomWebSettings(credentials_file=secrets_file))
+    from radflow.flows._common import build_settings
+
+    with pytest.raises(Exception, match="not as an option"):  # never a flow parameter
+        build_settings({"dicomweb": {"password": PASSWORD}})
 
 
 def test_busy_answers_are_retried(tmp_path, archive, credentials, prefect_api, dask_client):
