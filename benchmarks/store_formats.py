@@ -4,7 +4,8 @@ interleaved, on local disk and (``--s3``) on a moto S3 server on 127.0.0.1.
 
 Each run is ``radflow.ingest`` into a new store on one local cluster started before timing (so the
 difference is the store's: writes through an Icechunk session, table parts listed in the version,
-the commits). Also prints each format-2 run's versions and the time its commits took.
+the commits). Also prints each format-2 run's commits and the seconds they took, how long listing the
+store's history takes, and reading a table at a version named by its id.
 
     python benchmarks/store_formats.py [--n 32] [--repeat 2] [--workers 2] [--s3]
 """
@@ -77,8 +78,16 @@ def main() -> None:
                     secs = time.perf_counter() - t
                     rates.setdefault((place, fmt), []).append(summary["bytes_in"] / secs / 1e6)
                     if fmt == 2:
+                        t = time.perf_counter()
                         h = radflow.open_store(store).history()
-                        commits.append(f"{place} run {r}: {len(h)} versions ({int(h['checkpoint'].sum())} checkpoints)")
+                        listed = time.perf_counter() - t
+                        t = time.perf_counter()
+                        radflow.open_store(store, version=h["version"].iloc[0]).instances()  # a version named by its id
+                        old = time.perf_counter() - t
+                        commits.append(f"{place} run {r}: {summary['versions']} commits this run in {summary['commit_s']:.2f} s "
+                                       f"({summary['commit_s'] / secs:.1%} of the run); history: {len(h)} versions "
+                                       f"({int(h['checkpoint'].sum())} checkpoints) listed in {listed:.2f} s; "
+                                       f"instances read at a named version in {old:.2f} s")
                     if place == "local":
                         shutil.rmtree(store, ignore_errors=True)
     print()

@@ -515,6 +515,8 @@ def _ingest(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] |
         summary = _ingest_in(src, dst, cfg, storage_options, t0, key, inputs, new, query)
         if tx is not None:
             tx.summary = {k: summary[k] for k in ("discovered", "new", "ok", "frames") if k in summary}
+    if tx is not None:
+        summary["versions"], summary["commit_s"] = len(tx.commits), round(tx.commit_seconds, 3)
     return summary
 
 

@@ -1,8 +1,9 @@
 """The plan journal: what an ingest run has reserved, so that a run killed at any point resumes
 into exactly the store an uninterrupted run writes.
 
-Before a run reserves array regions and index ranges for its batches, it writes the whole plan
-to ``<store>/journal/<plan id>.json``. A later run finds unfinished plans there and re-runs
+Before a run reserves array regions and index ranges for its batches, it records the whole plan
+(:mod:`radflow.store.journal`: inside a versioned store's transaction, committed with the
+reservations; a file beside a format-1 store). A later run finds unfinished plans there and re-runs
 their batches that have no ledger part yet — same inputs, same regions, same indices, so the
 same bytes — before it plans anything new; a plan whose batches are all done is removed. Batch
 writes are idempotent (a batch owns its shard objects and part names), so a batch cut short by
@@ -14,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-from typing import Any
+from typing import Any, Iterator
 
 from radflow.ingest.batches import BatchInput, BatchPlan
 from radflow.store.tables import part_names
-from radflow.store.urls import filesystem, is_remote, join
+from radflow.store import journal as recorded
 
 __all__ = ["Journal", "write_journal", "pending_journals", "with_uris", "remove_journal", "completed_batches"]
 
@@ -47,45 +47,29 @@ def _plan_from_dict(d: dict[str, Any]) -> BatchPlan:
     return BatchPlan(**d)
 
 
-def _url(store_url: str, name: str = "") -> str:
-    return join(store_url, "journal", name) if name else join(store_url, "journal")
+def _pieces(jid: str, plans: list[BatchPlan], lengths: dict[str, int], meta: dict[str, int]) -> Iterator[bytes]:
+    """The plan's JSON one plan at a time: a whole plan as dicts would hold every planned input twice
+    more in memory."""
+    head = json.dumps({"id": jid, "lengths": lengths, "meta": meta}, sort_keys=True)
+    yield head[:-1].encode() + b', "plans": ['
+    for n, plan in enumerate(plans):
+        yield (b", " if n else b"") + json.dumps(_plan_to_dict(plan), sort_keys=True).encode()
+    yield b"]}"
 
 
 def write_journal(store_url: str, plans: list[BatchPlan], lengths: dict[str, int], meta: dict[str, int],
                   storage_options: dict[str, Any] | None = None) -> Journal:
-    """Record a plan before anything is reserved for it (atomically: a torn write is never read)."""
+    """Record a plan before anything is reserved for it."""
     jid = hashlib.sha256("\0".join(p.batch_id for p in plans).encode()).hexdigest()[:16]
-    fs, path = filesystem(_url(store_url, f"{jid}.json"), storage_options)
-    remote = is_remote(store_url)
-    if not remote:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    target = path if remote else path + ".tmp"
-    with fs.open(target, "wb") if remote else open(target, "wb") as fh:  # an object appears whole when closed
-        # one plan at a time: a whole plan as dicts would hold every planned input twice more in memory
-        head = json.dumps({"id": jid, "lengths": lengths, "meta": meta}, sort_keys=True)
-        fh.write(head[:-1].encode() + b', "plans": [')
-        for n, plan in enumerate(plans):
-            fh.write((b", " if n else b"") + json.dumps(_plan_to_dict(plan), sort_keys=True).encode())
-        fh.write(b"]}")
-        if not remote:
-            fh.flush()
-            os.fsync(fh.fileno())
-    if not remote:
-        os.replace(target, path)
+    recorded.record(store_url, jid, _pieces(jid, plans, lengths, meta), storage_options)
     return Journal(jid, tuple(plans), dict(lengths), dict(meta))
 
 
 def pending_journals(store_url: str, storage_options: dict[str, Any] | None = None) -> list[Journal]:
     """Plans recorded by runs that did not finish (oldest reservation first)."""
-    fs, path = filesystem(_url(store_url), storage_options)
-    fs.invalidate_cache(path)
-    try:
-        names = sorted(p for p in fs.find(path) if p.endswith(".json"))
-    except FileNotFoundError:
-        return []
     out = []
-    for name in names:
-        d = json.loads(fs.cat_file(name))
+    for doc in recorded.documents(store_url, storage_options):
+        d = json.loads(doc)
         out.append(Journal(d["id"], tuple(_plan_from_dict(p) for p in d["plans"]), d["lengths"], d["meta"]))
     return sorted(out, key=lambda j: min((p.index for p in j.plans), default=0))
 
@@ -100,16 +84,7 @@ def with_uris(journal: Journal, uris: dict[str, str]) -> Journal:
 
 
 def remove_journal(store_url: str, journal: Journal, storage_options: dict[str, Any] | None = None) -> None:
-    fs, path = filesystem(_url(store_url, f"{journal.id}.json"), storage_options)
-    try:
-        fs.rm_file(path)
-    except FileNotFoundError:
-        pass
-    if not is_remote(store_url):
-        try:
-            os.rmdir(os.path.dirname(path))  # leave no empty folder behind
-        except OSError:
-            pass
+    recorded.remove(store_url, journal.id, storage_options)
 
 
 def completed_batches(store_url: str, storage_options: dict[str, Any] | None = None) -> set[str]:

@@ -5,7 +5,8 @@ a new Icechunk repository at ``<store>/repo``, the root attributes say format 2,
 becomes a listed part; that is committed as the store's first version. Only then are the format-1
 objects deleted, the root ``zarr.json`` first: until that moment the store reads as format 1, after it
 as format 2. A migration that is killed is run again; it finishes what the first one began. The
-Parquet files stay where they are (format 2 keeps them in the same folders).
+Parquet files stay where they are (format 2 keeps them in the same folders); the plan of an ingest
+that was killed moves into the new hierarchy, so the next ingest resumes it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def migrate(url: str, storage_options: dict[str, Any] | None = None) -> dict[str
     from zarr.core.sync import sync
 
     from radflow.errors import StoreNotFoundError
-    from radflow.store import layout, versions
+    from radflow.store import journal, layout, versions
     from radflow.store.tables import TABLES, _folder, _part_name, _register
 
     url = normalize(url)
@@ -71,6 +72,7 @@ def migrate(url: str, storage_options: dict[str, Any] | None = None) -> dict[str
             copied, nbytes = sync(_copy(src, dst, keys, default_buffer_prototype()))
             root = zarr.open_group(dst, mode="r+")
             layout.update_meta(root, format_version=2, migrated_from=1)
+            plans = journal.move_into(url, root, storage_options)  # an unfinished ingest resumes after the move
             fs, root_path = filesystem(join(url, "tables"), storage_options)
             found = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root_path, detail=False)] if fs.exists(root_path) else []
             for name in sorted(set(TABLES) | set(found)):
@@ -81,7 +83,7 @@ def migrate(url: str, storage_options: dict[str, Any] | None = None) -> dict[str
                     parts += 1
             version = session.commit("migrate from format 1", metadata={
                 "command": "migrate", "radflow_version": VERSION, "checkpoint": False,
-                "summary": {"objects": copied, "bytes": nbytes, "table_parts": parts}})
+                "summary": {"objects": copied, "bytes": nbytes, "table_parts": parts, "unfinished_plans": plans}})
         # the switch: without the root zarr.json the store reads as format 2
         fs, root_path = filesystem(url, storage_options)
         if "zarr.json" in keys:
@@ -92,6 +94,8 @@ def migrate(url: str, storage_options: dict[str, Any] | None = None) -> dict[str
                     fs.rm_file(join(root_path, key))
                 except FileNotFoundError:
                     pass
+        if fs.exists(join(root_path, journal.GROUP)):
+            fs.rm(join(root_path, journal.GROUP), recursive=True)
         _remove_empty_folders(fs, root_path)
     log.info("%s: migrated to format 2 (%d objects, %.1f MB)", url, copied, nbytes / 1e6)
     return {"store": url, "already": False, "objects": copied, "bytes": nbytes, "table_parts": parts,

@@ -175,6 +175,8 @@ def content_digest(store_url: str, storage_options: dict[str, Any] | None = None
     out: dict[str, str] = {"attrs": hashlib.sha256(json.dumps(_stable(dict(root.attrs)), sort_keys=True,
                                                                default=str).encode()).hexdigest()}
     for path, arr in _all_arrays(root):
+        if path.startswith("journal/"):  # an unfinished run's plan: bookkeeping, not content
+            continue
         h = hashlib.sha256(json.dumps([path, list(arr.shape), str(arr.dtype), _stable(dict(arr.attrs))],
                                       default=str).encode())
         n = arr.shape[0] if arr.ndim else 0

@@ -203,6 +203,7 @@ class Transaction:
         self.forks = 0  # handed to tasks
         self.settled = 0  # merged back: fewer means a task died, and what it wrote is garbage
         self.commits: list[str] = []
+        self.commit_seconds = 0.0  # spent in the engine's commits (checkpoints and the last one)
         self.summary: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -249,7 +250,9 @@ class Transaction:
             meta = {"command": self.command, "radflow_version": VERSION, "checkpoint": checkpoint,
                     "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **metadata}
             meta["token"] = uuid.uuid4().hex
+            t0 = time.perf_counter()
             snap = _commit(self.repo, self.session, message, _jsonable(meta))
+            self.commit_seconds += time.perf_counter() - t0
             self.commits.append(snap)
             self.session = retried(self.repo.writable_session, BRANCH)
             self._parent = None

@@ -42,16 +42,17 @@ def hashed_reference(archive, tmp_path_factory, prefect_api, dask_client):
 
 
 def _orphans(store: str) -> dict[str, int]:
-    """What no version of the store uses (chunks, table files) and journal files left behind."""
-    from radflow.store import versions
+    """What no version of the store uses (chunks, table files), plans the newest version still holds, and
+    anything written beside the engine's repository and the tables."""
+    from radflow.store import journal, versions
 
     found = versions.collect_garbage(store, since=0, dry_run=True)
-    journal = os.path.join(store, "journal")
-    found["journal"] = len(os.listdir(journal)) if os.path.isdir(journal) else 0
+    found["journal"] = len(journal.documents(store))
+    found["beside"] = len(set(os.listdir(store)) - {"repo", "tables", "writer.lock", "reports"})
     return found
 
 
-NO_ORPHANS = {"chunks": 0, "table_files": 0, "journal": 0}
+NO_ORPHANS = {"chunks": 0, "table_files": 0, "journal": 0, "beside": 0}
 
 
 def _batch_parts(store: str) -> list[str]:
@@ -78,8 +79,11 @@ def test_flow_process_killed_with_sigkill_resumes_to_the_same_store(archive, has
         os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its local cluster, mid-run
         proc.wait()
     done_at_kill = len(_batch_parts(store))
-    journal = os.listdir(os.path.join(store, "journal"))
-    assert not any(archive.dicom.encode() in open(os.path.join(store, "journal", j), "rb").read() for j in journal)
+    from radflow.store import journal as recorded
+
+    journal = recorded.documents(store)  # the killed run's plan, in the newest version it committed
+    assert not os.path.exists(os.path.join(store, "journal"))
+    assert not any(archive.dicom.encode() in doc for doc in journal)
     n_batches = len(_batch_parts(reference))
     assert 0 < done_at_kill < n_batches and journal, (done_at_kill, n_batches, (tmp_path / "first.log").read_text()[-2000:])
 

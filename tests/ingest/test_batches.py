@@ -1,3 +1,4 @@
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from radflow.ingest.batches import plan_batches
@@ -47,20 +48,42 @@ def test_plan_is_deterministic_and_appends_after_existing():
     assert c[0].position == 8 and c[0].index == 5 and c[0].frames_per_shard == 4
 
 
-def test_journal_keeps_hashed_paths_hashed(tmp_path):
+@pytest.mark.parametrize("store_format", [1, 2])
+def test_journal_keeps_hashed_paths_hashed(tmp_path, store_format):
+    """A plan round-trips, with hashed paths kept hashed: beside a format-1 store as a file, inside a
+    versioned store's transaction as a node its next version holds (and the version after the run not)."""
+    import contextlib
+
     from radflow.ingest.batches import BatchInput, BatchPlan
     from radflow.ingest.journal import pending_journals, remove_journal, with_uris, write_journal
+    from radflow.store import journal as recorded, versions
 
     store = str(tmp_path / "s.zarr")
     secret_path = "/archive/CANARY-SUBJECT-p10000032/s50414267/1.dcm"
     plan = BatchPlan("b1", "dicom", "raw/uint16_512x512", "<u2", (512, 512), (), 4, 0, 4, 0,
                      inputs=(BatchInput(secret_path, 10, "v", 1, "hmac-sha256:abc"), BatchInput("/plain/2.dcm", 11, "w", 1)))
-    j = write_journal(store, [plan], {"raw/uint16_512x512": 4}, {"next_index": 2})
-    raw = open(tmp_path / "s.zarr" / "journal" / f"{j.id}.json").read()
-    assert "CANARY" not in raw and "/plain/2.dcm" in raw
-    (back,) = pending_journals(store)
-    assert back.plans[0].inputs[0].uri == "" and back.lengths == {"raw/uint16_512x512": 4}
-    restored = with_uris(back, {"hmac-sha256:abc": secret_path})
-    assert restored.plans[0] == plan
-    remove_journal(store, back)
+    tx = versions.transaction(store, command="ingest", create=True) if store_format == 2 else contextlib.nullcontext()
+    with tx:
+        j = write_journal(store, [plan], {"raw/uint16_512x512": 4}, {"next_index": 2})
+        (raw,) = recorded.documents(store)
+        if store_format == 2:
+            versions.checkpoint(store, "checkpoint: planned")
+            assert not (tmp_path / "s.zarr" / "journal").exists()  # nothing beside the engine
+            import zlib
+
+            import zarr
+
+            committed = zarr.open_group(versions.readonly(store).store, mode="r")[f"journal/{j.id}"]  # the newest version
+            assert zlib.decompress(committed[:].tobytes()) == raw
+        else:
+            assert raw == open(tmp_path / "s.zarr" / "journal" / f"{j.id}.json", "rb").read()
+        assert b"CANARY" not in raw and b"/plain/2.dcm" in raw
+        (back,) = pending_journals(store)
+        assert back.plans[0].inputs[0].uri == "" and back.lengths == {"raw/uint16_512x512": 4}
+        restored = with_uris(back, {"hmac-sha256:abc": secret_path})
+        assert restored.plans[0] == plan
+        remove_journal(store, back)
+        assert pending_journals(store) == []
     assert pending_journals(store) == [] and not (tmp_path / "s.zarr" / "journal").exists()
+    if store_format == 2:
+        assert len(versions.history(store)) == 3  # the repository's first, the plan's checkpoint, the run's end

@@ -108,11 +108,19 @@ def test_a_format_1_store_migrates_in_place_with_the_same_content(archive, tmp_p
     before = radflow.digest(store)
     frames = _frames(radflow.open_store(store))
 
+    from radflow.ingest.batches import BatchPlan
+    from radflow.ingest.journal import completed_batches, pending_journals, write_journal
     from radflow.store.migrate import migrate
 
+    # the plan of a run killed after its batches (a format-1 journal file) moves into the versioned store
+    done = sorted(completed_batches(store))[0]
+    write_journal(store, [BatchPlan(done, "dicom", "raw/" + next(iter(radflow.open_store(store).raw_arrays())), "<u2",
+                                    (512, 512), (), 4, 0, 4, 0, inputs=())], {}, {})
+    assert os.path.isdir(os.path.join(store, "journal"))
     out = migrate(store)
     assert out["objects"] > 0 and out["table_parts"] > 0 and not out["already"]
     assert not os.path.exists(os.path.join(store, "zarr.json")) and not os.path.exists(os.path.join(store, "raw"))
+    assert not os.path.exists(os.path.join(store, "journal")) and [j.plans[0].batch_id for j in pending_journals(store)] == [done]
     st = radflow.open_store(store)
     assert st.meta["format_version"] == 2 and list(st.history()["command"][:1]) == ["migrate"]
     after = radflow.digest(store)
@@ -121,8 +129,11 @@ def test_a_format_1_store_migrates_in_place_with_the_same_content(archive, tmp_p
     assert _frames(st) == frames
     assert migrate(store)["already"]
     assert radflow.verify(store)["counts"] == {}
+    summary = radflow.ingest(archive.dicom, store, settings=SETTINGS)  # finishes the moved plan: nothing new
+    assert summary["new"] == 0 and pending_journals(store) == [] and radflow.digest(store) == after
+    tip = radflow.open_store(store).version
     summary = radflow.ingest(archive.dicom, store, settings=SETTINGS)  # a later run: nothing new, no version
-    assert summary["new"] == 0 and radflow.open_store(store).version == st.version
+    assert summary["new"] == 0 and radflow.open_store(store).version == tip
 
 
 def test_what_a_killed_run_left_uncommitted_is_removed(archive, tmp_path, prefect_api, dask_client):
