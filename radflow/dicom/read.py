@@ -189,7 +189,7 @@ def _convert_all(ds: pydicom.Dataset, found: list[str] | None) -> None:
     ``INVALID_VALUE`` anomaly and the element converted leniently, as pydicom's ``warn`` mode does.
     """
     for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # (without it, pydicom reads a deferred value here)
         if getattr(raw, "value", b"") is None and getattr(raw, "length", 0):
             continue  # deferred: left in the file
         try:
@@ -225,12 +225,12 @@ _NO_META = "missing dicom file meta information"
 _PLAUSIBLE = ("SOPClassUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID", "Rows")
 
 
-def _read_without_meta(fobj: BinaryIO, start: int, header_only: bool) -> pydicom.Dataset:
+def _read_without_meta(fobj: BinaryIO, start: int, defer: int | str | None) -> pydicom.Dataset:
     """A bare dataset (no preamble, no file meta) read with pydicom's ``force``, the way dcmtk and GDCM
     read such files; ``NOT_DICOM`` unless it parses into a plausible DICOM object. The inferred
     transfer syntax is set in a new file meta so the pixel data can be decoded."""
     fobj.seek(start)
-    ds = pydicom.dcmread(fobj, force=True, defer_size="1 KB" if header_only else None)
+    ds = pydicom.dcmread(fobj, force=True, defer_size=defer)
     tags = list(ds.keys())
     plausible = bool(tags) and all(t.group >= 0x0008 for t in tags) and any(kw in ds for kw in _PLAUSIBLE)
     if not plausible:
@@ -252,20 +252,26 @@ def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False, vali
     file meta, an encoding that contradicts the transfer syntax. ``validation="raise"`` rejects
     each of them instead (``INVALID_VALUE``, ``NOT_DICOM``, ``SYNTAX_MISMATCH``).
     """
-    fobj = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+    in_memory = isinstance(src, (bytes, bytearray, memoryview))
+    fobj = io.BytesIO(src) if in_memory else src
     lenient = validation != "raise"
     found: list[str] = []
     start = fobj.tell() if hasattr(fobj, "tell") and not isinstance(fobj, str) else 0
     try:
         with warnings.catch_warnings(record=True) as caught, _validation(validation):
             warnings.simplefilter("always")
+            # header only: values over 1 KiB stay in the file; the whole object in memory: large values are
+            # not copied out of it by the parser, but taken from ``src`` afterwards (the pixel data as a view)
+            defer = "1 KB" if header_only else (_IN_PLACE if in_memory and not _deflated(src) else None)
             try:
-                ds = pydicom.dcmread(fobj, defer_size="1 KB") if header_only else pydicom.dcmread(fobj)
+                ds = pydicom.dcmread(fobj, defer_size=defer)
             except InvalidDicomError as exc:
                 if not (lenient and _NO_META in str(exc).lower() and not isinstance(fobj, str)):
                     raise
-                ds = _read_without_meta(fobj, start, header_only)
+                ds = _read_without_meta(fobj, start, defer)
                 found.append(anomaly(Anomaly.NO_FILE_META, f"transfer syntax inferred as {UID(ds.file_meta.TransferSyntaxUID).name}"))
+            if defer == _IN_PLACE and not _values_in_place(ds, memoryview(src)):
+                ds = pydicom.dcmread(io.BytesIO(src), force=bool(found))  # deflated: offsets are the inflated stream's
             if not header_only:
                 _check_complete(ds)
             _convert_all(ds, found if lenient else None)  # parse every element now, inside the guard
@@ -282,6 +288,51 @@ def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False, vali
     if anomalies is not None:
         anomalies.extend(dict.fromkeys(found))  # each finding once, in order
     return ds
+
+
+#: values this large are taken from the object's bytes after parsing rather than copied by the parser
+_IN_PLACE = 1 << 16
+
+
+def _values_in_place(ds: pydicom.Dataset, buf: memoryview) -> bool:
+    """Give each value the parser deferred (top level only: pydicom defers nothing inside sequences) its
+    bytes from ``buf``, the object the dataset was parsed from: native pixel data as a read-only view
+    (decoded without a copy of the encoded bytes), anything else as a copy. ``False`` when offsets do
+    not refer to ``buf`` (a deflated object is parsed from its inflated stream)."""
+    from pydicom.dataelem import RawDataElement
+
+    meta = getattr(ds, "file_meta", None)
+    syntax = UID(meta.get("TransferSyntaxUID", "") if meta is not None else "")
+    if not syntax.is_transfer_syntax:  # (unknown: decided later) nothing to place unless something was deferred
+        return _nothing_deferred(ds)
+    if syntax.is_deflated:  # (its meta read otherwise at first)
+        return _nothing_deferred(ds)
+    view = not syntax.is_encapsulated
+    for tag, raw in list(ds._dict.items()):
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length and raw.length != 0xFFFFFFFF:
+            value = buf[raw.value_tell : raw.value_tell + raw.length]  # shorter when the object is cut short
+            ds._dict[tag] = raw._replace(value=value if view and tag == 0x7FE00010 else bytes(value))
+    return True
+
+
+def _deflated(src: bytes | bytearray | memoryview) -> bool:
+    """Whether the object's file meta names the deflated syntax (parsed from its inflated stream, whose
+    offsets are not the object's)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = io.BytesIO(src)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception:  # no file meta (inferred syntaxes are never deflated) or a malformed one: read as before
+        return False
+    return str(meta.get("TransferSyntaxUID", "")) == pydicom.uid.DeflatedExplicitVRLittleEndian
+
+
+def _nothing_deferred(ds: pydicom.Dataset) -> bool:
+    from pydicom.dataelem import RawDataElement
+
+    return not any(isinstance(r, RawDataElement) and r.value is None and r.length for r in ds._dict.values())
 
 
 def _check_complete(ds: pydicom.Dataset) -> None:
@@ -522,7 +573,8 @@ def decode_frames(ds: pydicom.Dataset, header: Header, source: bytes | None = No
     -------
     frames : (frames, rows, cols) or (frames, rows, cols, samples) ndarray
         Exactly what ``ds.pixel_array`` returns (or the fallback decoder's output, in the same
-        layout and dtype), with a leading frame axis always.
+        layout and dtype), with a leading frame axis always; read-only for native encodings (a view
+        of the dataset's pixel bytes).
     decoder : str
         ``"<plugin>"`` that produced it (``"pydicom"`` for native encodings, ``"gdcm-image-reader"``
         for the fallback).
@@ -546,6 +598,9 @@ def decode_frames(ds: pydicom.Dataset, header: Header, source: bytes | None = No
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 if plugin == "pydicom" and decoder.is_native:
+                    # a read-only view of the pixel bytes the dataset already holds, not a copy of them
+                    # (the same values; callers never write into decoded frames)
+                    ds.pixel_array_options(view_only=True)
                     arr = ds.pixel_array
                 else:
                     ds.pixel_array_options(decoding_plugin=plugin)

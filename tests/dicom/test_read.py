@@ -93,6 +93,58 @@ def test_header_only_read_does_not_need_pixels(tmp_path):
     assert (h.rows, h.cols, h.frames, h.dtype) == (40, 50, 1, "<u2")
 
 
+class _Counting(io.BytesIO):
+    """A file object that counts the bytes read from it."""
+
+    read_bytes = 0
+
+    def read(self, size=-1):
+        out = super().read(size)
+        self.read_bytes += len(out)
+        return out
+
+
+def test_header_only_read_reads_the_header_not_the_pixels():
+    """The header index reads a header; the pixels are read once, by the batch (before: checking every
+    element read the deferred pixel data too, so each file was read whole twice)."""
+    data = make_dicom(rows=1024, cols=1024)  # 2 MiB of pixel data
+    fh = _Counting(data)
+    h = read_header(fh, Limits())
+    assert (h.rows, h.cols) == (1024, 1024)
+    assert fh.read_bytes < 4096, fh.read_bytes
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"])
+def test_native_pixels_are_decoded_from_the_objects_own_bytes(syntax):
+    """A whole object in memory: native pixel data is decoded from a view of those bytes (no copy made by
+    the parser), with exactly pydicom's values and element values; a cut object is still TRUNCATED."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, UID
+
+    ds0 = pydicom.dcmread(io.BytesIO(make_dicom(rows=300, cols=200, frames=2)))
+    ds0.file_meta.TransferSyntaxUID = UID(syntax)
+    ds0.WindowCenter, ds0.WindowWidth = 2048, 4096  # ordinary elements beside the pixels
+    ds0.add_new(0x00091010, "LO", "ACME")
+    ds0.add_new(0x00091011, "OB", bytes(range(256)) * 400)  # a large non-pixel value: 100 KiB
+    if syntax == ExplicitVRBigEndian:
+        ds0.PixelData = np.frombuffer(ds0.PixelData, "<u2").astype(">u2").tobytes()
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds0, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=syntax != ExplicitVRBigEndian,
+                     force_encoding=True)
+    data = buf.getvalue()
+    expected = pydicom.dcmread(io.BytesIO(data))
+    ds = read_dataset(data)
+    frames, decoder = decode_frames(ds, header_from_dataset(ds, Limits()))
+    np.testing.assert_array_equal(frames, expected.pixel_array)
+    assert frames.dtype == expected.pixel_array.dtype and decoder == "pydicom"
+    assert ds[0x00091011].value == expected[0x00091011].value and ds.WindowWidth == expected.WindowWidth
+    if syntax != DeflatedExplicitVRLittleEndian:  # (parsed from the inflated stream)
+        assert isinstance(ds.PixelData, memoryview) and np.shares_memory(np.frombuffer(ds.PixelData, np.uint8),
+                                                                         np.frombuffer(data, np.uint8))
+        with pytest.raises(InputRejected) as cut:
+            read_dataset(data[:-1000])
+        assert cut.value.reason == Reason.TRUNCATED
+
+
 @pytest.mark.parametrize(
     "make, reason",
     [
