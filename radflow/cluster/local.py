@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import uuid
 from typing import TYPE_CHECKING, Any, Iterator
 
 from radflow.config import ClusterSettings
@@ -13,7 +14,7 @@ from radflow.errors import ConfigError, MissingDependencyError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["connect", "dashboard_link", "security"]
+__all__ = ["connect", "dashboard_link", "security", "warm_up"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,25 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
     finally:
         client.close()
         cluster.close()
+
+
+def _import_all(names: tuple[str, ...]) -> int:
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+    return len(names)
+
+
+def warm_up(client: "Client", modules: tuple[str, ...]) -> list[Any]:
+    """Import ``modules`` on every worker now, as a task each (a worker's first real task would import them
+    anyway, on the run's critical path; started while something else is waited for, the imports overlap
+    it). Returns the futures: keep them until the work begins (a released future may never run)."""
+    if not modules:
+        return []
+    return [client.submit(_import_all, tuple(modules), workers=[addr], allow_other_workers=False, pure=False,
+                          key=f"radflow-warm-up-{i}-{uuid.uuid4().hex[:8]}")
+            for i, addr in enumerate(client.scheduler_info().get("workers", {}))]
 
 
 def security(settings: ClusterSettings):

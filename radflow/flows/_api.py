@@ -122,17 +122,20 @@ def engines(modules: tuple[str, ...], *, cluster: bool | str, settings: dict[str
     waits for it). With an API already running there is nothing to overlap and the flow starts its
     cluster itself, unless ``cluster="always"`` (one cluster for several flows, as ``radflow run``)."""
     api = start_temporary_api()
-    for name in modules:
-        importlib.import_module(name)
+    flows = [importlib.import_module(name) for name in modules]
     with contextlib.ExitStack() as stack:
+        warming: list[Any] = []
         if cluster == "always" or (cluster and api is not None):  # else nothing to overlap: the flow starts it
-            from radflow.cluster import connect
+            from radflow.cluster import connect, warm_up
             from radflow.flows._common import build_settings
 
-            stack.enter_context(connect(build_settings(settings, address).cluster))
+            client = stack.enter_context(connect(build_settings(settings, address).cluster))
+            # what the flows' tasks import on a worker, imported there while the API boots
+            warming = warm_up(client, tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ()))))
         if api is not None:
             api.wait_ready()
         yield
+        del warming
 
 
 def start_temporary_api() -> TemporaryAPI | None:

@@ -61,7 +61,7 @@ def _retrying_store_class():
             out = await self._again("get", key, *args, **kwargs)
             # Icechunk answers "no such key" when the version's snapshot could not be fetched (a transfer that
             # broke off): the root of a radflow store always exists once made, so its absence is asked again
-            for attempt in range(4 if key == "zarr.json" else 0):
+            for attempt in range(4 if key == "zarr.json" and getattr(self, "root_expected", True) else 0):
                 if out is not None:
                     break
                 await asyncio.sleep(0.05 * 2 ** attempt)
@@ -83,12 +83,16 @@ def _retrying_store_class():
     return _RetryingStore
 
 
-def RetryingStore(zstore):  # noqa: N802 - a class made on first use (zarr imported lazily)
-    """``zstore`` (an Icechunk session's store) with retries after transient storage errors."""
+def RetryingStore(zstore, *, root_expected: bool = True):  # noqa: N802 - a class made on first use (zarr imported lazily)
+    """``zstore`` (an Icechunk session's store) with retries after transient storage errors.
+    ``root_expected=False``: the session may hold no root yet (a new store), so a missing root is not
+    asked again."""
     global _RETRYING
     if _RETRYING is None:
         _RETRYING = _retrying_store_class()
-    return _RETRYING(zstore)
+    out = _RETRYING(zstore)
+    out.root_expected = root_expected
+    return out
 
 
 _RETRYING = None

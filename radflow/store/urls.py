@@ -78,7 +78,7 @@ def zarr_store(url: str, storage_options: dict[str, Any] | None = None, *, read_
 
     session = versions.session_for(url, write=not read_only) if version is None else None
     if session is not None:
-        return versions.RetryingStore(session.store)
+        return versions.RetryingStore(session.store, root_expected=versions.root_expected(url))
     if version is not None or versions.is_versioned(url, storage_options):
         return versions.RetryingStore(versions.readonly(url, storage_options, version).store)
     return plain_store(url, storage_options, read_only=read_only)

@@ -46,7 +46,7 @@ from radflow.store.retries import RetryingStore, retried, transient
 from radflow.store.urls import _options, is_remote, normalize
 
 __all__ = ["REPO", "tip", "Transaction", "transaction", "current", "task", "settle", "checkpoint", "in_session", "collect_garbage", "Forked", "session_for", "is_versioned",
-           "repository", "readonly", "history", "expire", "storage"]
+           "repository", "readonly", "history", "expire", "storage", "root_expected"]
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ class Transaction:
         self.started = time.time()
         self.forks = 0  # handed to tasks
         self.settled = 0  # merged back: fewer means a task died, and what it wrote is garbage
+        self.empty = False  # began on a branch with nothing in it (a new store)
         self.commits: list[str] = []
         self.commit_seconds = 0.0  # spent in the engine's commits (checkpoints and the last one)
         self.summary: dict[str, Any] = {}
@@ -319,13 +320,15 @@ def transaction(url: str, storage_options: dict[str, Any] | None = None, *, comm
     if repo is None:
         yield None
         return
-    tip = _ancestry(repo)[0]
+    ancestry = _ancestry(repo)
+    tip = ancestry[0]
     if collect or (tip.metadata or {}).get("checkpoint"):
         found = collect_garbage(url, storage_options)
         if any(found.values()):
             log.info("%s: removed what an unfinished run left uncommitted (%d chunks, %d table files)", url,
                      found["chunks"], found["table_files"])
     tx = Transaction(url, storage_options, repo, command=command)
+    tx.empty = len(ancestry) == 1  # only the repository's first version: no root group yet
     _OPEN[url] = tx
     try:
         yield tx
@@ -351,6 +354,13 @@ def _is_plain_zarr(url: str, storage_options: dict[str, Any] | None) -> bool:
         return bool(fs.exists(path))
     except Exception:
         return False
+
+
+def root_expected(url: str) -> bool:
+    """Whether the store's root group must exist in what this process writes through (not for a
+    transaction that began on a new, empty store and has committed nothing)."""
+    tx = _OPEN.get(normalize(url))
+    return not (tx is not None and tx.empty and not tx.commits)
 
 
 def current(url: str) -> Transaction | None:
