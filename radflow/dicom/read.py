@@ -310,7 +310,10 @@ def _values_in_place(ds: pydicom.Dataset, buf: memoryview) -> bool:
     view = not syntax.is_encapsulated
     for tag, raw in list(ds._dict.items()):
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length and raw.length != 0xFFFFFFFF:
-            value = buf[raw.value_tell : raw.value_tell + raw.length]  # shorter when the object is cut short
+            value = buf[raw.value_tell : raw.value_tell + raw.length]
+            if len(value) < raw.length and tag != 0x7FE00010:  # (cut pixel data: _check_complete says how much)
+                raise InputRejected(Reason.TRUNCATED, f"file ends inside {_element_name(BaseTag(tag))}: "
+                                                      f"{len(value)} of {raw.length} declared bytes present")
             ds._dict[tag] = raw._replace(value=value if view and tag == 0x7FE00010 else bytes(value))
     return True
 

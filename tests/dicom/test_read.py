@@ -236,3 +236,15 @@ def test_decoding_from_the_objects_bytes_equals_decoding_from_the_file(pydicom_t
         assert _outcome(data) == from_file, path
         decoded += from_file[0] == "ok"
     assert decoded >= 60, decoded
+
+
+def test_an_object_cut_inside_a_large_value_is_truncated():
+    """Cut inside a large non-pixel value (taken from the object's bytes after parsing): ``TRUNCATED``, never
+    an image with a short value."""
+    ds0 = pydicom.dcmread(io.BytesIO(make_dicom(rows=32, cols=32)))
+    ds0.add_new(0x00091010, "LO", "ACME")
+    ds0.add_new(0x00091011, "OB", bytes(200_000))
+    buf = io.BytesIO()
+    ds0.save_as(buf)
+    data = buf.getvalue()
+    assert reject_reason(data[: len(data) - 2048 - 150_000]) == Reason.TRUNCATED
