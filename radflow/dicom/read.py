@@ -36,6 +36,8 @@ from pydicom.pixels.utils import get_expected_length, get_nr_frames, pixel_dtype
 from pydicom.uid import UID
 
 from radflow.config import Limits
+from radflow.dicom._in_place import IN_PLACE as _IN_PLACE, deflated as _deflated, element_name as _element_name
+from radflow.dicom._in_place import values_in_place as _values_in_place
 from radflow.errors import Anomaly, InputRejected, NoDecoderError, Reason, anomaly
 
 __all__ = ["Header", "Identity", "read_header", "read_dataset", "header_from_dataset", "decode_frames", "decodable_syntaxes",
@@ -175,11 +177,6 @@ def _validation(mode: str):
             pydicom.config.settings.reading_validation_mode = before
 
 
-def _element_name(tag: BaseTag) -> str:
-    keyword = pydicom.datadict.keyword_for_tag(tag)
-    return f"{keyword} {tag}" if keyword else f"{tag}" + (" (private)" if tag.is_private else "")
-
-
 def _convert_all(ds: pydicom.Dataset, found: list[str] | None) -> None:
     """Convert every element (recursing into sequences) so value errors surface now, naming the
     element but never its value. Deferred values (pixel bytes of a header-only read) are skipped.
@@ -288,54 +285,6 @@ def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False, vali
     if anomalies is not None:
         anomalies.extend(dict.fromkeys(found))  # each finding once, in order
     return ds
-
-
-#: values this large are taken from the object's bytes after parsing rather than copied by the parser
-_IN_PLACE = 1 << 16
-
-
-def _values_in_place(ds: pydicom.Dataset, buf: memoryview) -> bool:
-    """Give each value the parser deferred (top level only: pydicom defers nothing inside sequences) its
-    bytes from ``buf``, the object the dataset was parsed from: native pixel data as a read-only view
-    (decoded without a copy of the encoded bytes), anything else as a copy. ``False`` when offsets do
-    not refer to ``buf`` (a deflated object is parsed from its inflated stream)."""
-    from pydicom.dataelem import RawDataElement
-
-    meta = getattr(ds, "file_meta", None)
-    syntax = UID(meta.get("TransferSyntaxUID", "") if meta is not None else "")
-    if not syntax.is_transfer_syntax:  # (unknown: decided later) nothing to place unless something was deferred
-        return _nothing_deferred(ds)
-    if syntax.is_deflated:  # (its meta read otherwise at first)
-        return _nothing_deferred(ds)
-    view = not syntax.is_encapsulated
-    for tag, raw in list(ds._dict.items()):
-        if isinstance(raw, RawDataElement) and raw.value is None and raw.length and raw.length != 0xFFFFFFFF:
-            value = buf[raw.value_tell : raw.value_tell + raw.length]
-            if len(value) < raw.length and tag != 0x7FE00010:  # (cut pixel data: _check_complete says how much)
-                raise InputRejected(Reason.TRUNCATED, f"file ends inside {_element_name(BaseTag(tag))}: "
-                                                      f"{len(value)} of {raw.length} declared bytes present")
-            ds._dict[tag] = raw._replace(value=value if view and tag == 0x7FE00010 else bytes(value))
-    return True
-
-
-def _deflated(src: bytes | bytearray | memoryview) -> bool:
-    """Whether the object's file meta names the deflated syntax (parsed from its inflated stream, whose
-    offsets are not the object's)."""
-    from pydicom.filereader import _read_file_meta_info, read_preamble
-
-    fp = io.BytesIO(src)
-    try:
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-    except Exception:  # no file meta (inferred syntaxes are never deflated) or a malformed one: read as before
-        return False
-    return str(meta.get("TransferSyntaxUID", "")) == pydicom.uid.DeflatedExplicitVRLittleEndian
-
-
-def _nothing_deferred(ds: pydicom.Dataset) -> bool:
-    from pydicom.dataelem import RawDataElement
-
-    return not any(isinstance(r, RawDataElement) and r.value is None and r.length for r in ds._dict.values())
 
 
 def _check_complete(ds: pydicom.Dataset) -> None:
