@@ -268,7 +268,7 @@ def read_dataset(src: bytes | BinaryIO | str, *, header_only: bool = False, vali
                 ds = _read_without_meta(fobj, start, defer)
                 found.append(anomaly(Anomaly.NO_FILE_META, f"transfer syntax inferred as {UID(ds.file_meta.TransferSyntaxUID).name}"))
             if defer == _IN_PLACE and not _values_in_place(ds, memoryview(src)):
-                ds = pydicom.dcmread(io.BytesIO(src), force=bool(found))  # deflated: offsets are the inflated stream's
+                ds = pydicom.dcmread(io.BytesIO(src))  # offsets that are not the object's (an inflated stream)
             if not header_only:
                 _check_complete(ds)
             _convert_all(ds, found if lenient else None)  # parse every element now, inside the guard

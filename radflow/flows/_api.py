@@ -124,18 +124,18 @@ def engines(modules: tuple[str, ...], *, cluster: bool | str, settings: dict[str
     api = start_temporary_api()
     flows = [importlib.import_module(name) for name in modules]
     with contextlib.ExitStack() as stack:
-        warming: list[Any] = []
+        warming: list[Any] = []  # held until the block ends (a released future may never run)
+        stack.callback(warming.clear)
         if cluster == "always" or (cluster and api is not None):  # else nothing to overlap: the flow starts it
             from radflow.cluster import connect, warm_up
             from radflow.flows._common import build_settings
 
             client = stack.enter_context(connect(build_settings(settings, address).cluster))
             # what the flows' tasks import on a worker, imported there while the API boots
-            warming = warm_up(client, tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ()))))
+            warming += warm_up(client, tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ()))))
         if api is not None:
             api.wait_ready()
         yield
-        del warming
 
 
 def start_temporary_api() -> TemporaryAPI | None:

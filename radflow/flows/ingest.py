@@ -511,8 +511,8 @@ def _ingest(src: str, dst: str, cfg: Settings, storage_options: dict[str, Any] |
     key = resolve_secret_key(cfg)
     # a missing source fails here, before the store exists
     inputs, new = discover_task(src, dst, storage_options, cfg, query)
-    with transaction(dst, storage_options, command="ingest", create=cfg.store_format == 2, message="ingest",
-                     collect=bool(pending_journals(dst, storage_options))) as tx:
+    # (a killed run's plan is in a checkpoint, which makes the transaction collect what that run left uncommitted)
+    with transaction(dst, storage_options, command="ingest", create=cfg.store_format == 2, message="ingest") as tx:
         if tx is not None:
             tx.checkpoint_every = cfg.checkpoint_batches
         summary = _ingest_in(src, dst, cfg, storage_options, t0, key, inputs, new, query)
