@@ -6,10 +6,12 @@ Baselines (the twenty lines a user writes: ``pydicom.dcmread`` → ``pixel_array
   sharded and zstd-1 compressed like radflow's ``raw/`` arrays, written a whole shard at a time;
 * ``plain script, N processes, unsharded``: N processes (``--procs``), one chunk per frame.
 
-radflow: ``radflow ingest SRC STORE`` as a subprocess, start to exit (imports, Prefect's temporary
+radflow: ``radflow ingest SRC STORE`` as a subprocess, start to exit (imports, Prefect's local
 API, the local cluster, discovery, header index, planning, decode, checksums, sharded writes, the
-ledger and tables), and the same again with ``PREFECT_API_URL`` pointing at a running Prefect API
-(what a user with ``prefect server start`` gets). Runs are interleaved (``--repeat``) and each
+ledger and tables) three ways: as the first command of a while (it starts the local API that radflow
+keeps up between commands: ``radflow api stop`` before it, untimed), as the next command (that API
+kept from the one before), and with ``PREFECT_API_URL`` pointing at a running Prefect API (what a user
+with ``prefect server start`` gets). Runs are interleaved (``--repeat``) and each
 figure is the median. The start-up breakdown comes from the command's ``--verbose`` log.
 
     python benchmarks/baseline.py [--n 64] [--syntax explicit|jpeg2000|mixed] [--procs 2] [--repeat 2]
@@ -90,7 +92,7 @@ def plain_unsharded(files: list[str], out: str, procs: int) -> None:
 
 #: (phase, a line of ``radflow --verbose ingest`` that ends it)
 PHASES = (
-    ("Prefect API launched", r"starting a temporary Prefect API"),
+    ("Prefect API launched or found", r"(starting|using) radflow's local Prefect API|starting a temporary Prefect API"),
     ("cluster started", r"started local cluster"),
     ("flow run begins", r"Beginning flow run"),
     ("discovery", r"inputs discovered"),
@@ -138,10 +140,13 @@ def main() -> None:
     env.pop("PREFECT_API_URL", None)
     server = _prefect_server(work)
     env_api = {**env, "PREFECT_API_URL": server[1]}
+    env["PREFECT_HOME"] = os.path.join(work, "prefect-home-kept")  # the kept API's own database
+    stop_kept = [sys.executable, "-m", "radflow", "api", "stop"]
     cases = {
         "plain script, 1 process, sharded (zstd-1)": lambda out: plain_sharded(files, out),
         f"plain script, {args.procs} processes, unsharded": lambda out: plain_unsharded(files, out, args.procs),
-        "radflow ingest CLI, start to exit": lambda out: radflow_cli(s.dicom, out, env),
+        "radflow ingest CLI, first command (starts API)": lambda out: radflow_cli(s.dicom, out, env),
+        "radflow ingest CLI, next command (API kept)": lambda out: radflow_cli(s.dicom, out, env),
         "radflow ingest CLI, running Prefect API": lambda out: radflow_cli(s.dicom, out, env_api),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -149,6 +154,8 @@ def main() -> None:
     try:
         for r in range(args.repeat):
             for name, fn in cases.items():
+                if "first command" in name:
+                    subprocess.run(stop_kept, env=env, check=True, stdout=subprocess.DEVNULL)
                 out = os.path.join(work, f"out-{r}-{len(times[name])}-{abs(hash(name)) % 10**6}.zarr")
                 t = time.perf_counter()
                 got = fn(out)
@@ -160,6 +167,7 @@ def main() -> None:
     finally:
         server[0].terminate()
         server[0].wait()
+        subprocess.run(stop_kept, env=env, stdout=subprocess.DEVNULL)
     mb = s.bytes / 1e6
     base = f"plain script, {args.procs} processes, unsharded"
     print(f"\n== ingest of {s.images} radiographs, {mb:.0f} MB; median of {args.repeat}; baseline: {base} ==")
@@ -168,7 +176,7 @@ def main() -> None:
     for name, ts in times.items():
         rate = mb / statistics.median(ts)
         print(f"{name:<46} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}×")
-    for name in ("radflow ingest CLI, start to exit", "radflow ingest CLI, running Prefect API"):
+    for name in [n for n in cases if n.startswith("radflow")]:
         print(f"\nstart-up breakdown, {name} (seconds since the command started, median):")
         for phase, _ in PHASES:
             seen = [m[phase] for m in marks[name] if phase in m]

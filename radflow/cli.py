@@ -489,11 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, cluster=False)
     sp.set_defaults(func=cmd_inspect)
 
+    from radflow.cli_api import add_parser as add_api
     from radflow.cli_export import add_parser as add_export
     from radflow.cli_versions import add_parsers
 
     add_parsers(sub, common)
     add_export(sub, common)
+    add_api(sub)
     return p
 
 

@@ -53,7 +53,7 @@ def canvas(text: str) -> int:
 
 
 #: commands that need no settings (they print documentation or versions)
-NO_SETTINGS = {"config", "info", "synth"}
+NO_SETTINGS = {"config", "info", "synth", "api"}
 
 
 def check_settings(args: argparse.Namespace) -> None:

@@ -183,6 +183,9 @@ class Settings(BaseSettings):
     follow_links: bool = Field(False, description="follow symbolic links found in a local source, when their target "
                                "lies inside the source (links that leave it are never followed); off: each link gets a "
                                "LINK_SKIPPED ledger row")
+    api_keep_s: float = Field(600.0, ge=0, description="seconds the local Prefect API a command starts (when no "
+                              "PREFECT_API_URL is configured) stays up after the last command, for the next ones; "
+                              "0 = each command starts its own and stops it at exit (`radflow api stop`: now)")
     performance_report: bool = Field(False, description="save a Dask performance report (HTML) of each ingest and "
                                      "process run under <store>/reports/")
     limits: Limits = Field(default_factory=Limits)

@@ -21,6 +21,9 @@ _PREFECT_HOME = os.environ["PREFECT_HOME"]
 
 def pytest_sessionfinish(session, exitstatus):
     if os.path.basename(_PREFECT_HOME).startswith(_HOME_PREFIX):
+        from radflow.flows._kept_api import stop_kept
+
+        stop_kept(_PREFECT_HOME)  # the local API the tests' commands kept up (it would stop once its home is gone)
         shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 import pytest

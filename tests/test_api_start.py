@@ -51,13 +51,24 @@ def test_a_configured_api_or_switch_is_left_to_prefect(tmp_path, monkeypatch):
     assert _configured(tmp_path, monkeypatch, files={".env": "PREFECT_API_URL=http://127.0.0.1:4200/api\n"})
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:  # nothing listens on it (TIME_WAIT may linger)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.mark.timeout(400)
-def test_two_commands_at_once_each_with_its_temporary_api_share_the_database(tmp_path):
-    """Two `radflow ingest` started together, no Prefect API configured and a fresh PREFECT_HOME: each
-    starts its own temporary API (without importing Prefect first) over the one database, created by
-    whichever comes first; both succeed, both runs are in the database afterwards (what `prefect server
-    start` shows), and neither server outlives its command. The servers are made slow to start (25 s
-    more than usual, past Prefect's own 20 s default): radflow's start-up timeout fits a busy machine."""
+def test_two_commands_at_once_share_one_kept_api(tmp_path):
+    """Two `radflow ingest` started together, no Prefect API configured and a fresh PREFECT_HOME: one
+    starts radflow's local API (without importing Prefect first), the other finds it and waits for it
+    rather than booting a second server over the same database; both succeed, both runs are in the
+    database, and the server outlives them for the next command until `radflow api stop`. The server
+    is made slow to start (25 s more than usual, past Prefect's own 20 s default): radflow's start-up
+    timeout fits a busy machine."""
     from radflow.synth import write_archive
 
     a = write_archive(tmp_path / "a", 4, seed=4, sizes=((128, 128),), broken=False)
@@ -67,28 +78,75 @@ def test_two_commands_at_once_each_with_its_temporary_api_share_the_database(tmp
         "import sys, time\n"
         "if 'prefect.server.api.server:create_app' in sys.argv:\n"
         "    time.sleep(25)\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RADFLOW_API"))}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                RADFLOW_CLUSTER__N_WORKERS="1", PYTHONPATH=os.pathsep.join(p for p in (str(slow), env.get("PYTHONPATH")) if p))
     procs = [subprocess.Popen([sys.executable, "-m", "radflow", "--verbose", "ingest", a.dicom, str(tmp_path / f"s{i}.zarr")],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               stdin=subprocess.DEVNULL) for i in (1, 2)]
     t0 = time.monotonic()
-    outs = [p.communicate(timeout=380) for p in procs]
-    assert time.monotonic() - t0 > 25  # the servers' start-up was slow indeed (a sleep, not a measurement)
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-        assert "4 discovered, 4 new, 4 ok" in out
-        port = re.search(r"starting a temporary Prefect API on http://127.0.0.1:(\d+)/api", err).group(1)
-        with socket.socket() as s:  # the server is gone: nothing listens on its port (TIME_WAIT may linger)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", int(port)))
-    import sqlite3
+    try:
+        outs = [p.communicate(timeout=380) for p in procs]
+        assert time.monotonic() - t0 > 25  # the server's start-up was slow indeed (a sleep, not a measurement)
+        found = []
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+            assert "4 discovered, 4 new, 4 ok" in out
+            found.append(re.search(r"(starting|using) radflow's local Prefect API on http://127.0.0.1:(\d+)/api", err).groups())
+        assert sorted(how for how, _ in found) == ["starting", "using"]  # one server, started once
+        port = int(found[0][1])
+        assert found[1][1] == found[0][1]
+        import sqlite3
 
-    with sqlite3.connect(tmp_path / "home" / "prefect.db") as db:
-        runs = db.execute("select count(*) from flow_run join flow on flow.id = flow_run.flow_id "
-                          "where flow.name = 'radflow-ingest' and flow_run.state_type = 'COMPLETED'").fetchone()[0]
-    assert runs == 2
+        with sqlite3.connect(home / "prefect.db") as db:
+            runs = db.execute("select count(*) from flow_run join flow on flow.id = flow_run.flow_id "
+                              "where flow.name = 'radflow-ingest' and flow_run.state_type = 'COMPLETED'").fetchone()[0]
+        assert runs == 2
+        status = subprocess.run([sys.executable, "-m", "radflow", "api"], env=env, capture_output=True, text=True, check=True)
+        assert f"local Prefect API on http://127.0.0.1:{port}/api" in status.stdout  # kept for the next command
+        assert not _port_free(port)
+    finally:
+        stop = subprocess.run([sys.executable, "-m", "radflow", "api", "stop"], env=env, capture_output=True, text=True)
+    assert stop.returncode == 0 and "stopped the local Prefect API" in stop.stdout
+    assert _port_free(port)
+    assert not (home / "radflow-api.json").exists()
+
+
+@pytest.mark.timeout(200)
+def test_the_kept_api_stops_itself_once_idle(tmp_path, monkeypatch):
+    """A kept server with a 3 s lease: a second user finds the same server; once both are done and 3 s
+    have passed without a command, it stops and forgets its record. With ``RADFLOW_API_KEEP_S=0`` a
+    command gets a temporary API of its own instead (stopped at its exit)."""
+    import psutil
+
+    from radflow.flows._kept_api import KeptAPI, kept_server
+
+    home = str(tmp_path / "home")
+    monkeypatch.setenv("PREFECT_HOME", home)
+    first = KeptAPI(home, keep_s=3, timeout_s=180)
+    second = KeptAPI(home, keep_s=3, timeout_s=180)
+    try:
+        assert first.started and not second.started and second.url == first.url
+        second.wait_ready()
+        assert kept_server(home)["pid"] == first.pid
+        time.sleep(5)  # longer than the lease: the users' renewals keep it up
+        assert first.process.poll() is None
+    finally:
+        first.stop()
+        second.stop()
+    assert first.process.wait(timeout=60) == 0  # stopped itself, cleanly
+    assert kept_server(home) is None and not os.path.exists(os.path.join(home, "radflow-api.json"))
+    assert not psutil.pid_exists(first.pid) or psutil.Process(first.pid).status() == psutil.STATUS_ZOMBIE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RADFLOW_API"))}
+    env.update(PREFECT_HOME=home, RADFLOW_API_KEEP_S="0")
+    code = ("from radflow.flows._api import start_temporary_api\n"
+            "api = start_temporary_api()\nprint(type(api).__name__, api.process.pid)\napi.stop()\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    kind, pid = out.stdout.split()
+    assert kind == "TemporaryAPI" and kept_server(home) is None  # this command's own server, not a kept one
+    assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
 
 
 def test_the_temporary_api_holds_its_port_from_the_start(tmp_path, monkeypatch):

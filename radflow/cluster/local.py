@@ -14,7 +14,7 @@ from radflow.errors import ConfigError, MissingDependencyError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["connect", "dashboard_link", "security", "warm_up"]
+__all__ = ["connect", "dashboard_link", "security", "start_local", "warm_up", "Starting"]
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,66 @@ def dashboard_link(client: "Client") -> str | None:
         return None
 
 
+class Starting:
+    """A cluster being started on a thread of its own while the caller does something else (imports
+    its flows). SIGINT is ignored by this process meanwhile when started from the main thread, as
+    :func:`_start_cluster` does: the worker processes inherit that (see there)."""
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        import signal
+        import threading
+        from concurrent.futures import Future
+
+        self.future: Future = Future()
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        def start() -> None:
+            try:
+                self.future.set_result(_start(settings))
+            except BaseException as exc:  # handed to the caller by result()
+                self.future.set_exception(exc)
+
+        threading.Thread(target=start, name="radflow-cluster-start", daemon=True).start()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def result(self):
+        """The started cluster (waits for it); the caller owns it from here."""
+        try:
+            cluster, self.future = self.future.result(), None
+            return cluster
+        finally:
+            self._restore()
+
+    def discard(self) -> None:
+        """Close the cluster if nobody took it."""
+        if self.future is not None:
+            future, self.future = self.future, None
+            with contextlib.suppress(BaseException):
+                future.result().close()
+        self._restore()
+
+
+def start_local(settings: ClusterSettings) -> Starting | None:
+    """Start the cluster :func:`connect` would start, on a thread (``None`` where ``connect`` would start
+    nothing: a scheduler address, or a client already current in this process)."""
+    from distributed.client import _get_global_client
+
+    current = _get_global_client()
+    if settings.address or (current is not None and current.status == "running"):
+        return None
+    return Starting(settings)
+
+
 @contextlib.contextmanager
-def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
+def connect(settings: ClusterSettings | None = None, starting: Starting | None = None) -> Iterator["Client"]:
     """A Dask client for the configured cluster, closed (and a local cluster stopped) on exit.
 
     * ``settings.address`` set: connect to that scheduler (``tcp://host:8786``,
@@ -39,7 +97,8 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
       through the Dask operator (``dask-kubernetes``), removed when the run ends.
 
     If a client is already current in this process (one made by the caller), it is
-    reused and left open.
+    reused and left open. ``starting``: the cluster :func:`start_local` is starting, taken instead
+    of starting one here.
     """
     from distributed import Client
     from distributed.client import _get_global_client
@@ -60,7 +119,7 @@ def connect(settings: ClusterSettings | None = None) -> Iterator["Client"]:
         return
     import dask
 
-    cluster = _start_cluster(settings)
+    cluster = starting.result() if starting is not None else _start_cluster(settings)
     client = Client(cluster, set_as_default=True)
     if settings.kind == "local-cuda":
         from radflow.cluster.plugins import RMMAllocators

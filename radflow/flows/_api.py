@@ -1,4 +1,4 @@
-"""Prefect's temporary local API, started by the command line as its first step.
+"""Prefect's local API, started (or found, :mod:`radflow.flows._kept_api`) by the command line as its first step.
 
 Without ``PREFECT_API_URL`` Prefect starts a temporary API server at the first flow call: after
 radflow has imported its flows, after this process has imported Prefect's whole server package
@@ -7,7 +7,8 @@ command line starts the same server (the same uvicorn command, app and database 
 ``PREFECT_HOME``, so runs stay visible in ``prefect server start`` afterwards) in its first
 milliseconds and points ``PREFECT_API_URL`` at it; the server boots on another core while the
 command imports its flows and starts the cluster, and the first flow call waits for it only if it
-is not up yet. Nothing here imports Prefect.
+is not up yet. By default that server is kept up between commands (``RADFLOW_API_KEEP_S``, see
+:mod:`radflow.flows._kept_api`): only the first command of a while waits for it. Nothing here imports Prefect.
 """
 
 from __future__ import annotations
@@ -25,15 +26,22 @@ import tempfile
 import time
 from typing import Any, Iterator
 
-__all__ = ["TemporaryAPI", "start_temporary_api", "engines"]
+__all__ = ["TemporaryAPI", "start_temporary_api", "current_api", "engines"]
 
 log = logging.getLogger(__name__)
 
 
-class TemporaryAPI:
-    """One Prefect API server process on 127.0.0.1, stopped when this process exits."""
+_current: "Any" = None  # this process's TemporaryAPI or KeptAPI
 
-    current: "TemporaryAPI | None" = None
+
+def current_api() -> Any:
+    """The local API this process started or uses (``None``: Prefect's own configuration applies)."""
+    return _current
+
+
+class TemporaryAPI:
+    """One Prefect API server process on 127.0.0.1 for this command alone, stopped when it exits
+    (``RADFLOW_API_KEEP_S=0``)."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
@@ -48,7 +56,6 @@ class TemporaryAPI:
         self.process = self._launch()
         self.ready = False
         self.restarts = 0
-        TemporaryAPI.current = self
         atexit.register(self.stop)
 
     def _launch(self) -> subprocess.Popen:
@@ -116,21 +123,30 @@ def engines(modules: tuple[str, ...], *, cluster: bool | str, settings: dict[str
             address: str | None = None) -> Iterator[None]:
     """Prefect's API, the flows and the cluster, started side by side rather than one after another.
 
-    The temporary API server (when no API is configured) boots in its own process while this one
-    imports the flow ``modules`` and, with ``cluster``, starts the Dask cluster of ``settings`` /
-    ``address`` (flows reuse it; it stays up for the block); the block then finds the API up (or
-    waits for it). With an API already running there is nothing to overlap and the flow starts its
-    cluster itself, unless ``cluster="always"`` (one cluster for several flows, as ``radflow run``)."""
+    The local API server (when no API is configured and none is kept up) boots in its own process;
+    with ``cluster``, a local Dask cluster of ``settings`` starts on a thread (its worker processes
+    spawn) while this thread imports the flow ``modules``; the block then holds a client of it (flows
+    reuse it; it stays up for the block: one cluster for several flows, as ``radflow run``) and
+    finds the API up (or waits for it). A scheduler ``address``, or a client already current in
+    this process, is connected to rather than started."""
     api = start_temporary_api()
-    flows = [importlib.import_module(name) for name in modules]
     with contextlib.ExitStack() as stack:
         warming: list[Any] = []  # held until the block ends (a released future may never run)
         stack.callback(warming.clear)
-        if cluster == "always" or (cluster and api is not None):  # else nothing to overlap: the flow starts it
-            from radflow.cluster import connect, warm_up
+        starting = None
+        if cluster:
+            from radflow.cluster import start_local
             from radflow.flows._common import build_settings
 
-            client = stack.enter_context(connect(build_settings(settings, address).cluster))
+            cluster_settings = build_settings(settings, address).cluster
+            starting = start_local(cluster_settings)  # None where nothing is started here
+            if starting is not None:
+                stack.callback(starting.discard)  # a cluster the block never took (an import failed) is closed
+        flows = [importlib.import_module(name) for name in modules]
+        if cluster:
+            from radflow.cluster import connect, warm_up
+
+            client = stack.enter_context(connect(cluster_settings, starting=starting))
             # what the flows' tasks import on a worker, imported there while the API boots
             warming += warm_up(client, tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ()))))
         if api is not None:
@@ -138,20 +154,29 @@ def engines(modules: tuple[str, ...], *, cluster: bool | str, settings: dict[str
         yield
 
 
-def start_temporary_api() -> TemporaryAPI | None:
-    """Start Prefect's temporary API now, unless Prefect is configured otherwise (an API URL or
-    temporary servers turned off, in the environment, the active profile, ``prefect.toml``,
-    ``pyproject.toml`` or ``.env``: Prefect's own rules then apply) or already imported."""
-    if TemporaryAPI.current is not None and TemporaryAPI.current.process is not None:
-        return TemporaryAPI.current
+def start_temporary_api() -> Any:
+    """Find radflow's kept local API or start it now (with ``RADFLOW_API_KEEP_S=0``: a temporary API
+    for this command alone), unless Prefect is configured otherwise (an API URL or temporary servers
+    turned off, in the environment, the active profile, ``prefect.toml``, ``pyproject.toml`` or
+    ``.env``: Prefect's own rules then apply) or already imported."""
+    global _current
+    if _current is not None and os.environ.get("PREFECT_API_URL") == _current.url:
+        return _current
     if "prefect" in sys.modules or _configured_elsewhere():
         return None
+    from radflow.flows._kept_api import attach_or_start, keep_seconds
+
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 180)
-    api = TemporaryAPI(timeout)
-    os.environ["PREFECT_API_URL"] = api.url
-    log.info("starting a temporary Prefect API on %s (runs are kept under PREFECT_HOME; `prefect server start` "
-             "shows them)", api.url)
-    return api
+    keep = keep_seconds()
+    if keep > 0:
+        _current = attach_or_start(keep, timeout)
+        atexit.register(_current.stop)
+    else:
+        _current = TemporaryAPI(timeout)
+        log.info("starting a temporary Prefect API on %s (runs are kept under PREFECT_HOME; `prefect server start` "
+                 "shows them)", _current.url)
+    os.environ["PREFECT_API_URL"] = _current.url
+    return _current
 
 
 _API_KEYS = ("PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE")

@@ -121,12 +121,12 @@ def compact_tables(client: Any, store: str, storage_options: dict[str, Any] | No
 
 
 def stop_temporary_api() -> None:
-    """Stop Prefect's temporary API server, if this process started one (an exit that skips ``atexit``
-    must not leave it running)."""
-    from radflow.flows._api import TemporaryAPI
+    """Stop Prefect's temporary API server, if this process started one for itself (an exit that skips
+    ``atexit`` must not leave it running; a kept server is left to the other commands)."""
+    from radflow.flows._api import current_api
 
-    if TemporaryAPI.current is not None:
-        TemporaryAPI.current.kill()
+    if current_api() is not None:
+        current_api().kill()
     if "prefect.server.api.server" not in sys.modules:
         return
     try:
