@@ -27,9 +27,12 @@ def dashboard_link(client: "Client") -> str | None:
 
 
 class Starting:
-    """A cluster being started on a thread of its own while the caller does something else (imports
-    its flows). SIGINT is ignored by this process meanwhile when started from the main thread, as
-    :func:`_start_cluster` does: the worker processes inherit that (see there)."""
+    """A cluster being started while the caller does something else (imports its flows): a local
+    cluster in a process of its own (:mod:`radflow.cluster._process`), another kind on a thread of
+    this process. Local worker processes start with SIGINT ignored: Ctrl-C at a terminal reaches the
+    whole process group, and it is the flow process that stops the run and closes the cluster (see
+    ``radflow.cli``); the cluster process ignores it, and a thread started from the main thread has
+    this process ignore it until the cluster is taken (the worker processes inherit that)."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         import signal
@@ -38,6 +41,12 @@ class Starting:
 
         self.future: Future = Future()
         self._previous = None
+        if settings.kind == "local":
+            from radflow.cluster._process import ClusterProcess
+
+            self._process: Any = ClusterProcess(settings)
+            return
+        self._process = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -59,6 +68,9 @@ class Starting:
     def result(self):
         """The started cluster (waits for it); the caller owns it from here."""
         try:
+            if self._process is not None:
+                cluster, self._process, self.future = self._process, None, None
+                return cluster.wait()
             cluster, self.future = self.future.result(), None
             return cluster
         finally:
@@ -66,6 +78,9 @@ class Starting:
 
     def discard(self) -> None:
         """Close the cluster if nobody took it."""
+        if self._process is not None:
+            self._process.close()
+            self._process = None
         if self.future is not None:
             future, self.future = self.future, None
             with contextlib.suppress(BaseException):
@@ -119,8 +134,9 @@ def connect(settings: ClusterSettings | None = None, starting: Starting | None =
         return
     import dask
 
-    cluster = starting.result() if starting is not None else _start_cluster(settings)
-    client = Client(cluster, set_as_default=True)
+    cluster = (starting or Starting(settings)).result()
+    # a cluster in a process of its own is reached at its address; another kind is handed to the client
+    client = Client(getattr(cluster, "scheduler_address", None) if settings.kind == "local" else cluster, set_as_default=True)
     if settings.kind == "local-cuda":
         from radflow.cluster.plugins import RMMAllocators
 
@@ -129,7 +145,7 @@ def connect(settings: ClusterSettings | None = None, starting: Starting | None =
     try:
         # a nanny restarts its worker after a decoder kills it; the cluster must not close the nanny when
         # its worker is found missing between two restarts (read by the cluster at each worker's removal)
-        with client.as_current(), dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}):
+        with client.as_current(), dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}):  # and in _process
             yield client
     finally:
         client.close()
@@ -166,23 +182,6 @@ def security(settings: ClusterSettings):
 
     return Security(tls_ca_file=str(files[0]), tls_client_cert=str(files[1]), tls_client_key=str(files[2]),
                     require_encryption=True)
-
-
-def _start_cluster(settings: ClusterSettings):
-    """Start a cluster of ``settings.kind`` (local CPU or CUDA processes with ``settings.worker_env``, or Kubernetes).
-
-    Local worker processes start with SIGINT ignored: Ctrl-C at a terminal reaches the whole process
-    group, and it is the flow process that stops the run and closes the cluster (see ``radflow.cli``)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return _start(settings)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the spawned worker processes
-    try:
-        return _start(settings)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _seconds(value: Any) -> float:

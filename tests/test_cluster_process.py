@@ -1,0 +1,67 @@
+"""The local cluster in a process of its own: reached at its address, its workers deaf to a terminal's
+Ctrl-C, and gone when the command that started it dies, however it dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+_OWNER = r'''
+import json, os, signal, sys, time
+from radflow.cluster import connect
+from radflow.config import ClusterSettings
+
+if __name__ == "__main__":
+    with connect(ClusterSettings(n_workers=2, threads_per_worker=1)) as client:
+        info = {"me": os.getpid(), "scheduler": client.run_on_scheduler(os.getpid),
+                "workers": list(client.run(os.getpid).values()),
+                "deaf": all(client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN).values()),
+                "answer": client.submit(sum, [1, 2, 3]).result()}
+        print(json.dumps(info), flush=True)
+        if sys.argv[1] == "wait":
+            time.sleep(600)
+'''
+
+
+def _gone(pids: list[int], within_s: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.timeout(240)
+def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(_OWNER)
+    env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error"}
+    # a command that ends normally: the work ran on the cluster, whose scheduler is not in the command
+    done = subprocess.run([sys.executable, str(script), "exit"], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["answer"] == 6 and info["scheduler"] != info["me"] and info["me"] not in info["workers"]
+    assert info["deaf"]  # Ctrl-C at a terminal reaches the whole group; the command stops the run
+    assert _gone([info["scheduler"], *info["workers"]], 60)
+
+    # a command killed outright (SIGKILL): its cluster does not outlive it
+    owner = subprocess.Popen([sys.executable, str(script), "wait"], env=env, stdout=subprocess.PIPE, text=True,
+                             stderr=subprocess.DEVNULL)
+    try:
+        info = json.loads(owner.stdout.readline())
+        assert len(info["workers"]) == 2
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+        assert _gone([info["scheduler"], *info["workers"]], 90)
+    finally:
+        owner.kill()
