@@ -9,7 +9,9 @@ Baseline "plain loop" (one Python process, no Prefect, no Dask):
   model radflow loads, the scores to one Parquet file.
 
 radflow: ``radflow process STORE --steps preprocess,features --canvas C`` and then ``--steps infer
---model M`` as subprocesses (temporary Prefect API, local cluster of 2 one-thread workers by default).
+--model M`` as subprocesses, with radflow's defaults (the local Prefect API kept between commands, the
+first command's start of it untimed; a local cluster of one one-thread worker per core, and for model
+steps alone one worker with every core), or ``--workers N`` one-thread workers for both.
 
 Each side runs in its own process tree; peak memory is the largest sum of the tree's resident memory,
 sampled every 50 ms. Rounds are interleaved; medians printed.
@@ -123,7 +125,7 @@ def main() -> None:
     p.add_argument("--canvas", type=int, default=512)
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="one-thread workers (default: radflow's own choice)")
     args = p.parse_args()
 
     from _common import quiet
@@ -142,13 +144,15 @@ def main() -> None:
         archive = write_archive(os.path.join(work, "archive"), args.n, seed=4,
                                 sizes=((1024, 1024), (2048, 1536), (2048, 2048)), broken=False)
         base = os.path.join(work, "base.zarr")
-        radflow.ingest(archive.dicom, base)
+        radflow.ingest(archive.dicom, base)  # (this also starts the local Prefect API the commands below find)
         card = ModelCard(name=f"bench-{args.arch}", arch=args.arch, labels=("lesion",), input_size=224,
                          channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
         torch.manual_seed(0)
         model = os.path.join(work, "model.pt")
         save_model(build_model(card).eval(), card, model)
-        env = {**os.environ, "RADFLOW_CLUSTER__N_WORKERS": str(args.workers), "RADFLOW_CLUSTER__THREADS_PER_WORKER": "1"}
+        env = dict(os.environ)
+        if args.workers:
+            env.update(RADFLOW_CLUSTER__N_WORKERS=str(args.workers), RADFLOW_CLUSTER__THREADS_PER_WORKER="1")
         rows: dict[str, list[tuple[float, int]]] = {}
         frames = 0
         for r in range(args.repeat):

@@ -59,6 +59,11 @@ def process(store: str, steps: tuple[str, ...] | list[str] | str = ("preprocess"
     """Process a store; see :func:`radflow.flows.process.process_flow`."""
     if isinstance(steps, str):
         steps = [s.strip() for s in steps.split(",") if s.strip()]
+    from radflow.config import cluster_for_steps
+
+    settings = cluster_for_steps(steps, options.get("settings"), options.get("cluster"))
+    if settings is not None:
+        options = {**options, "settings": settings}
     with _engines("radflow.flows.process", options):
         from radflow.flows.process import process_flow
 

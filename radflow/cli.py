@@ -62,6 +62,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any] | None:
         out["shard_target_mib"] = args.shard_mib
     if getattr(args, "performance_report", False):
         out["performance_report"] = True
+    if args.command == "process":
+        from radflow.config import cluster_for_steps
+
+        return cluster_for_steps(split_steps(args.steps), out or None, getattr(args, "cluster", None))
     return out or None
 
 

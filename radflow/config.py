@@ -214,6 +214,27 @@ MIN_KEY_BYTES = 32
 _MAKE_KEY = "make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
 
 
+#: steps whose work is a model's forward passes, which use every core of the process they run in
+MODEL_STEPS = frozenset({"infer"})
+
+
+def cluster_for_steps(steps: Any, overrides: dict[str, Any] | None, address: str | None = None) -> dict[str, Any] | None:
+    """Settings overrides for a run of ``steps``: a local CPU cluster that runs model steps alone gets one
+    worker with every core (one copy of the model, whose forward passes use all of them, while the worker's
+    other threads read the next blocks) rather than one one-thread worker per core, each holding its own copy
+    of the model (and of torch). Left alone where the cluster's shape or kind is set (environment, overrides,
+    a scheduler address) or other steps run too (they want processes, not threads)."""
+    steps = set(steps or ())
+    if not steps or not steps <= MODEL_STEPS or address:
+        return overrides
+    cluster = dict((overrides or {}).get("cluster") or {})
+    shaped = {"n_workers", "threads_per_worker", "address", "kind"}
+    if shaped & set(cluster) or any(os.environ.get(f"RADFLOW_CLUSTER__{k.upper()}", "").strip() for k in shaped):
+        return overrides
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {**(overrides or {}), "cluster": {**cluster, "n_workers": 1, "threads_per_worker": cores}}
+
+
 def check_key(key: bytes, where: str) -> bytes:
     """``key`` if it is long enough to keep pseudonyms from being recomputed from clear identifiers."""
     if len(key.strip()) < MIN_KEY_BYTES:

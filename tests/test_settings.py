@@ -103,3 +103,31 @@ def test_prefect_gets_a_startup_timeout_that_fits_a_loaded_machine_unless_the_us
     chosen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "7"})
     assert float(default.stdout) == 180 and float(chosen.stdout) == 7
+
+
+def test_model_steps_alone_get_one_worker_with_every_core(monkeypatch):
+    """One copy of the model (and of torch) whose forward passes use every core, rather than one per core;
+    left alone where the user shaped the cluster or other steps run too."""
+    from radflow.config import cluster_for_steps
+
+    for key in ("N_WORKERS", "THREADS_PER_WORKER", "ADDRESS", "KIND"):
+        monkeypatch.delenv(f"RADFLOW_CLUSTER__{key}", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert cluster_for_steps(["infer"], None) == {"cluster": {"n_workers": 1, "threads_per_worker": cores}}
+    assert cluster_for_steps(["infer"], {"infer_batch": 8, "cluster": {"memory_limit": "4GB"}}) == {
+        "infer_batch": 8, "cluster": {"memory_limit": "4GB", "n_workers": 1, "threads_per_worker": cores}}
+    assert cluster_for_steps(["preprocess", "infer"], None) is None
+    assert cluster_for_steps(["infer"], {"cluster": {"n_workers": 3}}) == {"cluster": {"n_workers": 3}}
+    assert cluster_for_steps(["infer"], None, address="tcp://127.0.0.1:8786") is None
+    monkeypatch.setenv("RADFLOW_CLUSTER__THREADS_PER_WORKER", "2")
+    assert cluster_for_steps(["infer"], None) is None
+
+
+def test_a_small_store_gets_images_shards_enough_for_every_worker():
+    from radflow.stages.preprocess import SPREAD, shard_frames
+
+    chunk, chunk_bytes = 32, 32 * 512 * 512 * 2  # 16 MiB chunks: the 128 MiB target is 8 chunks
+    assert shard_frames(300, chunk, chunk_bytes, 128) == 32  # 10 shards, not 2 (one per range)
+    assert shard_frames(377_110, chunk, chunk_bytes, 128) == 256  # an archive: the target
+    assert shard_frames(10, chunk, chunk_bytes, 128) == 32  # never less than a chunk
+    assert shard_frames(SPREAD * 64, chunk, chunk_bytes, 128) == 64

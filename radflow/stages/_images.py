@@ -43,9 +43,9 @@ def open_array(job: Job, path: str, mode: str = "r"):
     return _root(job.store, json.dumps(job.storage_options, sort_keys=True), mode)[path]
 
 
-def images_block(job: Job, rng: Range) -> np.ndarray:
-    """``images[lo:hi]`` as float32 in 0 … 1 (uint16 images scaled)."""
-    block = np.asarray(open_array(job, "images")[rng.lo:rng.hi])
+def images_block(job: Job, rng: Range, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    """``images[lo:hi]`` (the range's, or the part ``lo … hi`` of it) as float32 in 0 … 1 (uint16 images scaled)."""
+    block = np.asarray(open_array(job, "images")[rng.lo if lo is None else lo:rng.hi if hi is None else hi])
     x = block.astype(np.float32)
     if block.dtype == np.uint16:
         x /= 65535.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ from radflow.stages.base import Job, Range, Request, Stage, instance_rows, regis
 from radflow.store.tables import write_part
 from radflow.store.urls import normalize
 
-__all__ = ["Infer", "InferPlan", "plan_inference", "infer_block"]
+__all__ = ["Infer", "InferPlan", "plan_inference", "infer_block", "infer_blocks"]
 
 log = logging.getLogger("radflow.stages.infer")
 
@@ -57,29 +58,46 @@ def plan_inference(spec: ModelSpec, canvas: int, *, embeddings: bool, autocast: 
                      autocast)
 
 
-def infer_block(block: np.ndarray, *, spec: ModelSpec, autocast: str | None = None, embedding_dim: int = 0,
-                micro_batch: int | None = None) -> np.ndarray:
-    """Model outputs for ``(n, H, W)`` float32 canvases in 0 … 1 (model loaded once per worker).
+def infer_blocks(blocks: Iterable[np.ndarray], *, spec: ModelSpec, autocast: str | None = None, embedding_dim: int = 0,
+                 micro_batch: int | None = None) -> np.ndarray:
+    """Model outputs for a sequence of ``(n, H, W)`` float32 canvas blocks in 0 … 1 (model loaded once per
+    worker), concatenated: ``(sum n, outputs + embedding_dim)`` float32, scores then the embedding when asked.
 
-    Returns ``(n, outputs + embedding_dim)`` float32: scores, then the embedding when asked.
-    """
+    The blocks are taken (read from the store, when ``blocks`` reads them) and made into model input on
+    this, the task's, thread while the model's own thread (:mod:`radflow.models.cache`) runs the forward
+    pass of the block before."""
     from radflow.models.cache import cached_model
     from radflow.tasks.infer import predict, to_model_input
 
     model = cached_model(spec)
-    # Input preparation runs here, on the task thread, overlapping the previous block's forward pass.
-    x = to_model_input(block, model.card)
-    if x.device.type == "cpu" and getattr(model, "device", "cpu") != "cpu":
-        x = x.pin_memory()
+    device = getattr(model, "device", None)
+    kw = {"autocast": autocast, "micro_batch": micro_batch, "prepared": True, "device": device}
 
-    def run() -> np.ndarray:
-        kw = {"autocast": autocast, "micro_batch": micro_batch, "prepared": True, "device": getattr(model, "device", None)}
+    def run(x) -> np.ndarray:
         if embedding_dim:
             out = predict(model.module, x, model.card, embeddings=True, **kw)
             return np.concatenate([out.scores, out.embeddings], axis=1).astype(np.float32)
         return predict(model.module, x, model.card, **kw)
 
-    return model.runner.submit(run).result()  # the model's own inference thread (see models.cache)
+    outs: list[np.ndarray] = []
+    running = None
+    for block in blocks:
+        x = to_model_input(block, model.card)
+        if x.device.type == "cpu" and device not in (None, "cpu"):
+            x = x.pin_memory()
+        submitted = model.runner.submit(run, x)
+        if running is not None:
+            outs.append(running.result())
+        running = submitted
+    if running is not None:
+        outs.append(running.result())
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def infer_block(block: np.ndarray, *, spec: ModelSpec, autocast: str | None = None, embedding_dim: int = 0,
+                micro_batch: int | None = None) -> np.ndarray:
+    """Model outputs for one block of ``(n, H, W)`` canvases (see :func:`infer_blocks`)."""
+    return infer_blocks([block], spec=spec, autocast=autocast, embedding_dim=embedding_dim, micro_batch=micro_batch)
 
 
 class Infer(Stage):
@@ -119,9 +137,8 @@ class Infer(Stage):
         plan: InferPlan = job.options
         keys = instance_rows(job, rng, ["index", "patient_key", "study_key", "sop_uid"])
         chunk = int(open_array(job, "images").chunks[0])
-        x = images_block(job, rng)
-        scores = np.concatenate([infer_block(x[i:i + chunk], spec=plan.spec, autocast=plan.autocast,
-                                             embedding_dim=plan.embedding_dim) for i in range(0, len(x), chunk)])
+        blocks = (images_block(job, rng, lo, min(lo + chunk, rng.hi)) for lo in range(rng.lo, rng.hi, chunk))
+        scores = infer_blocks(blocks, spec=plan.spec, autocast=plan.autocast, embedding_dim=plan.embedding_dim)
         idx = keys["index"].to_numpy() - rng.lo
         df = keys.copy()
         for j, label in enumerate(plan.labels):

@@ -53,6 +53,18 @@ def frame_params(row: Any, luts: dict[str, Any]) -> FrameParams:
     )
 
 
+#: the fewest shards (ranges) a new ``images`` array is cut into where its frames allow (down to one chunk
+#: per shard): enough tasks for the task threads of a small cluster, with room to balance them
+SPREAD = 16
+
+
+def shard_frames(n: int, chunk: int, chunk_bytes: int, target_mib: int) -> int:
+    """Frames per shard of a new ``images`` array of ``n`` frames: about ``target_mib``, or fewer where that
+    leaves fewer than :data:`SPREAD` shards (a shard is one range, one task: a small store's work then still
+    spreads over the workers), never less than one chunk."""
+    return chunk * max(1, min((target_mib * 2**20) // chunk_bytes, -(-n // (SPREAD * chunk))))
+
+
 class Preprocess(Stage):
     name = "preprocess"
     order = 10
@@ -68,9 +80,9 @@ class Preprocess(Stage):
         chunk = cfg.infer_batch
         chunk_bytes = chunk * canvas * canvas * np.dtype(cfg.image_dtype).itemsize
         root = layout.open_root(zarr_store(request.store.url, request.store.storage_options), mode="r+")
-        layout.ensure_images_array(root, n=int(request.frame_index[-1]) + 1, canvas=canvas, dtype=cfg.image_dtype,
-                                   chunk_frames=chunk,
-                                   shard_frames=chunk * max(1, (cfg.shard_target_mib * 2**20) // chunk_bytes))
+        n = int(request.frame_index[-1]) + 1
+        layout.ensure_images_array(root, n=n, canvas=canvas, dtype=cfg.image_dtype, chunk_frames=chunk,
+                                   shard_frames=shard_frames(n, chunk, chunk_bytes, cfg.shard_target_mib))
         enh = Enhancements(cfg.denoise, cfg.denoise_size, cfg.enhance, cfg.clahe_clip, cfg.unsharp_amount)
         options = PreprocessOptions(canvas, cfg.resize_method, cfg.image_dtype, enh)
         key = fingerprint(canvas, cfg.resize_method, cfg.image_dtype, dataclasses.asdict(enh))
