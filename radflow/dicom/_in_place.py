@@ -10,7 +10,7 @@ from pydicom.uid import UID
 
 from radflow.errors import InputRejected, Reason
 
-__all__ = ["IN_PLACE", "values_in_place", "deflated", "nothing_deferred", "element_name"]
+__all__ = ["IN_PLACE", "values_in_place", "deflated", "nothing_deferred", "element_name", "with_unused_bits_clear"]
 
 
 def element_name(tag: BaseTag) -> str:
@@ -61,3 +61,23 @@ def nothing_deferred(ds: pydicom.Dataset) -> bool:
     from pydicom.dataelem import RawDataElement
 
     return not any(isinstance(r, RawDataElement) and r.value is None and r.length for r in ds._dict.values())
+
+
+def with_unused_bits_clear(arr, bits_stored: int, bits_allocated: int, signed: bool):
+    """``arr`` as pydicom's unused-bits correction leaves it (the bits above *Bits Stored* cleared, or
+    copies of the sign bit when signed), computed only where needed: an array whose values all lie in
+    the range *Bits Stored* can hold is unchanged by that correction, and is returned as it is (a view
+    of the object's bytes stays a view: one pass that reads, not a copy and two passes that write)."""
+    import numpy as np
+
+    if arr.dtype.kind not in "iu" or not 0 < bits_stored < bits_allocated or arr.dtype.itemsize * 8 != bits_allocated \
+            or not arr.size:
+        return arr
+    lo, hi = (-(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1) if signed else (0, (1 << bits_stored) - 1)
+    if arr.max() <= hi and (not signed or arr.min() >= lo):
+        return arr
+    out = np.array(arr, dtype=arr.dtype, copy=True)
+    shift = bits_allocated - bits_stored
+    np.left_shift(out, shift, out=out)
+    np.right_shift(out, shift, out=out)  # arithmetic for a signed dtype: the sign bit is copied down
+    return out

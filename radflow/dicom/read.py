@@ -37,7 +37,7 @@ from pydicom.uid import UID
 
 from radflow.config import Limits
 from radflow.dicom._in_place import IN_PLACE as _IN_PLACE, deflated as _deflated, element_name as _element_name
-from radflow.dicom._in_place import values_in_place as _values_in_place
+from radflow.dicom._in_place import values_in_place as _values_in_place, with_unused_bits_clear
 from radflow.errors import Anomaly, InputRejected, NoDecoderError, Reason, anomaly
 
 __all__ = ["Header", "Identity", "read_header", "read_dataset", "header_from_dataset", "decode_frames", "decodable_syntaxes",
@@ -551,9 +551,11 @@ def decode_frames(ds: pydicom.Dataset, header: Header, source: bytes | None = No
                 warnings.simplefilter("ignore")
                 if plugin == "pydicom" and decoder.is_native:
                     # a read-only view of the pixel bytes the dataset already holds, not a copy of them
-                    # (the same values; callers never write into decoded frames)
-                    ds.pixel_array_options(view_only=True)
-                    arr = ds.pixel_array
+                    # (the same values; callers never write into decoded frames); unused bits corrected
+                    # only where a value has any set (pydicom would copy and shift every frame)
+                    ds.pixel_array_options(view_only=True, correct_unused_bits=False)
+                    arr = with_unused_bits_clear(ds.pixel_array, header.bits_stored, header.bits_allocated,
+                                                 header.pixel_representation == 1)
                 else:
                     ds.pixel_array_options(decoding_plugin=plugin)
                     arr = ds.pixel_array

@@ -145,6 +145,33 @@ def test_native_pixels_are_decoded_from_the_objects_own_bytes(syntax):
         assert cut.value.reason == Reason.TRUNCATED
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("dirty", [False, True], ids=["clean", "set-unused-bits"])
+def test_unused_bits_are_corrected_exactly_as_pydicom_does_and_only_where_set(signed, dirty):
+    """12 bits stored in 16: values whose unused bits are clear (or copies of the sign bit) are pydicom's
+    corrected values already and stay a view of the object's bytes; values with other bits set there (an
+    overlay, garbage, a sign not carried up) come out exactly as pydicom's correction makes them."""
+    rng = np.random.default_rng(7)
+    values = rng.integers(-2048 if signed else 0, 2048 if signed else 4096, size=(256, 256)).astype("<i2" if signed else "<u2")  # 128 KiB: taken in place
+    raw = values.view("<u2").copy()
+    if dirty:  # random bits above bit 11 in a third of the pixels
+        raw[::3] = (raw[::3] & 0x0FFF) | (rng.integers(1, 16, size=raw[::3].shape).astype("<u2") << 12)
+    ds0 = pydicom.dcmread(io.BytesIO(make_dicom(rows=256, cols=256)))
+    ds0.PixelRepresentation = int(signed)
+    ds0.BitsStored, ds0.HighBit = 12, 11
+    ds0.PixelData = raw.tobytes()
+    buf = io.BytesIO()
+    ds0.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    expected = pydicom.dcmread(io.BytesIO(data)).pixel_array  # pydicom's default: corrected
+    ds = read_dataset(data)
+    frames, _ = decode_frames(ds, header_from_dataset(ds, Limits()))
+    np.testing.assert_array_equal(frames[0], expected)
+    assert frames.dtype == expected.dtype
+    np.testing.assert_array_equal(frames[0], values)  # what the 12 bits say
+    assert np.shares_memory(frames, np.frombuffer(data, np.uint8)) == (not dirty)
+
+
 @pytest.mark.parametrize(
     "make, reason",
     [
