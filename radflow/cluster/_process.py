@@ -91,9 +91,12 @@ def _main() -> None:
     # a nanny restarts its worker after a decoder kills it; the cluster must not close the nanny when its
     # worker is found missing between two restarts (read by the cluster at each worker's removal)
     dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"})
-    out.write(json.dumps({"address": cluster.scheduler_address, "workers": list(cluster.workers)}) + "\n")
-    out.flush()
     try:
+        try:
+            out.write(json.dumps({"address": cluster.scheduler_address, "workers": list(cluster.workers)}) + "\n")
+            out.flush()
+        except OSError:  # the command is gone (or gave up on this cluster) already
+            return
         sys.stdin.read()  # until the command closes it or is gone
     finally:
         cluster.close(timeout=20)

@@ -89,13 +89,18 @@ class Starting:
 
 
 def start_local(settings: ClusterSettings) -> Starting | None:
-    """Start the cluster :func:`connect` would start, on a thread (``None`` where ``connect`` would start
-    nothing: a scheduler address, or a client already current in this process)."""
-    from distributed.client import _get_global_client
+    """Start the cluster :func:`connect` would start, without waiting for it (``None`` where ``connect``
+    would start nothing: a scheduler address, or a client already current in this process)."""
+    import sys
 
-    current = _get_global_client()
-    if settings.address or (current is not None and current.status == "running"):
+    if settings.address:
         return None
+    if "distributed" in sys.modules:  # (else no client can be current: distributed is not imported for this)
+        from distributed.client import _get_global_client
+
+        current = _get_global_client()
+        if current is not None and current.status == "running":
+            return None
     return Starting(settings)
 
 

@@ -124,8 +124,8 @@ def engines(modules: tuple[str, ...], *, cluster: bool | str, settings: dict[str
     """Prefect's API, the flows and the cluster, started side by side rather than one after another.
 
     The local API server (when no API is configured and none is kept up) boots in its own process;
-    with ``cluster``, a local Dask cluster of ``settings`` starts on a thread (its worker processes
-    spawn) while this thread imports the flow ``modules``; the block then holds a client of it (flows
+    with ``cluster``, a local Dask cluster of ``settings`` starts in a process of its own (another
+    kind: on a thread) while this process imports the flow ``modules``; the block then holds a client of it (flows
     reuse it; it stays up for the block: one cluster for several flows, as ``radflow run``) and
     finds the API up (or waits for it). A scheduler ``address``, or a client already current in
     this process, is connected to rather than started."""
@@ -169,9 +169,13 @@ def start_temporary_api() -> Any:
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 180)
     keep = keep_seconds()
     if keep > 0:
-        _current = attach_or_start(keep, timeout)
-        atexit.register(_current.stop)
-    else:
+        try:
+            _current = attach_or_start(keep, timeout)
+            atexit.register(_current.stop)
+        except OSError as exc:  # PREFECT_HOME not writable for the record and lease: a server of its own
+            log.warning("cannot keep a local Prefect API under PREFECT_HOME (%s); this command starts its own", exc)
+            keep = 0
+    if keep <= 0:
         _current = TemporaryAPI(timeout)
         log.info("starting a temporary Prefect API on %s (runs are kept under PREFECT_HOME; `prefect server start` "
                  "shows them)", _current.url)

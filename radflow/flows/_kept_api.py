@@ -40,7 +40,12 @@ _STATE, _LOCK, _LEASE, _LOG = "radflow-api.json", "radflow-api.lock", "radflow-a
 def keep_seconds() -> float:
     """``RADFLOW_API_KEEP_S`` (validated with the other settings, ``Settings.api_keep_s``)."""
     raw = os.environ.get("RADFLOW_API_KEEP_S", "").strip()
-    return max(0.0, float(raw)) if raw else DEFAULT_KEEP_S
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_KEEP_S
+    except ValueError:
+        from radflow.errors import ConfigError
+
+        raise ConfigError(f"invalid setting RADFLOW_API_KEEP_S={raw!r}: seconds expected") from None
 
 
 def prefect_home() -> str:
