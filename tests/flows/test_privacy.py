@@ -75,11 +75,16 @@ def test_no_canary_in_any_output(tmp_path):
         "inspect": ["inspect", store],
         "verify": ["verify", store],
     }
-    for name, args in commands.items():
-        with open(run / "logs" / f"{name}.log", "wb") as log:
-            proc = subprocess.run([sys.executable, "-m", "radflow", "--verbose", *args], env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=600, cwd=tmp_path)
-        assert proc.returncode == 0, (run / "logs" / f"{name}.log").read_text()[-3000:]
+    from radflow.flows._kept_api import stop_kept
+
+    try:
+        for name, args in commands.items():
+            with open(run / "logs" / f"{name}.log", "wb") as log:
+                proc = subprocess.run([sys.executable, "-m", "radflow", "--verbose", *args], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, timeout=600, cwd=tmp_path)
+            assert proc.returncode == 0, (run / "logs" / f"{name}.log").read_text()[-3000:]
+    finally:
+        stop_kept(str(run / "prefect"))  # the local Prefect API these commands kept up
 
     st = radflow.open_store(store)
     ledger = st.ledger()
