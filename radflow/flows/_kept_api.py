@@ -219,6 +219,8 @@ def _serve(fd: int, home: str, keep_s: float) -> None:
     def watch() -> None:
         while not server.should_exit:
             time.sleep(max(0.2, min(5.0, keep_s / 10)))
+            if not os.path.isdir(home):  # its PREFECT_HOME removed (a test's, say): nothing to serve
+                break
             with _locked(home):
                 state = _state(home)
                 if not state or int(state.get("pid", 0)) != os.getpid():
