@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: the flows each command runs (imported while Prefect's API boots) and whether it needs a cluster throughout
 FLOW_COMMANDS = {
     "ingest": (("radflow.flows.ingest",), True), "process": (("radflow.flows.process",), True),
-    "run": (("radflow.flows.ingest", "radflow.flows.process"), "always"), "demo": (("radflow.flows.demo",), True),
+    "run": (("radflow.flows.ingest", "radflow.flows.process"), True), "demo": (("radflow.flows.demo",), True),
     "verify": (("radflow.flows.verify",), True), "report": (("radflow.flows.report",), False),
     "evaluate": (("radflow.flows.evaluate",), False), "serve": (("radflow.flows.schedule",), False),
 }

@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any, Iterator
 
 __all__ = ["TemporaryAPI", "start_temporary_api", "current_api", "engines"]
@@ -72,29 +71,20 @@ class TemporaryAPI:
     def wait_ready(self) -> None:
         """Block until the API answers ``/health`` (the startup timeout of Prefect's own temporary
         server applies: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``)."""
-        import httpx
+        from radflow.flows._kept_api import wait_healthy
 
-        deadline = time.monotonic() + self.timeout_s
-        with httpx.Client(timeout=5.0) as client:
-            while not self.ready:
-                code = self.process.poll()
-                if code == 3 and self.restarts < 3:  # uvicorn's start-up failure (the database being created
-                    self.restarts += 1             # by another command's server at that moment): once more
-                    log.info("Prefect's temporary API server failed to start; starting it again on %s", self.url)
-                    self.process = self._launch()
-                elif code is not None:
-                    raise RuntimeError(f"Prefect's temporary API server exited with code {code}: {self._stderr_tail()}")
-                try:
-                    self.ready = client.get(f"{self.url}/health").status_code == 200
-                except httpx.TransportError:
-                    pass
-                if not self.ready:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"Prefect's temporary API server did not answer within {self.timeout_s:.0f} s "
-                            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); on a busy machine raise it, or point "
-                            "PREFECT_API_URL at a running server (`prefect server start`)")
-                    time.sleep(0.1)
+        if not self.ready:
+            wait_healthy(lambda: self.url, self.timeout_s, self._check, "Prefect's temporary API server")
+            self.ready = True
+
+    def _check(self) -> None:
+        code = self.process.poll()
+        if code == 3 and self.restarts < 3:  # uvicorn's start-up failure (the database being created
+            self.restarts += 1             # by another command's server at that moment): once more
+            log.info("Prefect's temporary API server failed to start; starting it again on %s", self.url)
+            self.process = self._launch()
+        elif code is not None:
+            raise RuntimeError(f"Prefect's temporary API server exited with code {code}: {self._stderr_tail()}")
 
     def _stderr_tail(self) -> str:
         self.errors.seek(0)
@@ -119,7 +109,7 @@ class TemporaryAPI:
 
 
 @contextlib.contextmanager
-def engines(modules: tuple[str, ...], *, cluster: bool | str, settings: dict[str, Any] | None = None,
+def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any] | None = None,
             address: str | None = None) -> Iterator[None]:
     """Prefect's API, the flows and the cluster, started side by side rather than one after another.
 

@@ -28,7 +28,8 @@ import threading
 import time
 from typing import Any, Iterator
 
-__all__ = ["KeptAPI", "DEFAULT_KEEP_S", "keep_seconds", "prefect_home", "attach_or_start", "kept_server", "stop_kept"]
+__all__ = ["KeptAPI", "DEFAULT_KEEP_S", "keep_seconds", "prefect_home", "attach_or_start", "kept_server", "stop_kept",
+           "wait_healthy"]
 
 log = logging.getLogger("radflow.flows._api")
 
@@ -144,32 +145,20 @@ class KeptAPI:
 
     def wait_ready(self) -> None:
         """Block until the API answers ``/health`` (within ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``)."""
-        import httpx
+        if not self.ready:
+            wait_healthy(lambda: self.url, self.timeout_s, self._check, "radflow's local Prefect API")
+            self.ready = True
 
-        deadline = time.monotonic() + self.timeout_s
-        with httpx.Client(timeout=5.0) as client:
-            while not self.ready:
-                code = self.process.poll() if self.process is not None else None
-                if code == 3 and self.restarts < 3:  # uvicorn's start-up failure (the database being created
-                    self.restarts += 1             # by a server of another PREFECT_HOME setting): once more
-                    with _locked(self.home):
-                        self._launch()
-                    continue
-                if code is not None or (self.process is None and not _is_server(self.pid)):
-                    raise RuntimeError(f"radflow's local Prefect API server (pid {self.pid}) exited"
-                                       f"{f' with code {code}' if code is not None else ''}; its log: "
-                                       f"{os.path.join(self.home, _LOG)}")
-                try:
-                    self.ready = client.get(f"{self.url}/health").status_code == 200
-                except httpx.TransportError:
-                    pass
-                if not self.ready:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"radflow's local Prefect API did not answer within {self.timeout_s:.0f} s "
-                            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); on a busy machine raise it, or point "
-                            "PREFECT_API_URL at a running server (`prefect server start`)")
-                    time.sleep(0.1)
+    def _check(self) -> None:
+        code = self.process.poll() if self.process is not None else None
+        if code == 3 and self.restarts < 3:  # uvicorn's start-up failure (the database being created
+            self.restarts += 1             # by a server of another PREFECT_HOME setting): once more
+            with _locked(self.home):
+                self._launch()
+        elif code is not None or (self.process is None and not _is_server(self.pid)):
+            raise RuntimeError(f"radflow's local Prefect API server (pid {self.pid}) exited"
+                               f"{f' with code {code}' if code is not None else ''}; its log: "
+                               f"{os.path.join(self.home, _LOG)}")
 
     def stop(self) -> None:
         """This command is done with the server (which stays up ``keep_s`` from now)."""
@@ -179,6 +168,27 @@ class KeptAPI:
                 _renew(self.home)
 
     kill = stop  # an interrupted command leaves the shared server to the others
+
+
+def wait_healthy(url: Any, timeout_s: float, check: Any, what: str) -> None:
+    """Poll ``url()/health`` until it answers 200; ``check()`` runs before each try (it restarts a server
+    that failed to start, or raises for one that is gone)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            check()
+            try:
+                if client.get(f"{url()}/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not answer within {timeout_s:.0f} s "
+                                   "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); on a busy machine raise it, or "
+                                   "point PREFECT_API_URL at a running server (`prefect server start`)")
+            time.sleep(0.1)
 
 
 def attach_or_start(keep_s: float, timeout_s: float) -> KeptAPI:

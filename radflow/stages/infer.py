@@ -18,7 +18,7 @@ from radflow.stages.base import Job, Range, Request, Stage, instance_rows, regis
 from radflow.store.tables import write_part
 from radflow.store.urls import normalize
 
-__all__ = ["Infer", "InferPlan", "plan_inference", "infer_block", "infer_blocks"]
+__all__ = ["Infer", "InferPlan", "plan_inference", "infer_blocks"]
 
 log = logging.getLogger("radflow.stages.infer")
 
@@ -92,12 +92,6 @@ def infer_blocks(blocks: Iterable[np.ndarray], *, spec: ModelSpec, autocast: str
     if running is not None:
         outs.append(running.result())
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
-
-
-def infer_block(block: np.ndarray, *, spec: ModelSpec, autocast: str | None = None, embedding_dim: int = 0,
-                micro_batch: int | None = None) -> np.ndarray:
-    """Model outputs for one block of ``(n, H, W)`` canvases (see :func:`infer_blocks`)."""
-    return infer_blocks([block], spec=spec, autocast=autocast, embedding_dim=embedding_dim, micro_batch=micro_batch)
 
 
 class Infer(Stage):
