@@ -22,7 +22,11 @@ if __name__ == "__main__":
         info = {"me": os.getpid(), "scheduler": client.run_on_scheduler(os.getpid),
                 "workers": list(client.run(os.getpid).values()),
                 "deaf": all(client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN).values()),
-                "answer": client.submit(sum, [1, 2, 3]).result()}
+                "answer": client.submit(sum, [1, 2, 3]).result(),
+                "stderr": os.readlink("/proc/self/fd/2"),
+                "worker_stderr": list(client.run(lambda: os.readlink("/proc/self/fd/2")).values())}
+        client.run(lambda: print("a line a worker wrote to its stderr", file=sys.stderr, flush=True))
+        time.sleep(2)  # the command forwards it on a thread of its own
         print(json.dumps(info), flush=True)
         if sys.argv[1] == "wait":
             time.sleep(600)
@@ -52,6 +56,10 @@ def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["answer"] == 6 and info["scheduler"] != info["me"] and info["me"] not in info["workers"]
     assert info["deaf"]  # Ctrl-C at a terminal reaches the whole group; the command stops the run
+    # the workers' errors reach the command's stderr through the command, not by holding its stderr: a pipe
+    # reading the command ends when the command does, not when the last worker has stopped
+    assert info["stderr"] not in info["worker_stderr"]
+    assert "a line a worker wrote to its stderr" in done.stderr
     assert _gone([info["scheduler"], *info["workers"]], 60)
 
     # a command killed outright (SIGKILL): its cluster does not outlive it

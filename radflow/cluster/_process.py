@@ -31,8 +31,12 @@ class ClusterProcess:
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.settings = settings
+        # its errors (and its workers') reach the command's through a pipe the command reads, not the command's
+        # own stderr: a reader of the command's output (a pipe, a CI log) sees the end when the command exits,
+        # not when the last worker has stopped
         self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, bufsize=1)
+                                        stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace")
+        threading.Thread(target=_forward, args=(self.process.stderr,), name="radflow-cluster-stderr", daemon=True).start()
         self.process.stdin.write(settings.model_dump_json() + "\n")
         self.process.stdin.flush()
         self.scheduler_address = ""
@@ -70,7 +74,17 @@ class ClusterProcess:
             proc.kill()
             proc.wait()
         finally:
-            proc.stdout.close()
+            proc.stdout.close()  # (its stderr is closed by the reader at the end of the stream)
+
+
+def _forward(stream) -> None:
+    """The cluster process's error lines, written to the command's ``sys.stderr`` while the command runs."""
+    try:
+        for line in stream:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    except (OSError, ValueError):  # the command's stderr closed, or the pipe closed under the reader
+        pass
 
 
 def _main() -> None:

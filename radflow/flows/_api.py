@@ -141,7 +141,18 @@ def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any]
             warming += warm_up(client, tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ()))))
         if api is not None:
             api.wait_ready()
+            stack.enter_context(_no_heartbeats())
         yield
+
+
+def _no_heartbeats():
+    """Flow-run heartbeats off under radflow's own local API, unless set: that server runs no services, so
+    nothing reads them, and each flow run's end waited up to 1 s for the heartbeat thread's next wake-up."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if any(k in os.environ for k in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")):
+        return contextlib.nullcontext()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def start_temporary_api() -> Any:

@@ -250,13 +250,14 @@ def reserve(root, journal: Journal, settings: Settings) -> None:
         kind = "raw" if b.kind == "dicom" else b.kind
         dims = {"dicom": None, "kspace": ("slice", "coil", "ky", "kx"), "sinogram": ("slice", "detector", "angle")}[b.kind]
         arrays[b.array] = layout.ensure_frames_array(root, b.array, dtype=b.dtype, shape=b.shape, fps=b.frames_per_shard,
-                                                     zstd_level=settings.raw_zstd_level, kind=kind, dims=dims)
+                                                     codec=settings.raw_codec, zstd_level=settings.raw_zstd_level, kind=kind,
+                                                     dims=dims)
         if b.array_attrs:
             arrays[b.array].attrs.update(b.array_attrs)
         if b.ref_shape:
             layout.ensure_frames_array(root, reference_path(b.array), dtype="float32", shape=b.ref_shape,
-                                       fps=b.frames_per_shard, zstd_level=settings.raw_zstd_level, kind="reference",
-                                       dims=("slice", "y", "x"))
+                                       fps=b.frames_per_shard, codec=settings.raw_codec, zstd_level=settings.raw_zstd_level,
+                                       kind="reference", dims=("slice", "y", "x"))
     for name, pos in journal.lengths.items():
         for path in (name,) if name.startswith("raw/") else (name, reference_path(name)):
             try:

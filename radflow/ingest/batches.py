@@ -26,6 +26,7 @@ from radflow.dicom.deid import deidentifier
 from radflow.errors import Anomaly, InputRejected, Reason, SourceUnavailable, anomaly
 from radflow.store import layout
 from radflow.store.layout import frame_crc32
+from radflow.store.shards import ShardWriter
 from radflow.dicom.read import FALLBACK_DECODERS, Header, decode_frames, header_from_dataset, read_dataset
 from radflow.dicom.pseudonym import keyed_hash, remap_uid
 from radflow.ingest.dicomweb import ReadAhead
@@ -295,8 +296,8 @@ def write_batch(
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
     arr = root[plan.array].with_config({"write_empty_chunks": True})
     checksum = layout.frame_checksum_of(root)
-    frame_shape = arr.shape[1:]
-    block = np.zeros((plan.planned_frames, *frame_shape), dtype=arr.dtype)
+    frame_shape = tuple(arr.shape[1:])
+    shards = ShardWriter(arr, plan.position)  # each frame encoded as it comes; whole shards written at the end
     instances: list[dict[str, Any]] = []
     luts: list[dict[str, Any]] = []
     headers: list[dict[str, Any]] = []
@@ -325,11 +326,15 @@ def write_batch(
             frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
         if frames.dtype != arr.dtype:
             raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
-        for f in range(frames.shape[0]):
-            fr = frames[f]
-            block[used, : header.rows, : header.cols] = fr
+        crcs = [frame_crc32(fr, checksum) for fr in frames]
+        if frames.shape[1:] != frame_shape:  # smaller than the array's canvas: padded with zeros
+            canvas = np.zeros((frames.shape[0], *frame_shape), dtype=arr.dtype)
+            canvas[:, : header.rows, : header.cols] = frames
+            frames = canvas
+        shards.add(frames)
+        for f, crc in enumerate(crcs):
             instances.append(_instance_row(plan, secret, header, header.identity, item.label, f, plan.index + used,
-                                           plan.position + used, frame_crc32(fr, checksum), decoder, list(found))
+                                           plan.position + used, crc, decoder, list(found))
                              | {"masked": bool(regions)})
             used += 1
         for kind, lut in (("modality", header.modality_lut), ("voi", header.voi_lut)):
@@ -339,10 +344,7 @@ def write_batch(
         return frames.shape[0]
 
     ledger, bytes_in = each_input(plan, limits, storage_options, store, lost)
-    t_write = time.perf_counter()
-    if used:
-        arr[plan.position : plan.position + used] = block[:used]
-    write_seconds = time.perf_counter() - t_write
+    shards.flush()
     if instances:
         write_part(store_url, "instances", plan.batch_id, instances, schema=INSTANCES_SCHEMA, storage_options=storage_options)
     if luts:
@@ -351,7 +353,8 @@ def write_batch(
         write_part(store_url, "headers", plan.batch_id, headers, schema=HEADERS_SCHEMA, storage_options=storage_options)
     # The ledger part is written last: its presence marks the batch as complete.
     write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
-    return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start)
+    return batch_summary(plan, ledger, used, bytes_in, used * math.prod(frame_shape) * arr.dtype.itemsize,
+                         shards.seconds, t_start)
 
 
 def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None = None) -> bool:

@@ -75,7 +75,7 @@ class Reconstruct(Stage):
                     size = int(root[ref].shape[1]) if ref in root else int(src.shape[1])
                     shape = (size, size)
                 recon = layout.ensure_frames_array(root, f"recon/{array.split('/', 1)[1]}", dtype="float32", shape=shape,
-                                                   fps=int(src.attrs["frames_per_shard"]), zstd_level=1, kind="recon",
+                                                   fps=int(src.attrs["frames_per_shard"]), codec="zstd", zstd_level=1, kind="recon",
                                                    dims=("slice", "y", "x"))
                 if recon.shape[0] < src.shape[0]:
                     recon.resize((src.shape[0], *shape))

@@ -28,7 +28,7 @@ from typing import Any
 import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from radflow.errors import MissingChunkError, StoreFormatError, StoreNotFoundError
 
@@ -181,11 +181,29 @@ def update_meta(root: zarr.Group, **changes: Any) -> None:
     root.attrs["radflow"] = meta
 
 
+#: lossless codecs of new ``raw/`` (and acquisition) arrays, by the name of the ``raw_codec`` setting. Bit-shuffled
+#: LZ4 (Blosc) encodes 16-bit radiographs about twice as fast as zstd-1 and decodes them about twice as fast, to
+#: fewer bytes (``benchmarks/store_formats.py --codecs``); zstd stays for stores that want its level dial.
+RAW_CODECS = ("blosc-lz4", "zstd")
+
+
+def raw_compressors(codec: str, zstd_level: int = 1) -> list:
+    """The compressors (then Zarr's CRC-32C) of a new frames array."""
+    if codec == "blosc-lz4":
+        first = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    elif codec == "zstd":
+        first = ZstdCodec(level=zstd_level)
+    else:
+        raise StoreFormatError(f"unknown raw codec {codec!r} (one of {', '.join(RAW_CODECS)})")
+    return [first, Crc32cCodec()]
+
+
 def ensure_frames_array(
-    root: zarr.Group, path: str, *, dtype: str, shape: tuple[int, ...], fps: int, zstd_level: int, kind: str,
-    dims: tuple[str, ...] | None = None,
+    root: zarr.Group, path: str, *, dtype: str, shape: tuple[int, ...], fps: int, kind: str,
+    dims: tuple[str, ...] | None = None, codec: str = "blosc-lz4", zstd_level: int = 1,
 ) -> zarr.Array:
-    """Create ``path`` as an ``(n, *shape)`` array (chunk = one frame, ``fps`` frames per shard) if absent."""
+    """Create ``path`` as an ``(n, *shape)`` array (chunk = one frame, ``fps`` frames per shard) if absent,
+    compressed by ``codec`` (:data:`RAW_CODECS`); an existing array keeps the codecs it was created with."""
     try:
         return root[path]
     except KeyError:
@@ -198,7 +216,7 @@ def ensure_frames_array(
         chunks=(1, *shape),
         shards=(fps, *shape),
         dtype=np.dtype(dtype),
-        compressors=[ZstdCodec(level=zstd_level), Crc32cCodec()],
+        compressors=raw_compressors(codec, zstd_level),
         fill_value=0,
         dimension_names=dims,
         attributes={"frames_per_shard": fps, "kind": kind},

@@ -1,0 +1,137 @@
+"""Whole shards of a frames array, each frame encoded once as it arrives.
+
+A batch of ingest owns a shard-aligned region of one ``raw/`` array (chunk = one frame). Writing it
+through ``arr[lo:hi] = block`` costs a copy of every frame into the block, a fill-valued shard the
+size of the whole region when the batch does not fill its last shard, a merge of the two, and the
+encoding of every fill-valued frame of that shard; the compressed frames are then gathered into
+one buffer. :class:`ShardWriter` encodes each frame with the array's own codec pipeline (Zarr's
+``codec_pipeline.encode``) straight from the decoder's view, keeps the compressed frames only, and
+writes each shard as one object: ``chunk bytes … index`` where the index is ``(offset, nbytes)``
+per inner chunk as little-endian ``uint64`` (``2**64 - 1`` twice for a chunk never written) followed
+by its CRC-32C — the Zarr v3 ``sharding_indexed`` layout with its default index codecs at the end.
+An array laid out otherwise is written through Zarr, frames stacked as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import google_crc32c
+import numpy as np
+
+__all__ = ["ShardWriter"]
+
+_EMPTY = np.uint64(2**64 - 1)
+
+
+def _direct_layout(arr) -> Any:
+    """The array's sharding codec when this module can write its shards itself, else None."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs.sharding import ShardingCodecIndexLocation
+
+    codecs = getattr(arr.metadata, "codecs", ())
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    index_codecs = tuple(sharding.index_codecs)
+    if (tuple(sharding.chunk_shape) != (1, *arr.shape[1:]) or sharding.index_location != ShardingCodecIndexLocation.end
+            or len(index_codecs) != 2 or not isinstance(index_codecs[0], BytesCodec)
+            or not isinstance(index_codecs[1], Crc32cCodec)
+            or getattr(index_codecs[0].endian, "value", index_codecs[0].endian) not in ("little", None)):
+        return None
+    return sharding
+
+
+class ShardWriter:
+    """The frames of ``arr`` from ``position`` on (a shard boundary), added in order and written
+    whole shards at a time by :meth:`flush`. Frames not added stay unwritten (they read as the
+    fill value)."""
+
+    def __init__(self, arr, position: int) -> None:
+        self.arr = arr
+        self.shard_frames = int(arr.shards[0]) if arr.shards else int(arr.chunks[0])
+        if position % self.shard_frames:
+            raise ValueError(f"position {position} is not on a shard boundary ({self.shard_frames} frames per shard)")
+        self.position = position
+        self.frame_shape = tuple(arr.shape[1:])
+        self._sharding = _direct_layout(arr)
+        self._chunks: list[Any] = []  # encoded inner chunks (direct) or frames (through Zarr), in order
+        self.encoded_bytes = 0
+        self.seconds = 0.0  # spent encoding and writing
+
+    @property
+    def frames(self) -> int:
+        return len(self._chunks)
+
+    def add(self, frames: np.ndarray) -> None:
+        """Encode ``frames`` (``(n, *frame_shape)`` in the array's dtype) as the next ``n`` frames."""
+        if tuple(frames.shape[1:]) != self.frame_shape or frames.dtype != self.arr.dtype:
+            raise ValueError(f"frames {frames.shape} {frames.dtype} do not fit {self.arr.path} {self.frame_shape} {self.arr.dtype}")
+        t0 = time.perf_counter()
+        try:
+            self._add(frames)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _add(self, frames: np.ndarray) -> None:
+        if self._sharding is None:
+            self._chunks += [np.array(f) for f in frames]  # own copies: written through Zarr at flush
+            return
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.buffer.cpu import NDBuffer
+        from zarr.core.sync import sync
+
+        spec = dataclasses.replace(self.arr.metadata.get_chunk_spec((0,) * self.arr.ndim, self.arr.config,
+                                                                    default_buffer_prototype()),
+                                   shape=tuple(self._sharding.chunk_shape))
+        encoded = sync(self._sharding.codec_pipeline.encode(
+            [(NDBuffer.from_numpy_array(np.ascontiguousarray(f)[None]), spec) for f in frames]))
+        for buf in encoded:
+            data = buf.as_numpy_array() if buf is not None else np.zeros(0, np.uint8)
+            self._chunks.append(data)
+            self.encoded_bytes += data.nbytes
+
+    def flush(self) -> None:
+        """Write every shard that holds an added frame, each as one object (a shard written before
+        by the same plan is replaced whole)."""
+        t0 = time.perf_counter()
+        try:
+            self._flush()
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _flush(self) -> None:
+        if not self._chunks:
+            return
+        if self._sharding is None:
+            self.arr[self.position : self.position + len(self._chunks)] = np.stack(self._chunks)
+            self._chunks = []
+            return
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        store, prefix = self.arr.store_path.store, self.arr.store_path.path
+        writes = []
+        for lo in range(0, len(self._chunks), self.shard_frames):
+            part = self._chunks[lo : lo + self.shard_frames]
+            index = np.full((self.shard_frames, 2), _EMPTY, dtype="<u8")
+            lengths = np.array([c.nbytes for c in part], dtype="<u8")
+            index[: len(part), 0] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("<u8")
+            index[: len(part), 1] = lengths
+            missing = lengths == 0
+            index[: len(part)][missing] = _EMPTY
+            body = np.concatenate([*part, index.view(np.uint8).ravel(),
+                                   np.frombuffer(google_crc32c.value(index.tobytes()).to_bytes(4, "little"), np.uint8)])
+            shard = (self.position + lo) // self.shard_frames
+            key = self.arr.metadata.encode_chunk_key((shard,) + (0,) * (self.arr.ndim - 1))
+            writes.append(store.set(f"{prefix}/{key}" if prefix else key, default_buffer_prototype().buffer.from_array_like(body)))
+        self._chunks = []
+
+        async def all_writes() -> None:
+            import asyncio
+
+            await asyncio.gather(*writes)
+
+        sync(all_writes())

@@ -1,0 +1,88 @@
+"""Whole shards written by radflow's shard writer: the bytes Zarr itself would write, readable by any Zarr
+reader, frames never added left unwritten, and every frame still guarded by the chunk checksum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from radflow.store import layout
+from radflow.store.shards import ShardWriter
+
+
+def _array(root, name: str, compressors, *, n: int = 8, shards: int = 4, sharded: bool = True):
+    return root.create_array(name, shape=(n, 40, 24), dtype="uint16", chunks=(1, 40, 24),
+                             shards=(shards, 40, 24) if sharded else None, compressors=compressors, fill_value=0)
+
+
+def _object(tmp_path, name: str, shard: int) -> bytes:
+    return (tmp_path / "s.zarr" / name / "c" / str(shard) / "0" / "0").read_bytes()
+
+
+@pytest.mark.parametrize("codec", layout.RAW_CODECS)
+def test_whole_shards_are_the_bytes_zarr_writes(tmp_path, codec):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    frames = np.random.default_rng(1).integers(0, 4096, (8, 40, 24), dtype=np.uint16)
+    ours, theirs = (_array(root, n, layout.raw_compressors(codec)) for n in ("ours", "theirs"))
+    theirs[:] = frames
+    writer = ShardWriter(ours, 0)
+    writer.add(frames[:3])  # one input's frames at a time, shard boundaries anywhere
+    writer.add(frames[3:])
+    assert writer.frames == 8
+    writer.flush()
+    assert [_object(tmp_path, "ours", s) for s in (0, 1)] == [_object(tmp_path, "theirs", s) for s in (0, 1)]
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "s.zarr"))["ours"][:], frames)
+
+
+def test_a_part_filled_shard_leaves_the_rest_unwritten(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    arr = _array(root, "a", layout.raw_compressors("blosc-lz4"), n=12)
+    frames = np.arange(5 * 40 * 24, dtype=np.uint16).reshape(5, 40, 24) + 1
+    writer = ShardWriter(arr, 4)  # the second shard on
+    writer.add(frames)
+    writer.flush()
+    back = arr[:]
+    np.testing.assert_array_equal(back[4:9], frames)
+    assert not back[:4].any() and not back[9:].any()
+    assert layout.present_frames(arr, np.arange(12)).tolist() == [False] * 4 + [True] * 5 + [False] * 3
+    with pytest.raises(ValueError, match="shard boundary"):
+        ShardWriter(arr, 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        ShardWriter(arr, 0).add(frames[:, :20])
+
+
+def test_a_flipped_byte_in_a_written_shard_is_found(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    arr = _array(root, "a", layout.raw_compressors("zstd"))
+    writer = ShardWriter(arr, 0)
+    writer.add(np.random.default_rng(2).integers(0, 4096, (4, 40, 24), dtype=np.uint16))
+    writer.flush()
+    path = tmp_path / "s.zarr" / "a" / "c" / "0" / "0" / "0"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # inside the first frame's compressed bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="(?i)checksum|crc"):
+        zarr.open_group(str(tmp_path / "s.zarr"))["a"][0]
+
+
+def test_an_array_laid_out_otherwise_is_written_through_zarr(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    arr = _array(root, "plain", layout.raw_compressors("zstd"), sharded=False)  # one object per frame
+    frames = np.random.default_rng(3).integers(0, 4096, (3, 40, 24), dtype=np.uint16)
+    writer = ShardWriter(arr, 2)
+    writer.add(frames)
+    writer.flush()
+    np.testing.assert_array_equal(arr[2:5], frames)
+    assert not arr[:2].any()
+
+
+def test_new_raw_arrays_take_the_configured_codec(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    lz4 = layout.ensure_frames_array(root, "raw/a", dtype="<u2", shape=(40, 24), fps=4, kind="raw")
+    zstd = layout.ensure_frames_array(root, "raw/b", dtype="<u2", shape=(40, 24), fps=4, kind="raw", codec="zstd", zstd_level=3)
+    names = lambda a: [c.to_dict()["name"] for c in a.metadata.codecs[0].codecs]  # noqa: E731
+    assert names(lz4) == ["bytes", "blosc", "crc32c"] and names(zstd) == ["bytes", "zstd", "crc32c"]
+    assert zstd.metadata.codecs[0].codecs[1].level == 3
+    # an existing array keeps its codecs
+    assert names(layout.ensure_frames_array(root, "raw/b", dtype="<u2", shape=(40, 24), fps=4, kind="raw")) == names(zstd)
