@@ -73,3 +73,39 @@ def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
         assert _gone([info["scheduler"], *info["workers"]], 90)
     finally:
         owner.kill()
+
+
+_BLOCK = r'''
+import json, os
+from radflow.cluster.local import connect, current_pending, pending_cluster, start_local
+from radflow.config import ClusterSettings
+
+if __name__ == "__main__":
+    settings = ClusterSettings(n_workers=1, threads_per_worker=1)
+    with pending_cluster(settings, start_local(settings)) as pending:
+        again = start_local(settings)  # the block's cluster is starting: no second one
+        pending.warm(("radflow.store.shards",))
+        with connect(settings) as client:  # the block's first connect waits for it and takes it
+            first = client.run_on_scheduler(os.getpid)
+            answer = client.submit(sum, [1, 2]).result()
+            warmed = all(client.run(lambda: __import__("sys").modules.get("radflow.store.shards") is not None).values())
+        with connect(settings) as client:  # a later flow of the block: the same cluster
+            second = client.run_on_scheduler(os.getpid)
+        workers = list(client.run(os.getpid).values())
+    print(json.dumps({"again": again is None, "first": first, "second": second, "answer": answer, "warmed": warmed,
+                      "workers": workers, "pending": current_pending() is None}), flush=True)
+'''
+
+
+@pytest.mark.timeout(240)
+def test_a_block_goes_on_while_its_cluster_starts_and_its_flows_share_it(tmp_path):
+    script = tmp_path / "block.py"
+    script.write_text(_BLOCK)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "DASK_LOGGING__DISTRIBUTED": "error"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["again"] and info["answer"] == 3 and info["first"] == info["second"]
+    assert info["warmed"]  # the modules asked for before the workers were up were imported on them
+    assert info["pending"]  # the block's end closed it
+    assert _gone([info["first"], *info["workers"]], 60)

@@ -14,7 +14,8 @@ from radflow.errors import ConfigError, MissingDependencyError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["connect", "dashboard_link", "security", "start_local", "warm_up", "Starting"]
+__all__ = ["connect", "dashboard_link", "security", "start_local", "warm_up", "Starting", "Pending", "pending_cluster",
+           "current_pending"]
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,92 @@ class Starting:
         self._restore()
 
 
+class Pending:
+    """A local cluster started for a block of work (a command), connected to on a thread of its own as
+    soon as it is up, and handed to the block's first :func:`connect` with the same settings, which
+    waits for it only then: the block (a flow's start with Prefect's API, the discovery of inputs) goes
+    on meanwhile. The block owns it: :meth:`close` at the block's end."""
+
+    def __init__(self, settings: ClusterSettings, starting: Starting) -> None:
+        import threading
+        from concurrent.futures import Future
+
+        self.settings = settings
+        self.future: Future = Future()
+        self._starting = starting
+        self._lock = threading.Lock()
+        self._modules: tuple[str, ...] = ()
+        self._client: Any = None
+        self.warming: list[Any] = []  # held until the block ends (a released future may never run)
+        threading.Thread(target=self._connect, name="radflow-cluster-connect", daemon=True).start()
+
+    def _connect(self) -> None:
+        try:
+            from distributed import Client
+
+            cluster = self._starting.result()
+            client = Client(cluster.scheduler_address, set_as_default=True)
+            log.info("started %s cluster with %d workers; dashboard %s", self.settings.kind, len(cluster.workers),
+                     dashboard_link(client))
+            with self._lock:
+                self._client = client
+                self.warming += warm_up(client, self._modules)
+            self.future.set_result((cluster, client))
+        except BaseException as exc:  # raised where the cluster is asked for
+            self.future.set_exception(exc)
+
+    def warm(self, modules: tuple[str, ...]) -> None:
+        """Have the workers import ``modules`` as soon as they are up (now, if they are)."""
+        with self._lock:
+            new = tuple(m for m in modules if m not in self._modules)
+            self._modules += new
+            if self._client is not None and new:
+                self.warming += warm_up(self._client, new)
+
+    def client(self) -> "Client":
+        return self.future.result()[1]
+
+    def close(self) -> None:
+        """Close the client and the cluster (a cluster still starting is told to stop)."""
+        global _pending
+        if _pending is self:
+            _pending = None
+        if not self.future.done():
+            self._starting.discard()  # (if the thread has taken it already, it finishes connecting first)
+        try:
+            cluster, client = self.future.result(timeout=60)
+        except BaseException:  # never started, or started and already lost: nothing of it to close
+            return
+        self.warming.clear()
+        client.close()
+        cluster.close()
+
+
+_pending: Pending | None = None
+
+
+@contextlib.contextmanager
+def pending_cluster(settings: ClusterSettings, starting: Starting) -> Iterator[Pending]:
+    """``starting`` (a local cluster in its own process) as the block's :class:`Pending` cluster."""
+    global _pending
+    pending = _pending = Pending(settings, starting)
+    try:
+        yield pending
+    finally:
+        pending.close()
+
+
+def current_pending() -> Pending | None:
+    return _pending
+
+
 def start_local(settings: ClusterSettings) -> Starting | None:
     """Start the cluster :func:`connect` would start, without waiting for it (``None`` where ``connect``
-    would start nothing: a scheduler address, or a client already current in this process)."""
+    would start nothing: a scheduler address, a client already current in this process, or a block's
+    cluster still starting)."""
     import sys
 
-    if settings.address:
+    if settings.address or _pending is not None:
         return None
     if "distributed" in sys.modules:  # (else no client can be current: distributed is not imported for this)
         from distributed.client import _get_global_client
@@ -136,6 +217,11 @@ def connect(settings: ClusterSettings | None = None, starting: Starting | None =
     current = _get_global_client()
     if current is not None and current.status == "running":
         yield current
+        return
+    if _pending is not None and _pending.settings == settings and starting is None:  # the block's cluster
+        client = _pending.client()
+        with client.as_current():
+            yield client
         return
     import dask
 

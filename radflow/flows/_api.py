@@ -125,20 +125,27 @@ def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any]
         stack.callback(warming.clear)
         starting = None
         if cluster:
-            from radflow.cluster import start_local
+            from radflow.cluster import pending_cluster, start_local
             from radflow.flows._common import build_settings
 
             cluster_settings = build_settings(settings, address).cluster
             starting = start_local(cluster_settings)  # None where nothing is started here
             if starting is not None:
                 stack.callback(starting.discard)  # a cluster the block never took (an import failed) is closed
+                if cluster_settings.kind == "local":  # a flow waits for it only where it first needs it
+                    stack.enter_context(pending_cluster(cluster_settings, starting))
         flows = [importlib.import_module(name) for name in modules]
         if cluster:
-            from radflow.cluster import connect, warm_up
+            from radflow.cluster import connect, current_pending, warm_up
 
-            client = stack.enter_context(connect(cluster_settings, starting=starting))
-            # what the flows' tasks import on a worker, imported there while the API boots
-            warming += warm_up(client, tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ()))))
+            # what the flows' tasks import on a worker, imported there as soon as it is up
+            worker_modules = tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ())))
+            pending = current_pending()
+            if pending is not None:
+                pending.warm(worker_modules)
+            else:
+                client = stack.enter_context(connect(cluster_settings, starting=starting))
+                warming += warm_up(client, worker_modules)
         if api is not None:
             api.wait_ready()
             stack.enter_context(_no_heartbeats())

@@ -15,7 +15,6 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, task
@@ -41,7 +40,7 @@ from radflow.ingest.duplicates import check_duplicates, split_duplicates
 from radflow.ingest.acquisitions import KINDS, reference_path
 from radflow.ingest.dicomweb import is_dicomweb
 from radflow.ingest.sources import InputRef, discover
-from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_arrow, read_table, write_part
+from radflow.store.tables import LEDGER_SCHEMA, TRANSIENT_REASONS, part_names, read_arrow, write_part
 from radflow.store.lock import writer
 from radflow.store.urls import filesystem, normalize, zarr_store
 from radflow.store.versions import transaction
@@ -49,7 +48,8 @@ from radflow.store.versions import transaction
 __all__ = ["ingest_flow", "select_new", "summarize"]
 
 #: what this flow's Dask tasks import on a worker (imported there early: :func:`radflow.cluster.warm_up`)
-WORKER_MODULES = ("radflow.ingest.index", "radflow.ingest.batches")
+WORKER_MODULES = ("radflow.ingest.index", "radflow.ingest.batches", "pandas")  # (pyarrow imports pandas at its first
+# conversion of Python rows: a batch's first table part)
 
 
 #: held by a probe, and by a batch's runs after its probes: a probe that kills the worker on purpose must
@@ -95,7 +95,7 @@ def _keys(source: pa.Array, size: pa.Array, version: pa.Array) -> pa.Array:
                                        pc.cast(version, pa.string()), "\0")
 
 
-def select_new(inputs: list[InputRef], ledger: pa.Table | pd.DataFrame | None, *, max_attempts: int = 3,
+def select_new(inputs: list[InputRef], ledger: Any, *, max_attempts: int = 3,
                retry_rejected: bool = False) -> list[InputRef]:
     """Inputs to read this run: those whose ``(source label, size, version)`` has no ledger row yet,
     those whose best outcome so far is a transient rejection (``IO_ERROR``, ``WORKER_LOST``,
@@ -106,7 +106,7 @@ def select_new(inputs: list[InputRef], ledger: pa.Table | pd.DataFrame | None, *
     rejection (unless ``retry_rejected``), or by ``max_attempts`` transient ones."""
     if ledger is None or len(ledger) == 0 or not inputs:
         return list(inputs)
-    if isinstance(ledger, pd.DataFrame):
+    if not isinstance(ledger, pa.Table):  # a pandas DataFrame (pandas is imported only by the caller that has one)
         ledger = pa.Table.from_pandas(ledger[OUTCOME_COLUMNS], preserve_index=False)
     keys = _keys(ledger["source"], ledger["size"], ledger["version"])
     status, reason = ledger["status"], ledger["reason"]
@@ -193,8 +193,8 @@ def _stored_sop_uids(store: str, candidates: list[Any], storage_options: dict[st
     keys = sorted({c["sop_key"] for c in candidates if c["sop_key"]})
     if not keys:
         return set()
-    return set(read_table(store, "instances", storage_options, columns=["sop_uid"],
-                          filters=[("sop_uid", "in", keys)])["sop_uid"])
+    table = read_arrow(store, "instances", storage_options, columns=["sop_uid"], filters=[("sop_uid", "in", keys)])
+    return set() if table is None else set(table["sop_uid"].to_pylist())
 
 
 _INDEX_KEYS = {"dicom": "next_index", **{k: v.meta_key for k, v in KINDS.items()}}
@@ -323,9 +323,7 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
     """Compare duplicate candidates with the stored copy; return those whose first copy was not stored."""
     from distributed import get_client
 
-    keys = sorted({d["sop_key"] for d in duplicates})
-    stored = set(read_table(store, "instances", storage_options, columns=["sop_uid"],
-                            filters=[("sop_uid", "in", keys)])["sop_uid"]) if keys else set()
+    stored = _stored_sop_uids(store, duplicates, storage_options)
     unresolved = [d for d in duplicates if d["sop_key"] not in stored]
     todo = [d for d in duplicates if d["sop_key"] in stored]
     chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import zarr
 
 from radflow.store import layout, versions
 from radflow.store.layout import KINDS, reference_path
 from radflow.store.tables import list_parts, read_table, terminal_ledger
 from radflow.store.urls import normalize, zarr_store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Store", "open_store"]
 
@@ -73,6 +75,8 @@ class Store:
     def history(self) -> pd.DataFrame:
         """The store's versions, newest first (``version, time, message, command, radflow_version,
         checkpoint, summary``); empty for a format-1 store."""
+        import pandas as pd
+
         return pd.DataFrame(versions.history(self.url, self.storage_options),
                             columns=["version", "time", "message", "command", "radflow_version", "checkpoint", "summary"])
 

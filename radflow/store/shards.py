@@ -20,6 +20,7 @@ from typing import Any
 
 import google_crc32c
 import numpy as np
+from zarr.core.buffer import cpu
 
 __all__ = ["ShardWriter"]
 
@@ -42,6 +43,18 @@ def _direct_layout(arr) -> Any:
             or getattr(index_codecs[0].endian, "value", index_codecs[0].endian) not in ("little", None)):
         return None
     return sharding
+
+
+class _BytesBuffer(cpu.Buffer):
+    """A Zarr buffer over ``data`` whose ``to_bytes`` hands ``data`` itself on (a store that wants bytes,
+    as Icechunk's, would otherwise copy the whole shard once more)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(np.frombuffer(data, dtype=np.uint8))
+        self._bytes = data
+
+    def to_bytes(self) -> bytes:
+        return self._bytes
 
 
 class ShardWriter:
@@ -109,7 +122,6 @@ class ShardWriter:
             self.arr[self.position : self.position + len(self._chunks)] = np.stack(self._chunks)
             self._chunks = []
             return
-        from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         store, prefix = self.arr.store_path.store, self.arr.store_path.path
@@ -122,11 +134,11 @@ class ShardWriter:
             index[: len(part), 1] = lengths
             missing = lengths == 0
             index[: len(part)][missing] = _EMPTY
-            body = np.concatenate([*part, index.view(np.uint8).ravel(),
-                                   np.frombuffer(google_crc32c.value(index.tobytes()).to_bytes(4, "little"), np.uint8)])
+            # one copy: the chunks joined straight into the bytes the store writes
+            body = b"".join([*part, index.tobytes(), google_crc32c.value(index.tobytes()).to_bytes(4, "little")])
             shard = (self.position + lo) // self.shard_frames
             key = self.arr.metadata.encode_chunk_key((shard,) + (0,) * (self.arr.ndim - 1))
-            writes.append(store.set(f"{prefix}/{key}" if prefix else key, default_buffer_prototype().buffer.from_array_like(body)))
+            writes.append(store.set(f"{prefix}/{key}" if prefix else key, _BytesBuffer(body)))
         self._chunks = []
 
         async def all_writes() -> None:

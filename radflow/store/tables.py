@@ -12,14 +12,17 @@ import io
 import logging
 import os
 import re
+import sys
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from radflow.store.urls import filesystem, is_remote, join
+
+if TYPE_CHECKING:  # pandas is imported where a table is read as a DataFrame, not by every writer
+    import pandas as pd
 
 __all__ = ["anomaly_counts", "terminal_ledger", "TRANSIENT_REASONS", "LEDGER_SCHEMA", "INSTANCES_SCHEMA", "HEADERS_SCHEMA", "TABLES", "table_url", "write_part", "read_table",
            "read_arrow", "list_parts", "part_names", "compact_table", "compact_store", "table_names", "PART_COLUMN"]
@@ -106,10 +109,16 @@ TABLES = {"ledger": LEDGER_SCHEMA, "instances": INSTANCES_SCHEMA, "headers": HEA
 BOOKKEEPING = ("stages",)
 
 
+def _is_frame(obj: Any) -> bool:
+    """Whether ``obj`` is a pandas DataFrame (which it cannot be while pandas is not imported)."""
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(obj, pd.DataFrame)
+
+
 def anomaly_counts(rows: pd.DataFrame | list[dict[str, Any]]) -> dict[str, int]:
     """Inputs (or frames) per anomaly code, from ledger or instance rows with an ``anomalies`` list
     (``"CODE element VR"`` strings); rows without the column (older stores) count as none."""
-    lists = rows.get("anomalies") if isinstance(rows, pd.DataFrame) else [r.get("anomalies") for r in rows]
+    lists = rows.get("anomalies") if _is_frame(rows) else [r.get("anomalies") for r in rows]
     counts: dict[str, int] = {}
     for found in ([] if lists is None else lists):
         if found is None or len(found) == 0:
@@ -170,7 +179,7 @@ def write_part(
     schema = schema if schema is not None else TABLES.get(name)
     if isinstance(rows, pa.Table):
         table = rows
-    elif isinstance(rows, pd.DataFrame):
+    elif _is_frame(rows):
         table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
     elif schema is not None:
         table = pa.Table.from_pylist(rows, schema=schema)
@@ -488,6 +497,8 @@ def read_table(store_url: str, name: str, storage_options: dict[str, Any] | None
     if table is None:
         schema = TABLES.get(name)
         if schema is None:
+            import pandas as pd
+
             return pd.DataFrame(columns=columns or [])
         empty = schema.empty_table()
         return (empty.select([c for c in columns if c in schema.names]) if columns else empty).to_pandas()
