@@ -148,9 +148,12 @@ def main() -> None:
         "radflow ingest CLI, first command (starts API)": lambda out: radflow_cli(s.dicom, out, env),
         "radflow ingest CLI, next command (API kept)": lambda out: radflow_cli(s.dicom, out, env),
         "radflow ingest CLI, running Prefect API": lambda out: radflow_cli(s.dicom, out, env_api),
+        # the same, raw frames compressed with the script's codec (zstd-1) rather than radflow's default (bit-shuffled LZ4)
+        "radflow ingest CLI, next command, zstd-1": lambda out: radflow_cli(s.dicom, out, {**env, "RADFLOW_RAW_CODEC": "zstd"}),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
     marks: dict[str, list[dict[str, float]]] = {k: [] for k in cases}
+    sizes: dict[str, int] = {}  # bytes the store holds after the run (frames, tables, metadata)
     try:
         for r in range(args.repeat):
             for name, fn in cases.items():
@@ -162,6 +165,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t)
                 if isinstance(got, tuple):
                     marks[name].append(got[1])
+                sizes[name] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"  round {r + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
     finally:
@@ -171,11 +175,11 @@ def main() -> None:
     mb = s.bytes / 1e6
     base = f"plain script, {args.procs} processes, unsharded"
     print(f"\n== ingest of {s.images} radiographs, {mb:.0f} MB; median of {args.repeat}; baseline: {base} ==")
-    print(f"{'pipeline':<46} {'wall s':>8} {'MB/s':>8} {'× baseline':>11}")
+    print(f"{'pipeline':<46} {'wall s':>8} {'MB/s':>8} {'× baseline':>11} {'stored MB':>10}")
     ref = mb / statistics.median(times[base])
     for name, ts in times.items():
         rate = mb / statistics.median(ts)
-        print(f"{name:<46} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}×")
+        print(f"{name:<46} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}× {sizes.get(name, 0) / 1e6:>10.0f}")
     for name in [n for n in cases if n.startswith("radflow")]:
         print(f"\nstart-up breakdown, {name} (seconds since the command started, median):")
         for phase, _ in PHASES:

@@ -17,7 +17,7 @@ class Progress:
         self.console = Console(stderr=True)
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.console, transient=False,
+            console=self.console, transient=False, refresh_per_second=4,  # (rendered in the flow process)
         )
         self.tasks: dict[str, Any] = {}
         self.dashboards: set[str] = set()

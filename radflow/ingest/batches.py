@@ -41,7 +41,7 @@ def lost_detail(reason: str, what: str = "decoding this input") -> str:
     return f"{what} {happened} every time it was tried alone"
 
 
-__all__ = ["BatchInput", "BatchPlan", "plan_batches", "write_batch", "ledger_row", "batch_summary", "each_input", "probe_input", "lost_detail"]
+__all__ = ["BatchInput", "BatchPlan", "Canvas", "plan_batches", "write_batch", "ledger_row", "batch_summary", "each_input", "probe_input", "lost_detail"]
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,25 @@ def apply_masks(frames: np.ndarray, regions: list[tuple[int, int, int, int]]) ->
     return frames
 
 
+class Canvas:
+    """Frames smaller than an array's canvas, padded with zeros into one buffer reused from input to
+    input (a fresh buffer per input costs its page faults each time: as much as the copy)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._buffer: np.ndarray | None = None
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        n, rows, cols = frames.shape[:3]
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = np.zeros((n, *self.shape), self.dtype)
+        out = self._buffer[:n]
+        out[:, :rows, :cols] = frames
+        out[:, rows:] = 0  # what an earlier, larger frame left
+        out[:, :rows, cols:] = 0
+        return out
+
+
 def write_batch(
     store_url: str,
     plan: BatchPlan,
@@ -304,6 +323,7 @@ def write_batch(
     privacy = privacy or PrivacySettings()
     deid = deidentifier(privacy, secret)
     used = 0
+    padded = Canvas(frame_shape, arr.dtype)
 
     def store(item: BatchInput, data: bytes, found: list[str]) -> int:
         nonlocal used
@@ -328,10 +348,8 @@ def write_batch(
             raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
         crcs = [frame_crc32(fr, checksum) for fr in frames]
         if frames.shape[1:] != frame_shape:  # smaller than the array's canvas: padded with zeros
-            canvas = np.zeros((frames.shape[0], *frame_shape), dtype=arr.dtype)
-            canvas[:, : header.rows, : header.cols] = frames
-            frames = canvas
-        shards.add(frames)
+            frames = padded(frames)
+        shards.add(frames)  # (encoded now: the padding buffer is free again for the next input)
         for f, crc in enumerate(crcs):
             instances.append(_instance_row(plan, secret, header, header.identity, item.label, f, plan.index + used,
                                            plan.position + used, crc, decoder, list(found))

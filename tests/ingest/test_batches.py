@@ -87,3 +87,17 @@ def test_journal_keeps_hashed_paths_hashed(tmp_path, store_format):
     assert pending_journals(store) == [] and not (tmp_path / "s.zarr" / "journal").exists()
     if store_format == 2:
         assert len(versions.history(store)) == 3  # the repository's first, the plan's checkpoint, the run's end
+
+def test_the_padding_canvas_is_reused_and_leaves_no_earlier_pixels():
+    import numpy as np
+
+    from radflow.ingest.batches import Canvas
+
+    canvas = Canvas((6, 5), np.uint16)
+    big = canvas(np.full((2, 6, 5), 9, np.uint16))
+    assert big.shape == (2, 6, 5) and (big == 9).all()
+    small = canvas(np.full((1, 3, 2), 4, np.uint16))  # the same buffer, a smaller frame
+    assert np.shares_memory(big, small)
+    assert (small[0, :3, :2] == 4).all() and not small[0, 3:].any() and not small[0, :3, 2:].any()
+    more = canvas(np.ones((3, 6, 5), np.uint16))  # more frames than it holds: it grows
+    assert more.shape == (3, 6, 5) and (more == 1).all()
