@@ -164,3 +164,21 @@ def test_the_temporary_api_holds_its_port_from_the_start(tmp_path, monkeypatch):
     with socket.socket() as s:  # released at the end
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", api.port))
+
+
+def test_no_flow_run_heartbeats_under_radflows_own_api_unless_asked(monkeypatch):
+    """radflow's local API runs no services, so nothing reads heartbeats; each flow run's end waited up to
+    a second for the heartbeat thread. A user's own setting stands."""
+    from prefect.settings import get_current_settings
+
+    from radflow.flows._api import _no_heartbeats
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    monkeypatch.delenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", raising=False)
+    before = get_current_settings().flows.heartbeat_frequency
+    with _no_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == before
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with _no_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency == before  # (this process's settings, untouched)
