@@ -130,10 +130,9 @@ class ShardWriter:
             part = self._chunks[lo : lo + self.shard_frames]
             index = np.full((self.shard_frames, 2), _EMPTY, dtype="<u8")
             lengths = np.array([c.nbytes for c in part], dtype="<u8")
-            index[: len(part), 0] = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype("<u8")
+            index[: len(part), 0] = np.cumsum(lengths) - lengths  # each chunk's offset: the lengths before it
             index[: len(part), 1] = lengths
-            missing = lengths == 0
-            index[: len(part)][missing] = _EMPTY
+            index[: len(part)][lengths == 0] = _EMPTY  # (a chunk its codecs encoded to nothing: not written)
             # one copy: the chunks joined straight into the bytes the store writes
             body = b"".join([*part, index.tobytes(), google_crc32c.value(index.tobytes()).to_bytes(4, "little")])
             shard = (self.position + lo) // self.shard_frames
