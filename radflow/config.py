@@ -77,6 +77,8 @@ class ClusterSettings(BaseModel):
     n_workers: int | None = Field(None, ge=1, description="local workers; default: one per core")
     threads_per_worker: int = Field(1, ge=1, description="threads of each worker")
     memory_limit: str = Field("auto", description="memory limit of each local worker (Dask syntax, e.g. '8GiB')")
+    nice: int = Field(5, ge=0, le=19, description="niceness added to a local cluster's processes (scheduler, workers): "
+                      "the command itself (its flow, Prefect's API) stays responsive while they work; 0: the command's own")
     dashboard_address: str = Field("127.0.0.1:0", description="where local clusters serve the Dask dashboard (port 0: a free one)")
     start_timeout_s: float = Field(
         180.0, gt=0, description="how long a local cluster's scheduler and worker processes may take to start "

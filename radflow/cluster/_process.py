@@ -8,7 +8,10 @@ cluster process reads its settings (one JSON line) from its standard input, answ
 cluster when its standard input ends: when the command closes it, or when the command dies
 however it dies (the kernel closes the pipe). It ignores SIGINT, as do the worker processes it
 starts: a terminal's Ctrl-C reaches the whole process group, and it is the command that stops
-the run and then closes the cluster.
+the run and then closes the cluster. It and its workers run ``settings.nice`` steps nicer than the
+command: on two cores, the flow run's start with Prefect's API (a few short HTTP round trips) waited
+behind the workers' start. Six pairs of runs (64 radiographs): at niceness 5 the first batch was
+submitted at 3.8–4.0 s (0: 4.0–6.1 s) and the command ended at 6.2–6.7 s (0: 6.5–8.8 s).
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ def _main() -> None:
     from radflow.cluster.local import _start
 
     settings = ClusterSettings.model_validate_json(sys.stdin.readline())
+    if settings.nice:  # (inherited by the workers) the command's latency-bound work goes first on a busy machine
+        os.nice(settings.nice)
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes where the command's own errors go
     try:
