@@ -538,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         with _engines(args):
             code = int(args.func(args) or 0)
         if argv is None:  # the command line: what the interpreter's exit would do, less its teardown
-            _exit_now(code)
+            from radflow.cli_interrupts import exit_now
+
+            exit_now(code)
         return code
     except BrokenPipeError:  # `radflow inspect | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -565,22 +567,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)  # what is left (Prefect's event and log workers) must not hold the exit
-
-
-def _exit_now(code: int) -> None:
-    """End the process as the interpreter would, less the teardown of every module and object (Prefect,
-    Dask, Zarr, pydicom, pyarrow): after a flow command that took 1.2 s of a 2-core machine. Non-daemon
-    threads are joined and ``atexit`` handlers run first, as at a normal exit."""
-    import atexit
-    import logging
-    import threading
-
-    threading._shutdown()  # what the interpreter's exit does first: join the non-daemon threads
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""How the ``radflow`` command stops on SIGINT and SIGTERM (exit 130 / 143 within seconds)."""
+"""How the ``radflow`` command ends: on SIGINT and SIGTERM (exit 130 / 143 within seconds), and after a flow
+command without the interpreter's teardown."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["INTERRUPT_GRACE_S", "install_interrupts"]
+__all__ = ["INTERRUPT_GRACE_S", "install_interrupts", "exit_now"]
 
 #: a run is given this long to unwind (cancel Dask work, close the cluster, mark the Prefect run) after a signal
 INTERRUPT_GRACE_S = 6.0
@@ -40,3 +41,18 @@ def install_interrupts() -> dict[str, int]:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return state
+
+
+def exit_now(code: int) -> None:
+    """End the process as the interpreter would, less the teardown of every module and object (Prefect,
+    Dask, Zarr, pydicom, pyarrow): after a flow command that took 1.2 s of a 2-core machine. Non-daemon
+    threads are joined and ``atexit`` handlers run first, as at a normal exit."""
+    import atexit
+    import threading
+
+    threading._shutdown()  # what the interpreter's exit does first: join the non-daemon threads
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

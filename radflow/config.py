@@ -228,7 +228,8 @@ def cluster_for_steps(steps: Any, overrides: dict[str, Any] | None, address: str
     worker with every core (one copy of the model, whose forward passes use all of them, while the worker's
     other threads read the next blocks) rather than one one-thread worker per core, each holding its own copy
     of the model (and of torch). Left alone where the cluster's shape or kind is set (environment, overrides,
-    a scheduler address) or other steps run too (they want processes, not threads)."""
+    a scheduler address) or other steps run too (preprocess+features ran as fast on one two-thread worker as on
+    two one-thread ones here, at 23 % less memory, but many-core machines were not measured)."""
     steps = set(steps or ())
     if not steps or not steps <= MODEL_STEPS or address:
         return overrides

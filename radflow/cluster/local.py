@@ -110,12 +110,8 @@ class Pending:
 
     def _connect(self) -> None:
         try:
-            from distributed import Client
-
             cluster = self._starting.result()
-            client = Client(cluster.scheduler_address, set_as_default=True)
-            log.info("started %s cluster with %d workers; dashboard %s", self.settings.kind, len(cluster.workers),
-                     dashboard_link(client))
+            client = _client_of(cluster, self.settings)
             with self._lock:
                 self._client = client
                 self.warming += warm_up(client, self._modules)
@@ -226,13 +222,7 @@ def connect(settings: ClusterSettings | None = None, starting: Starting | None =
     import dask
 
     cluster = (starting or Starting(settings)).result()
-    # a cluster in a process of its own is reached at its address; another kind is handed to the client
-    client = Client(getattr(cluster, "scheduler_address", None) if settings.kind == "local" else cluster, set_as_default=True)
-    if settings.kind == "local-cuda":
-        from radflow.cluster.plugins import RMMAllocators
-
-        client.register_plugin(RMMAllocators())
-    log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
+    client = _client_of(cluster, settings)
     try:
         # a nanny restarts its worker after a decoder kills it; the cluster must not close the nanny when
         # its worker is found missing between two restarts (read by the cluster at each worker's removal)
@@ -241,6 +231,20 @@ def connect(settings: ClusterSettings | None = None, starting: Starting | None =
     finally:
         client.close()
         cluster.close()
+
+
+def _client_of(cluster: Any, settings: ClusterSettings) -> "Client":
+    """The default client of a cluster just started (a local cluster in a process of its own is reached at its
+    address; another kind is handed to the client)."""
+    from distributed import Client
+
+    client = Client(cluster.scheduler_address if settings.kind == "local" else cluster, set_as_default=True)
+    if settings.kind == "local-cuda":
+        from radflow.cluster.plugins import RMMAllocators
+
+        client.register_plugin(RMMAllocators())
+    log.info("started %s cluster with %d workers; dashboard %s", settings.kind, len(cluster.workers), dashboard_link(client))
+    return client
 
 
 def _import_all(names: tuple[str, ...]) -> int:

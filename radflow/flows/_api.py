@@ -130,10 +130,10 @@ def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any]
 
             cluster_settings = build_settings(settings, address).cluster
             starting = start_local(cluster_settings)  # None where nothing is started here
-            if starting is not None:
+            if starting is not None and cluster_settings.kind == "local":  # a flow waits for it only where it first needs it
+                stack.enter_context(pending_cluster(cluster_settings, starting))
+            elif starting is not None:
                 stack.callback(starting.discard)  # a cluster the block never took (an import failed) is closed
-                if cluster_settings.kind == "local":  # a flow waits for it only where it first needs it
-                    stack.enter_context(pending_cluster(cluster_settings, starting))
         flows = [importlib.import_module(name) for name in modules]
         if cluster:
             from radflow.cluster import connect, current_pending, warm_up

@@ -71,7 +71,11 @@ class ShardWriter:
         self.frame_shape = tuple(arr.shape[1:])
         self._sharding = _direct_layout(arr)
         self._chunks: list[Any] = []  # encoded inner chunks (direct) or frames (through Zarr), in order
-        self.encoded_bytes = 0
+        if self._sharding is not None:
+            from zarr.core.buffer import default_buffer_prototype
+
+            self._spec = dataclasses.replace(arr.metadata.get_chunk_spec((0,) * arr.ndim, arr.config, default_buffer_prototype()),
+                                             shape=tuple(self._sharding.chunk_shape))  # one frame's chunk
         self.seconds = 0.0  # spent encoding and writing
 
     @property
@@ -92,19 +96,12 @@ class ShardWriter:
         if self._sharding is None:
             self._chunks += [np.array(f) for f in frames]  # own copies: written through Zarr at flush
             return
-        from zarr.core.buffer import default_buffer_prototype
         from zarr.core.buffer.cpu import NDBuffer
         from zarr.core.sync import sync
 
-        spec = dataclasses.replace(self.arr.metadata.get_chunk_spec((0,) * self.arr.ndim, self.arr.config,
-                                                                    default_buffer_prototype()),
-                                   shape=tuple(self._sharding.chunk_shape))
         encoded = sync(self._sharding.codec_pipeline.encode(
-            [(NDBuffer.from_numpy_array(np.ascontiguousarray(f)[None]), spec) for f in frames]))
-        for buf in encoded:
-            data = buf.as_numpy_array() if buf is not None else np.zeros(0, np.uint8)
-            self._chunks.append(data)
-            self.encoded_bytes += data.nbytes
+            [(NDBuffer.from_numpy_array(np.ascontiguousarray(f)[None]), self._spec) for f in frames]))
+        self._chunks += [buf.as_numpy_array() if buf is not None else np.zeros(0, np.uint8) for buf in encoded]
 
     def flush(self) -> None:
         """Write every shard that holds an added frame, each as one object (a shard written before
