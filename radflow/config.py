@@ -90,10 +90,12 @@ class ClusterSettings(BaseModel):
         "small, pixel data goes straight to the store, and spilled results (which hold input paths) would be "
         "temporary files outside the store's privacy controls")
     worker_env: dict[str, str] = Field(
-        default_factory=lambda: {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20)},
+        default_factory=lambda: {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)},
         description="environment of local worker processes, added to Dask's; glibc serves allocations under "
-        "256 MiB from its heap, so torch reuses activation buffers instead of faulting in fresh pages "
-        "under Dask's MALLOC_TRIM_THRESHOLD_ (measured: ResNet-18 forward 0.64 s → 0.48 s per 32 images)",
+        "256 MiB from its heap and keeps up to 256 MiB of it free rather than Dask's 64 KiB, so torch's "
+        "activations and ingest's file, frame and shard buffers reuse pages instead of faulting in fresh "
+        "zeroed ones for every input (measured: ResNet-18 forward 0.64 s → 0.48 s per 32 images; read, hash "
+        "and encode of a radiograph 19.5 → 14.9 ms)",
     )
 
 

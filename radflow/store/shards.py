@@ -4,12 +4,15 @@ A batch of ingest owns a shard-aligned region of one ``raw/`` array (chunk = one
 through ``arr[lo:hi] = block`` costs a copy of every frame into the block, a fill-valued shard the
 size of the whole region when the batch does not fill its last shard, a merge of the two, and the
 encoding of every fill-valued frame of that shard; the compressed frames are then gathered into
-one buffer. :class:`ShardWriter` encodes each frame with the array's own codec pipeline (Zarr's
-``codec_pipeline.encode``) straight from the decoder's view, keeps the compressed frames only, and
-writes each shard as one object: ``chunk bytes … index`` where the index is ``(offset, nbytes)``
-per inner chunk as little-endian ``uint64`` (``2**64 - 1`` twice for a chunk never written) followed
-by its CRC-32C — the Zarr v3 ``sharding_indexed`` layout with its default index codecs at the end.
-An array laid out otherwise is written through Zarr, frames stacked as before.
+one buffer. :class:`ShardWriter` encodes each frame with the array's own inner codecs, in the calling
+thread, straight from the decoder's view, keeps the compressed frames only, and writes each shard as
+one object: ``chunk bytes … index`` where the index is ``(offset, nbytes)`` per inner chunk as
+little-endian ``uint64`` (``2**64 - 1`` twice for a chunk never written) followed by its CRC-32C — the
+Zarr v3 ``sharding_indexed`` layout with its default index codecs at the end. A chunk's own CRC-32C
+(the ``crc32c`` codec that ends radflow's inner codecs) is computed here and joined after the chunk
+when the shard is assembled: Zarr's codec appends it by copying the compressed chunk once more.
+Codecs without a synchronous encoder go through Zarr's codec pipeline; an array laid out otherwise is
+written through Zarr, frames stacked as before.
 """
 
 from __future__ import annotations
@@ -45,6 +48,22 @@ def _direct_layout(arr) -> Any:
     return sharding
 
 
+def _inner_steps(sharding, spec) -> tuple[list[tuple[Any, Any]], bool] | None:
+    """The inner codecs as ``(codec, the spec it encodes under)`` and whether the last one, a ``crc32c``
+    codec, is left to the writer; None when one of them has no synchronous encoder."""
+    from zarr.codecs import Crc32cCodec
+
+    codecs = list(sharding.codecs)
+    crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    steps = []
+    for codec in codecs[:-1] if crc else codecs:
+        if not hasattr(codec, "_encode_sync"):
+            return None
+        steps.append((codec, spec))
+        spec = codec.resolve_metadata(spec)
+    return steps, crc
+
+
 class _BytesBuffer(cpu.Buffer):
     """A Zarr buffer over ``data`` whose ``to_bytes`` hands ``data`` itself on (a store that wants bytes,
     as Icechunk's, would otherwise copy the whole shard once more)."""
@@ -71,11 +90,14 @@ class ShardWriter:
         self.frame_shape = tuple(arr.shape[1:])
         self._sharding = _direct_layout(arr)
         self._chunks: list[Any] = []  # encoded inner chunks (direct) or frames (through Zarr), in order
+        self._crcs: list[bytes] = []  # each encoded chunk's CRC-32C, when the writer appends it
+        self._steps: tuple[list[tuple[Any, Any]], bool] | None = None
         if self._sharding is not None:
             from zarr.core.buffer import default_buffer_prototype
 
             self._spec = dataclasses.replace(arr.metadata.get_chunk_spec((0,) * arr.ndim, arr.config, default_buffer_prototype()),
                                              shape=tuple(self._sharding.chunk_shape))  # one frame's chunk
+            self._steps = _inner_steps(self._sharding, self._spec)
         self.seconds = 0.0  # spent encoding and writing
 
     @property
@@ -97,11 +119,24 @@ class ShardWriter:
             self._chunks += [np.array(f) for f in frames]  # own copies: written through Zarr at flush
             return
         from zarr.core.buffer.cpu import NDBuffer
-        from zarr.core.sync import sync
 
-        encoded = sync(self._sharding.codec_pipeline.encode(
-            [(NDBuffer.from_numpy_array(np.ascontiguousarray(f)[None]), self._spec) for f in frames]))
-        self._chunks += [buf.as_numpy_array() if buf is not None else np.zeros(0, np.uint8) for buf in encoded]
+        chunks = [NDBuffer.from_numpy_array(np.ascontiguousarray(f)[None]) for f in frames]
+        if self._steps is None:
+            from zarr.core.sync import sync
+
+            encoded = sync(self._sharding.codec_pipeline.encode([(c, self._spec) for c in chunks]))
+        else:
+            steps, crc = self._steps
+            encoded = []
+            for buf in chunks:
+                for codec, spec in steps:
+                    buf = None if buf is None else codec._encode_sync(buf, spec)
+                encoded.append(buf)
+        for buf in encoded:
+            data = buf.as_numpy_array() if buf is not None else np.zeros(0, np.uint8)
+            self._chunks.append(data)
+            if self._steps is not None and self._steps[1]:
+                self._crcs.append(google_crc32c.value(data).to_bytes(4, "little") if data.nbytes else b"")
 
     def flush(self) -> None:
         """Write every shard that holds an added frame, each as one object (a shard written before
@@ -123,19 +158,22 @@ class ShardWriter:
 
         store, prefix = self.arr.store_path.store, self.arr.store_path.path
         writes = []
+        crcs = self._crcs or [b""] * len(self._chunks)
         for lo in range(0, len(self._chunks), self.shard_frames):
             part = self._chunks[lo : lo + self.shard_frames]
+            tails = crcs[lo : lo + self.shard_frames]
             index = np.full((self.shard_frames, 2), _EMPTY, dtype="<u8")
-            lengths = np.array([c.nbytes for c in part], dtype="<u8")
+            lengths = np.array([c.nbytes + len(t) for c, t in zip(part, tails)], dtype="<u8")
             index[: len(part), 0] = np.cumsum(lengths) - lengths  # each chunk's offset: the lengths before it
             index[: len(part), 1] = lengths
             index[: len(part)][lengths == 0] = _EMPTY  # (a chunk its codecs encoded to nothing: not written)
-            # one copy: the chunks joined straight into the bytes the store writes
-            body = b"".join([*part, index.tobytes(), google_crc32c.value(index.tobytes()).to_bytes(4, "little")])
+            # one copy: the chunks (each followed by its CRC-32C) joined straight into the bytes the store writes
+            body = b"".join([*(b for pair in zip(part, tails) for b in pair), index.tobytes(),
+                             google_crc32c.value(index.tobytes()).to_bytes(4, "little")])
             shard = (self.position + lo) // self.shard_frames
             key = self.arr.metadata.encode_chunk_key((shard,) + (0,) * (self.arr.ndim - 1))
             writes.append(store.set(f"{prefix}/{key}" if prefix else key, _BytesBuffer(body)))
-        self._chunks = []
+        self._chunks, self._crcs = [], []
 
         async def all_writes() -> None:
             import asyncio
