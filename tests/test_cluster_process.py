@@ -51,7 +51,9 @@ def _gone(pids: list[int], within_s: float) -> bool:
 def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
     script = tmp_path / "owner.py"
     script.write_text(_OWNER)
-    env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error"}
+    # (a MALLOC_* variable of the command's own environment wins over radflow's worker_env, as Dask's nannies
+    # rank them; one an in-process Dask nanny of an earlier test left in this process is not the user's)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, "DASK_LOGGING__DISTRIBUTED": "error"}
     # a command that ends normally: the work ran on the cluster, whose scheduler is not in the command
     done = subprocess.run([sys.executable, str(script), "exit"], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
