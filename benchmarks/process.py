@@ -10,8 +10,8 @@ Baseline "plain loop" (one Python process, no Prefect, no Dask):
 
 radflow: ``radflow process STORE --steps preprocess,features --canvas C`` and then ``--steps infer
 --model M`` as subprocesses, with radflow's defaults (the local Prefect API kept between commands, the
-first command's start of it untimed; a local cluster of one one-thread worker per core, and for model
-steps alone one worker with every core), or ``--workers N`` one-thread workers for both.
+first command's start of it untimed; one local worker with a thread per core for
+preprocess, features and infer steps), or ``--workers N`` one-thread workers for both.
 
 Each side runs in its own process tree; peak memory is the largest sum of the tree's resident memory,
 sampled every 50 ms. Rounds are interleaved; medians printed.

@@ -62,8 +62,8 @@ def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
     assert info["deaf"]  # Ctrl-C at a terminal reaches the whole group; the command stops the run
     mine, *workers = info["nice"]
     assert workers == [min(19, mine + 5)] * 2  # the command's own work goes first on a busy machine
-    # glibc keeps freed heap for the next input's buffers (Dask's own default trims it at 64 KiB)
-    assert info["malloc"] == [{"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}] * 2
+    # glibc serves torch's activations from its heap (radflow's worker_env over Dask's pre-spawn environment)
+    assert [m["MALLOC_MMAP_THRESHOLD_"] for m in info["malloc"]] == [str(256 * 2**20)] * 2
     # the workers' errors reach the command's stderr through the command, not by holding its stderr: a pipe
     # reading the command ends when the command does, not when the last worker has stopped
     assert info["stderr"] not in info["worker_stderr"]

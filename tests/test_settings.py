@@ -105,9 +105,9 @@ def test_prefect_gets_a_startup_timeout_that_fits_a_loaded_machine_unless_the_us
     assert float(default.stdout) == 180 and float(chosen.stdout) == 7
 
 
-def test_model_steps_alone_get_one_worker_with_every_core(monkeypatch):
-    """One copy of the model (and of torch) whose forward passes use every core, rather than one per core;
-    left alone where the user shaped the cluster or other steps run too."""
+def test_threaded_steps_alone_get_one_worker_with_every_core(monkeypatch):
+    """One copy of the model (and of torch) whose forward passes use every core, rather than one per core, and
+    one copy of preprocessing's imports; left alone where the user shaped the cluster or other steps run too."""
     from radflow.config import cluster_for_steps
 
     for key in ("N_WORKERS", "THREADS_PER_WORKER", "ADDRESS", "KIND"):
@@ -116,7 +116,8 @@ def test_model_steps_alone_get_one_worker_with_every_core(monkeypatch):
     assert cluster_for_steps(["infer"], None) == {"cluster": {"n_workers": 1, "threads_per_worker": cores}}
     assert cluster_for_steps(["infer"], {"infer_batch": 8, "cluster": {"memory_limit": "4GB"}}) == {
         "infer_batch": 8, "cluster": {"memory_limit": "4GB", "n_workers": 1, "threads_per_worker": cores}}
-    assert cluster_for_steps(["preprocess", "infer"], None) is None
+    assert cluster_for_steps(["preprocess", "features", "infer"], None) == {"cluster": {"n_workers": 1, "threads_per_worker": cores}}
+    assert cluster_for_steps(["preprocess", "reconstruct"], None) is None
     assert cluster_for_steps(["infer"], {"cluster": {"n_workers": 3}}) == {"cluster": {"n_workers": 3}}
     assert cluster_for_steps(["infer"], None, address="tcp://127.0.0.1:8786") is None
     monkeypatch.setenv("RADFLOW_CLUSTER__THREADS_PER_WORKER", "2")

@@ -3,6 +3,11 @@ reader, frames never added left unwritten, and every frame still guarded by the 
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import zarr
@@ -88,3 +93,32 @@ def test_new_raw_arrays_take_the_configured_codec(tmp_path):
     assert zstd.metadata.codecs[0].codecs[1].level == 3
     # an existing array keeps its codecs
     assert names(layout.ensure_frames_array(root, "raw/b", dtype="<u2", shape=(40, 24), fps=4, kind="raw")) == names(zstd)
+
+
+_HEAP = r"""
+import sys
+import numpy as np
+from radflow.store.shards import keep_freed_heap
+
+def resident() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+if sys.argv[1] == "keep":
+    assert keep_freed_heap(256 * 2**20)
+before = resident()
+block = np.ones(96 * 2**20, dtype=np.uint8)  # a shard's worth, touched
+del block
+print((resident() - before) // 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_a_shard_writing_process_keeps_its_freed_buffers_for_the_next_shard(tmp_path):
+    script = tmp_path / "heap.py"
+    script.write_text(_HEAP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults
+    kept, returned = (int(subprocess.run([sys.executable, str(script), how], env=env, capture_output=True, text=True,
+                                         check=True).stdout) for how in ("keep", "default"))
+    assert kept >= 90  # the freed block stays, for the next one to reuse without faulting in fresh pages
+    assert returned < 10  # glibc's default: a block this large is its own mapping, returned when freed
