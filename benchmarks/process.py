@@ -168,7 +168,8 @@ def main() -> None:
                 secs, peak, _ = run([sys.executable, "-m", "radflow", "process", store, "--steps", steps, *extra], env)
                 rows.setdefault(f"radflow process: {steps}", []).append((secs, peak))
             shutil.rmtree(store, ignore_errors=True)
-        print(f"\n{frames} frames, canvas {args.canvas}, model {args.arch} at 224², {args.workers} one-thread workers, "
+        shape = f"{args.workers} one-thread workers" if args.workers else "radflow's own cluster shape"
+        print(f"\n{frames} frames, canvas {args.canvas}, model {args.arch} at 224², {shape}, "
               f"median of {args.repeat} interleaved rounds")
         print(f"{'pipeline':<44} {'wall s':>7} {'frames/s':>9} {'peak MB':>8} {'speed ×':>8} {'memory ×':>9}")
         for steps in ("preprocess,features", "infer"):
