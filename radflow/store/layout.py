@@ -183,7 +183,8 @@ def update_meta(root: zarr.Group, **changes: Any) -> None:
 
 #: lossless codecs of new ``raw/`` (and acquisition) arrays, by the name of the ``raw_codec`` setting. Bit-shuffled
 #: LZ4 (Blosc) encodes 16-bit radiographs about twice as fast as zstd-1 and decodes them about twice as fast, to
-#: fewer bytes (``benchmarks/store_formats.py --codecs``); zstd stays for stores that want its level dial.
+#: fewer bytes (real vendor radiographs from ``pydicom-data``: 1.97× smaller than raw against 1.60×, encode
+#: 1,034 vs 468 MB/s, decode 2,022 vs 959 MB/s, one thread); zstd stays for stores that want its level dial.
 RAW_CODECS = ("blosc-lz4", "zstd")
 
 

@@ -77,20 +77,22 @@ def _direct_layout(arr) -> Any:
     return sharding
 
 
-def _inner_steps(sharding, spec) -> tuple[list[tuple[Any, Any]], bool] | None:
-    """The inner codecs as ``(codec, the spec it encodes under)`` and whether the last one, a ``crc32c``
-    codec, is left to the writer; None when one of them has no synchronous encoder."""
+def _ends_with_crc(sharding) -> bool:
+    """Whether the inner codecs end with a ``crc32c`` codec (left to the writer, which appends it)."""
     from zarr.codecs import Crc32cCodec
 
-    codecs = list(sharding.codecs)
-    crc = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    return bool(sharding.codecs) and isinstance(sharding.codecs[-1], Crc32cCodec)
+
+
+def _inner_steps(codecs, spec) -> list[tuple[Any, Any]] | None:
+    """``codecs`` as ``(codec, the spec it encodes under)``; None when one has no synchronous encoder."""
     steps = []
-    for codec in codecs[:-1] if crc else codecs:
+    for codec in codecs:
         if not hasattr(codec, "_encode_sync"):
             return None
         steps.append((codec, spec))
         spec = codec.resolve_metadata(spec)
-    return steps, crc
+    return steps
 
 
 class _BytesBuffer(cpu.Buffer):
@@ -121,13 +123,17 @@ class ShardWriter:
         keep_freed_heap(2 * self.shard_frames * arr.dtype.itemsize * int(np.prod(self.frame_shape)))  # a shard and the next
         self._chunks: list[Any] = []  # encoded inner chunks (direct) or frames (through Zarr), in order
         self._crcs: list[bytes] = []  # each encoded chunk's CRC-32C, when the writer appends it
-        self._steps: tuple[list[tuple[Any, Any]], bool] | None = None
+        self._steps: list[tuple[Any, Any]] | None = None  # the inner codecs, run in this thread (None: Zarr's pipeline)
+        self._own_crc = False
         if self._sharding is not None:
             from zarr.core.buffer import default_buffer_prototype
 
             self._spec = dataclasses.replace(arr.metadata.get_chunk_spec((0,) * arr.ndim, arr.config, default_buffer_prototype()),
                                              shape=tuple(self._sharding.chunk_shape))  # one frame's chunk
-            self._steps = _inner_steps(self._sharding, self._spec)
+            codecs = list(self._sharding.codecs)
+            own_crc = _ends_with_crc(self._sharding)
+            self._steps = _inner_steps(codecs[:-1] if own_crc else codecs, self._spec)
+            self._own_crc = own_crc and self._steps is not None
         self.seconds = 0.0  # spent encoding and writing
 
     @property
@@ -156,16 +162,15 @@ class ShardWriter:
 
             encoded = sync(self._sharding.codec_pipeline.encode([(c, self._spec) for c in chunks]))
         else:
-            steps, crc = self._steps
             encoded = []
             for buf in chunks:
-                for codec, spec in steps:
+                for codec, spec in self._steps:
                     buf = None if buf is None else codec._encode_sync(buf, spec)
                 encoded.append(buf)
         for buf in encoded:
             data = buf.as_numpy_array() if buf is not None else np.zeros(0, np.uint8)
             self._chunks.append(data)
-            if self._steps is not None and self._steps[1]:
+            if self._own_crc:
                 self._crcs.append(google_crc32c.value(data).to_bytes(4, "little") if data.nbytes else b"")
 
     def flush(self) -> None:
