@@ -12,7 +12,10 @@ ledger and tables) three ways: as the first command of a while (it starts the lo
 keeps up between commands: ``radflow api stop`` before it, untimed), as the next command (that API
 kept from the one before), and with ``PREFECT_API_URL`` pointing at a running Prefect API (what a user
 with ``prefect server start`` gets). Runs are interleaved (``--repeat``) and each
-figure is the median. The start-up breakdown comes from the command's ``--verbose`` log.
+figure is the median, with the whole machine's CPU-seconds during each run. The start-up breakdown
+comes from the command's ``--verbose`` log; the data path's (read, digest, decode, checksum, compress,
+write, tables: worker seconds) from its summary; the plain script's own steps are timed one by one
+in one process after the rounds.
 
     python benchmarks/baseline.py [--n 64] [--unique 64] [--syntax explicit|jpeg2000|mixed] [--procs 2] [--repeat 2]
 """
@@ -107,30 +110,75 @@ def plain_unsharded(files: list[str], out: str, procs: int) -> None:
         list(pool.map(_write_one, jobs, chunksize=4))
 
 
+def plain_parts(files: list[str], out: str) -> dict[str, float]:
+    """The plain script's work per radiograph, step by step in one process (milliseconds): what radflow's data
+    path is set against, phase by phase (zstd-1 as the script's arrays; each chunk written to a new file)."""
+    import numcodecs
+    import numpy as np
+    import pydicom
+
+    os.makedirs(out, exist_ok=True)
+    zstd = numcodecs.Zstd(level=1)
+    spent = dict.fromkeys(("read + parse (dcmread)", "decode (pixel_array)", "compress (zstd-1)", "write"), 0.0)
+    for i, f in enumerate(files):
+        t0 = time.perf_counter()
+        ds = pydicom.dcmread(f)
+        t1 = time.perf_counter()
+        pixels = np.ascontiguousarray(ds.pixel_array)
+        t2 = time.perf_counter()
+        data = zstd.encode(pixels)
+        t3 = time.perf_counter()
+        with open(os.path.join(out, f"c{i}"), "wb") as fh:
+            fh.write(data)
+        t4 = time.perf_counter()
+        for k, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            spent[k] += dt
+    shutil.rmtree(out, ignore_errors=True)
+    return {k: 1000 * v / max(1, len(files)) for k, v in spent.items()}
+
+
 #: (phase, a line of ``radflow --verbose ingest`` that ends it)
 PHASES = (
     ("Prefect API launched or found", r"(starting|using) radflow's local Prefect API|starting a temporary Prefect API"),
+    ("flows imported", r"imported radflow\.flows"),
     ("cluster started", r"started local cluster"),
     ("flow run begins", r"Beginning flow run"),
     ("discovery", r"inputs discovered"),
+    ("header index", r"indexed \d+ headers"),
+    ("planning", r"planned \d+ batches"),
     ("first batch submitted", r"submitting \d+ batches"),
     ("flow run ends", r"Finished in state Completed\(\)\s*$"),
 )
+#: the command's summary line with its workers' seconds per phase of the data path (summed over threads)
+WORKER_TIME = re.compile(r"worker time, summed over threads: (.*)$")
 
 
-def radflow_cli(src: str, store: str, env: dict[str, str]) -> tuple[float, dict[str, float]]:
-    """``radflow --verbose ingest`` start to exit; the time each phase's line appeared."""
+def machine_cpu_s() -> float:
+    """CPU-seconds the whole machine has spent (all processes, user and system; /proc/stat): around a run on a
+    quiet machine, what the run cost however many processes it started, its kept API's included."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal: less idle, iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def radflow_cli(src: str, store: str, env: dict[str, str]) -> tuple[float, dict[str, float], dict[str, float]]:
+    """``radflow --verbose ingest`` start to exit; the time each phase's line appeared, and the data path's
+    worker seconds by phase (from the command's summary)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "radflow", "--verbose", "ingest", src, store], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     marks: dict[str, float] = {}
+    worker: dict[str, float] = {}
     for line in proc.stdout:
         for name, pattern in PHASES:
             if re.search(pattern, line) and (name not in marks or name == "flow run ends"):
                 marks[name] = time.perf_counter() - t0
+        if m := WORKER_TIME.search(line):
+            worker = {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", m.group(1))}
     if proc.wait():
         raise SystemExit(f"radflow ingest failed with exit code {proc.returncode}")
-    return time.perf_counter() - t0, marks
+    return time.perf_counter() - t0, marks, worker
 
 
 def main() -> None:
@@ -173,7 +221,9 @@ def main() -> None:
         "radflow ingest CLI, next command, zstd-1": lambda out: radflow_cli(s.dicom, out, {**env, "RADFLOW_RAW_CODEC": "zstd"}),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     marks: dict[str, list[dict[str, float]]] = {k: [] for k in cases}
+    worker: dict[str, list[dict[str, float]]] = {k: [] for k in cases}
     sizes: dict[str, int] = {}  # bytes the store holds after the run (frames, tables, metadata)
     try:
         for r in range(args.repeat):
@@ -181,11 +231,13 @@ def main() -> None:
                 if "first command" in name:
                     subprocess.run(stop_kept, env=env, check=True, stdout=subprocess.DEVNULL)
                 out = os.path.join(work, f"out-{r}-{len(times[name])}-{abs(hash(name)) % 10**6}.zarr")
-                t = time.perf_counter()
+                c, t = machine_cpu_s(), time.perf_counter()
                 got = fn(out)
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(machine_cpu_s() - c)
                 if isinstance(got, tuple):
                     marks[name].append(got[1])
+                    worker[name].append(got[2])
                 sizes[name] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"  round {r + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
@@ -196,17 +248,30 @@ def main() -> None:
     mb = s.bytes / 1e6
     base = f"plain script, {args.procs} processes, unsharded"
     print(f"\n== ingest of {s.images} radiographs, {mb:.0f} MB; median of {args.repeat}; baseline: {base} ==")
-    print(f"{'pipeline':<46} {'wall s':>8} {'MB/s':>8} {'× baseline':>11} {'stored MB':>10}")
+    print(f"{'pipeline':<46} {'wall s':>8} {'MB/s':>8} {'× baseline':>11} {'CPU s':>7} {'stored MB':>10}")
     ref = mb / statistics.median(times[base])
     for name, ts in times.items():
         rate = mb / statistics.median(ts)
-        print(f"{name:<46} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}× {sizes.get(name, 0) / 1e6:>10.0f}")
+        print(f"{name:<46} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}× "
+              f"{statistics.median(cpu[name]):>7.1f} {sizes.get(name, 0) / 1e6:>10.0f}")
+    print("(CPU s: the whole machine's CPU-seconds during the run, every process's, on a machine otherwise quiet)")
     for name in [n for n in cases if n.startswith("radflow")]:
         print(f"\nstart-up breakdown, {name} (seconds since the command started, median):")
         for phase, _ in PHASES:
             seen = [m[phase] for m in marks[name] if phase in m]
             if seen:
-                print(f"  {phase:<24} {statistics.median(seen):6.1f}")
+                print(f"  {phase:<29} {statistics.median(seen):6.1f}")
+        phases = sorted({k for w in worker[name] for k in w}, key=list(worker[name][0]).index) if worker[name] else []
+        if phases:
+            print(f"  data path, worker seconds summed over threads (median; ms per radiograph):")
+            for k in phases:
+                v = statistics.median(w.get(k, 0.0) for w in worker[name])
+                print(f"    {k:<27} {v:6.2f}  {1000 * v / s.images:6.1f}")
+    parts = plain_parts(files[:32], os.path.join(work, "parts"))
+    print(f"\nplain script's steps, one process, {min(32, len(files))} radiographs (ms per radiograph):")
+    for k, v in parts.items():
+        print(f"    {k:<27} {v:6.1f}")
+    print(f"    {'total':<27} {sum(parts.values()):6.1f}")
     if not args.out:
         shutil.rmtree(work, ignore_errors=True)
 

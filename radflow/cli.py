@@ -77,6 +77,8 @@ def _print_ingest(s: dict[str, Any]) -> None:
         print("kept with anomalies (inputs): " + ", ".join(f"{k} {v}" for k, v in s["anomalies"].items()))
     print(f"frames: {s['frames']} in {s['batches']} batches; {s['bytes_in'] / 1e6:.1f} MB read in {s['seconds']:.1f} s "
           f"({s['mb_per_s']:.1f} MB/s, {s['images_per_s']:.1f} images/s)")
+    if s.get("phase_seconds"):
+        print("worker time, summed over threads: " + ", ".join(f"{k} {v:.2f} s" for k, v in s["phase_seconds"].items()))
     if s.get("performance_report"):
         print(f"Dask performance report: {s['performance_report']}")
 

@@ -134,7 +134,10 @@ def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any]
                 stack.enter_context(pending_cluster(cluster_settings, starting))
             elif starting is not None:
                 stack.callback(starting.discard)  # a cluster the block never took (an import failed) is closed
+        new = [name for name in modules if name not in sys.modules]
         flows = [importlib.import_module(name) for name in modules]
+        if new:
+            log.info("imported %s", ", ".join(new))
         if cluster:
             from radflow.cluster import connect, current_pending, warm_up
 

@@ -30,7 +30,7 @@ from radflow.flows._common import (build_settings, compact_tables, markdown_tabl
                                    publish_artifact, request_slots, run_logger)
 from radflow.flows._progress import report
 from radflow.store import layout, versions
-from radflow.ingest.batches import BatchInput, BatchPlan, ledger_row, lost_detail, plan_batches, probe_input, write_batch
+from radflow.ingest.batches import PHASES, BatchInput, BatchPlan, ledger_row, lost_detail, plan_batches, probe_input, write_batch
 from radflow.ingest.index import HeaderIndex, index_inputs
 from radflow.dicom.deid import privacy_record
 from radflow.ingest.journal import (Journal, completed_batches, pending_journals, remove_journal, with_uris,
@@ -159,6 +159,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     from distributed import get_client
     from distributed.scheduler import KilledWorker
 
+    t0 = time.perf_counter()
     client = get_client()
     index = HeaderIndex(new)
     threads = max(1, sum(client.nthreads().values()))
@@ -184,6 +185,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
         index.fill(start, part)
         report("stage-advance", stage="index headers", advance=len(part))
     report("stage-end", stage="index headers")
+    run_logger().info("indexed %d headers in %.1f s", len(new), time.perf_counter() - t0)
     return index
 
 
@@ -434,6 +436,9 @@ def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]]
     frames = sum(r["frames"] for r in results)
     bytes_in = sum(r["bytes_in"] for r in results)
     pixel_bytes = sum(r["pixel_bytes"] for r in results)
+    phases: Counter[str] = Counter()
+    for r in results:
+        phases.update(r.get("phase_seconds", {}))
     return {
         "discovered": discovered,
         "new": new,
@@ -446,6 +451,7 @@ def summarize(results: list[dict[str, Any]], index_rejects: list[dict[str, Any]]
         "bytes_in": bytes_in,
         "pixel_bytes": pixel_bytes,
         "seconds": seconds,
+        "phase_seconds": {k: round(phases[k], 3) for k in PHASES if k in phases},  # summed over the workers' threads
         "mb_per_s": bytes_in / seconds / 1e6 if seconds > 0 else 0.0,
         "images_per_s": frames / seconds if seconds > 0 else 0.0,
     }

@@ -26,7 +26,7 @@ from radflow.config import Limits
 from radflow.errors import InputRejected, Reason
 from radflow.store import layout
 from radflow.store.layout import KINDS, AcquisitionKind, frame_crc32, kind_of_array, reference_path
-from radflow.ingest.batches import batch_summary, each_input
+from radflow.ingest.batches import Clock, batch_summary, each_input
 from radflow.dicom.pseudonym import keyed_hash
 from radflow.store.tables import write_part
 from radflow.store.urls import zarr_store
@@ -119,10 +119,11 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
     ref_block = np.zeros((plan.planned_frames, *plan.ref_shape), np.float32) if ref_arr is not None else None
     rows: list[dict[str, Any]] = []
     used = 0
+    clock = Clock()
 
     def store(item, data: bytes, anomalies: list[str]) -> int:
         nonlocal used
-        with _open(data) as h5:
+        with clock("decode"), _open(data) as h5:
             d = _describe(h5, limits)
             if d["array"] != plan.array or used + d["slices"] > plan.planned_frames:
                 raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
@@ -131,6 +132,8 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
             info = _header_fields(h5)
             patient = keyed_hash(secret, str(h5.attrs.get("patient_id", "")), purpose="patient")
         n = d["slices"]
+        with clock("checksum"):
+            crcs = [frame_crc32(v, checksum) for v in values]
         block[used : used + n] = values
         if ref is not None and ref_block is not None:
             ref_block[used : used + n] = ref
@@ -139,19 +142,21 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
                 kind.index_col: plan.index + used + s, "source": item.label, "slice": s, "array": plan.array,
                 "position": plan.position + used + s, "shape": "x".join(map(str, d["shape"])),
                 "ref_rows": d["ref"][0] if d["ref"] else 0, "ref_cols": d["ref"][1] if d["ref"] else 0,
-                "patient_key": patient, "crc32": frame_crc32(values[s], checksum), "batch": plan.batch_id, **info,
+                "patient_key": patient, "crc32": crcs[s], "batch": plan.batch_id, **info,
             })
         used += n
         return n
 
-    ledger, bytes_in = each_input(plan, limits, storage_options, store, lost)
+    ledger, bytes_in = each_input(plan, limits, storage_options, store, lost, clock)
     t_write = time.perf_counter()
     if used:
         arr[plan.position : plan.position + used] = block[:used]
         if ref_arr is not None and ref_block is not None:
             ref_arr[plan.position : plan.position + used] = ref_block[:used]
     write_seconds = time.perf_counter() - t_write
-    if rows:
-        write_part(store_url, kind.table, plan.batch_id, rows, storage_options=storage_options)
-    write_part(store_url, "ledger", plan.batch_id, ledger, storage_options=storage_options)
-    return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start)
+    clock.add("write", write_seconds)
+    with clock("tables"):
+        if rows:
+            write_part(store_url, kind.table, plan.batch_id, rows, storage_options=storage_options)
+        write_part(store_url, "ledger", plan.batch_id, ledger, storage_options=storage_options)
+    return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start, clock)

@@ -10,6 +10,7 @@ objects.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -34,6 +35,31 @@ from radflow.ingest.sources import read_bytes
 from radflow.store.tables import HEADERS_SCHEMA, INSTANCES_SCHEMA, LEDGER_SCHEMA, anomaly_counts, write_part
 from radflow.store.urls import zarr_store
 from radflow.watchdog import deadline
+
+#: the phases of a batch's data path, in order (:class:`Clock`)
+PHASES = ("read", "digest", "decode", "checksum", "compress", "write", "tables")
+
+
+class Clock:
+    """Seconds one batch spends in each phase of its data path, summed over its inputs: ``read``
+    (bytes from the source), ``digest`` (the input's SHA-256), ``decode`` (header parse, pixel decode,
+    de-identified header, masks, padding), ``checksum`` (each frame's CRC), ``compress`` (the chunks'
+    codecs), ``write`` (shards to the store) and ``tables`` (the batch's table parts)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - t0)
+
 
 def lost_detail(reason: str, what: str = "decoding this input") -> str:
     """The ledger detail of an input left out because ``what`` killed or hung its worker."""
@@ -324,31 +350,35 @@ def write_batch(
     deid = deidentifier(privacy, secret)
     used = 0
     padded = Canvas(frame_shape, arr.dtype)
+    clock = Clock()
 
     def store(item: BatchInput, data: bytes, found: list[str]) -> int:
         nonlocal used
-        ds = read_dataset(data, validation=limits.validation, anomalies=found)
-        header = header_from_dataset(ds, limits, found)
-        found[:] = header.anomalies
-        name = "raw/" + layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
-        if name != plan.array or used + header.frames > plan.planned_frames:
-            raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
-        frames, decoder = decode_frames(ds, header, data)
-        if decoder in FALLBACK_DECODERS:
-            found.append(anomaly(Anomaly.DECODER_FALLBACK, f"{decoder}: every pydicom plugin failed"))
-        sop_uid = remap_uid(secret, header.identity.sop_uid)
-        headers.append({"sop_uid": sop_uid, "patient_key": keyed_hash(secret, header.identity.patient_id, purpose="patient"),
-                        "source": item.label, "header": deid.to_json(ds)})
-        del ds
-        regions = mask_regions(privacy.masks, header)
-        frames = apply_masks(frames, regions)
-        if frames.dtype.newbyteorder("=") == arr.dtype and frames.dtype != arr.dtype:
-            frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
-        if frames.dtype != arr.dtype:
-            raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
-        crcs = [frame_crc32(fr, checksum) for fr in frames]
+        with clock("decode"):
+            ds = read_dataset(data, validation=limits.validation, anomalies=found)
+            header = header_from_dataset(ds, limits, found)
+            found[:] = header.anomalies
+            name = "raw/" + layout.raw_array_name(header.dtype, header.rows, header.cols, header.samples)
+            if name != plan.array or used + header.frames > plan.planned_frames:
+                raise InputRejected(Reason.IO_ERROR, "input changed between indexing and writing; run ingest again")
+            frames, decoder = decode_frames(ds, header, data)
+            if decoder in FALLBACK_DECODERS:
+                found.append(anomaly(Anomaly.DECODER_FALLBACK, f"{decoder}: every pydicom plugin failed"))
+            sop_uid = remap_uid(secret, header.identity.sop_uid)
+            headers.append({"sop_uid": sop_uid, "patient_key": keyed_hash(secret, header.identity.patient_id, purpose="patient"),
+                            "source": item.label, "header": deid.to_json(ds)})
+            del ds
+            regions = mask_regions(privacy.masks, header)
+            frames = apply_masks(frames, regions)
+            if frames.dtype.newbyteorder("=") == arr.dtype and frames.dtype != arr.dtype:
+                frames = frames.astype(arr.dtype)  # big-endian source: same values, native order
+            if frames.dtype != arr.dtype:
+                raise InputRejected(Reason.DECODE_ERROR, f"decoder returned {frames.dtype}, header declares {arr.dtype}")
+        with clock("checksum"):
+            crcs = [frame_crc32(fr, checksum) for fr in frames]
         if frames.shape[1:] != frame_shape:  # smaller than the array's canvas: padded with zeros
-            frames = padded(frames)
+            with clock("decode"):
+                frames = padded(frames)
         shards.add(frames)  # (encoded now: the padding buffer is free again for the next input)
         for f, crc in enumerate(crcs):
             instances.append(_instance_row(plan, secret, header, header.identity, item.label, f, plan.index + used,
@@ -361,18 +391,21 @@ def write_batch(
                              "data": list(lut[2])})
         return frames.shape[0]
 
-    ledger, bytes_in = each_input(plan, limits, storage_options, store, lost)
+    ledger, bytes_in = each_input(plan, limits, storage_options, store, lost, clock)
     shards.flush()
-    if instances:
-        write_part(store_url, "instances", plan.batch_id, instances, schema=INSTANCES_SCHEMA, storage_options=storage_options)
-    if luts:
-        write_part(store_url, "luts", plan.batch_id, luts, storage_options=storage_options)
-    if headers:
-        write_part(store_url, "headers", plan.batch_id, headers, schema=HEADERS_SCHEMA, storage_options=storage_options)
-    # The ledger part is written last: its presence marks the batch as complete.
-    write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
+    clock.add("compress", shards.encode_seconds)
+    clock.add("write", shards.write_seconds)
+    with clock("tables"):
+        if instances:
+            write_part(store_url, "instances", plan.batch_id, instances, schema=INSTANCES_SCHEMA, storage_options=storage_options)
+        if luts:
+            write_part(store_url, "luts", plan.batch_id, luts, storage_options=storage_options)
+        if headers:
+            write_part(store_url, "headers", plan.batch_id, headers, schema=HEADERS_SCHEMA, storage_options=storage_options)
+        # The ledger part is written last: its presence marks the batch as complete.
+        write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
     return batch_summary(plan, ledger, used, bytes_in, used * math.prod(frame_shape) * arr.dtype.itemsize,
-                         shards.seconds, t_start)
+                         shards.seconds, t_start, clock)
 
 
 def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None = None) -> bool:
@@ -393,22 +426,23 @@ def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None
 
 def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
                store: Callable[[BatchInput, bytes, list[str]], int],
-               lost: tuple[tuple[Any, ...], ...] = ()) -> tuple[list[dict[str, Any]], int]:
+               lost: tuple[tuple[Any, ...], ...] = (), clock: Clock | None = None) -> tuple[list[dict[str, Any]], int]:
     """Read every input of a batch and hand its bytes to ``store`` (which returns the frames it
     kept and appends what it read leniently to its list of anomalies); one ledger row per input, whatever happens, plus a row for each ``(input, reason)`` of
     ``lost`` (inputs left out because reading them killed the worker, ``WORKER_LOST``, or hung
     past ``limits.input_timeout_s``, ``TIMEOUT``). Never raises for a bad input; each input runs
-    under the deadline.
+    under the deadline. ``clock`` gets the seconds spent reading and digesting.
 
     Returns the ledger rows and the bytes read.
     """
     ledger: list[dict[str, Any]] = []
     bytes_in = 0
+    clock = clock or Clock()
     # a DICOMweb source: the next instances are fetched while this one decodes (other inputs: read when taken)
     with ReadAhead.of([i.uri for i in plan.inputs], functools.partial(
             read_bytes, storage_options=storage_options, max_bytes=limits.max_file_bytes), storage_options) as ahead:
         for item in plan.inputs:
-            row, n = _one_input(item, plan, limits, store, ahead)
+            row, n = _one_input(item, plan, limits, store, ahead, clock)
             ledger.append(row)
             bytes_in += n
     for i, reason, *detail in lost:  # (input, reason) or (input, reason, detail)
@@ -418,7 +452,7 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
 
 
 def _one_input(item: BatchInput, plan: BatchPlan, limits: Limits, store: Callable[[BatchInput, bytes, list[str]], int],
-               ahead: ReadAhead) -> tuple[dict[str, Any], int]:
+               ahead: ReadAhead, clock: Clock) -> tuple[dict[str, Any], int]:
     """One input read, handed to ``store`` and recorded: its ledger row and the bytes read."""
     t0 = time.perf_counter()
     sha = ""
@@ -426,8 +460,10 @@ def _one_input(item: BatchInput, plan: BatchPlan, limits: Limits, store: Callabl
     data = b""
     try:
         with deadline(limits.input_timeout_s, "reading and decoding one input"):
-            data = ahead.take(item.uri)
-            sha = hashlib.sha256(data).hexdigest()
+            with clock("read"):
+                data = ahead.take(item.uri)
+            with clock("digest"):
+                sha = hashlib.sha256(data).hexdigest()
             outcome: dict[str, Any] = {"status": "ok", "frames": store(item, data, found)}
     except SourceUnavailable:  # the source, not this input: the batch fails and the run resumes later
         raise
@@ -440,8 +476,8 @@ def _one_input(item: BatchInput, plan: BatchPlan, limits: Limits, store: Callabl
 
 
 def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, bytes_in: int, pixel_bytes: int,
-                  write_seconds: float, t_start: float) -> dict[str, Any]:
-    """The counts a batch returns to the flow (nothing identifying)."""
+                  write_seconds: float, t_start: float, clock: Clock | None = None) -> dict[str, Any]:
+    """The counts a batch returns to the flow (nothing identifying), with the seconds of each phase."""
     reasons = Counter(r["reason"] for r in ledger if r["status"] != "ok")
     return {
         "batch": plan.batch_id,
@@ -454,5 +490,6 @@ def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, by
         "bytes_in": bytes_in,
         "pixel_bytes": pixel_bytes,
         "write_seconds": write_seconds,
+        "phase_seconds": dict(clock.seconds) if clock else {},
         "seconds": time.perf_counter() - t_start,
     }

@@ -134,7 +134,13 @@ class ShardWriter:
             own_crc = _ends_with_crc(self._sharding)
             self._steps = _inner_steps(codecs[:-1] if own_crc else codecs, self._spec)
             self._own_crc = own_crc and self._steps is not None
-        self.seconds = 0.0  # spent encoding and writing
+        self.encode_seconds = 0.0  # spent encoding (compression and checksums of the inner chunks)
+        self.write_seconds = 0.0  # spent joining and writing shards
+
+    @property
+    def seconds(self) -> float:
+        """Spent encoding and writing."""
+        return self.encode_seconds + self.write_seconds
 
     @property
     def frames(self) -> int:
@@ -148,7 +154,7 @@ class ShardWriter:
         try:
             self._add(frames)
         finally:
-            self.seconds += time.perf_counter() - t0
+            self.encode_seconds += time.perf_counter() - t0
 
     def _add(self, frames: np.ndarray) -> None:
         if self._sharding is None:
@@ -180,7 +186,7 @@ class ShardWriter:
         try:
             self._flush()
         finally:
-            self.seconds += time.perf_counter() - t0
+            self.write_seconds += time.perf_counter() - t0
 
     def _flush(self) -> None:
         if not self._chunks:

@@ -145,7 +145,7 @@ def _relative(path: str, root: str) -> str:
     return path[len(root):].lstrip("/") if path.startswith(root) else path
 
 
-_VOLATILE_KEYS = {"created", "updated", "seconds", "write_seconds", "radflow_version"}
+_VOLATILE_KEYS = {"created", "updated", "seconds", "write_seconds", "phase_seconds", "radflow_version"}
 
 
 def _stable(obj: Any) -> Any:

@@ -45,6 +45,19 @@ def test_ledger_accounts_for_every_input(ingested, small_archive):
     assert (ok["sha256"].str.len() == 64).all()
 
 
+def test_the_summary_splits_the_workers_time_by_phase(ingested, dask_client):
+    """Every phase of the data path is accounted for, each a part of its batches' time (no clock in it
+    runs twice over one stretch)."""
+    from radflow.ingest.batches import PHASES
+
+    _, summary = ingested
+    spent = summary["phase_seconds"]
+    assert list(spent) == list(PHASES) and all(v >= 0 for v in spent.values()), spent
+    assert spent["read"] > 0 and spent["decode"] > 0 and spent["write"] > 0
+    threads = sum(dask_client.nthreads().values())
+    assert sum(spent.values()) <= summary["seconds"] * threads  # worker seconds within the run's
+
+
 def test_stored_frames_are_bit_exact(ingested):
     store, _ = ingested
     st = radflow.open_store(store)
