@@ -158,7 +158,7 @@ def machine_cpu_s() -> float:
     quiet machine, what the run cost however many processes it started, its kept API's included."""
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:]]
-    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal: less idle, iowait
+    busy = sum(fields[:7]) - fields[3] - fields[4]  # user nice system (idle iowait) irq softirq; not steal
     return busy / os.sysconf("SC_CLK_TCK")
 
 

@@ -117,3 +117,51 @@ def test_a_block_goes_on_while_its_cluster_starts_and_its_flows_share_it(tmp_pat
     assert info["warmed"]  # the modules asked for before the workers were up were imported on them
     assert info["pending"]  # the block's end closed it
     assert _gone([info["first"], *info["workers"]], 60)
+
+
+_PROBE = '''
+import os
+with open(os.environ["SEALED_MARKS"], "a") as marks:  # each process that imports this module says so
+    marks.write(f"{os.getpid()}\\n")
+
+
+def double(x):
+    return 2 * x
+'''
+
+_SEALED = r'''
+import json, os, sys
+from radflow.cluster import connect
+from radflow.cluster.sealed import submit
+from radflow.config import ClusterSettings
+
+if __name__ == "__main__":
+    with connect(ClusterSettings(n_workers=1, threads_per_worker=1)) as client:
+        import sealed_probe
+        out = {"scheduler": client.run_on_scheduler(os.getpid), "worker": list(client.run(os.getpid).values())[0]}
+        fut = submit(client, sealed_probe.double, 21)
+        out["sealed"] = fut.result()
+        out["name"] = fut.key.rsplit("-", 1)[0]
+        out["after_sealed"] = sorted({int(p) for p in open(os.environ["SEALED_MARKS"]).read().split()} - {os.getpid()})
+        out["plain"] = client.submit(sealed_probe.double, 4).result()  # Dask's own submit: the scheduler opens it
+        out["after_plain"] = sorted({int(p) for p in open(os.environ["SEALED_MARKS"]).read().split()} - {os.getpid()})
+    print(json.dumps(out), flush=True)
+'''
+
+
+@pytest.mark.timeout(240)
+def test_a_sealed_task_is_opened_by_its_worker_and_not_by_the_scheduler(tmp_path):
+    """radflow's tasks reach the scheduler sealed: it never imports the modules of their functions and
+    arguments (the control, Dask's own submit of the same function, has it import them)."""
+    (tmp_path / "sealed_probe.py").write_text(_PROBE)
+    (tmp_path / "owner.py").write_text(_SEALED)
+    marks = tmp_path / "marks"
+    env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error", "SEALED_MARKS": str(marks),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(tmp_path / "owner.py")], capture_output=True, text=True, timeout=180,
+                          env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["sealed"] == 42 and info["name"] == "double"
+    assert info["after_sealed"] == [info["worker"]]  # opened on the worker only
+    assert info["plain"] == 8 and info["scheduler"] in info["after_plain"]  # (the check can fail)

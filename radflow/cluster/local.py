@@ -247,21 +247,15 @@ def _client_of(cluster: Any, settings: ClusterSettings) -> "Client":
     return client
 
 
-def _import_all(names: tuple[str, ...]) -> int:
-    import importlib
-
-    for name in names:
-        importlib.import_module(name)
-    return len(names)
-
-
 def warm_up(client: "Client", modules: tuple[str, ...]) -> list[Any]:
     """Import ``modules`` on every worker now, as a task each (a worker's first real task would import them
     anyway, on the run's critical path; started while something else is waited for, the imports overlap
     it). Returns the futures: keep them until the work begins (a released future may never run)."""
     if not modules:
         return []
-    return [client.submit(_import_all, tuple(modules), workers=[addr], allow_other_workers=False, pure=False,
+    from radflow.cluster.sealed import import_all
+
+    return [client.submit(import_all, tuple(modules), workers=[addr], allow_other_workers=False, pure=False,
                           key=f"radflow-warm-up-{i}-{uuid.uuid4().hex[:8]}")
             for i, addr in enumerate(client.scheduler_info().get("workers", {}))]
 

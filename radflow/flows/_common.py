@@ -110,12 +110,13 @@ def compact_tables(client: Any, store: str, storage_options: dict[str, Any] | No
     names = [n for n in table_names(store, storage_options) if len(list_parts(store, n, storage_options)) > threshold]
     if not names:
         return {}
+    from radflow.cluster.sealed import submit
     from radflow.cluster.waiting import result
 
     from radflow.store.versions import settle, task
 
-    out = settle(store, result(client.submit(task(store, compact_store), store, storage_options, min_parts=threshold + 1,
-                                             tables=names, pure=False)))
+    out = settle(store, result(submit(client, task(store, compact_store), store, storage_options,
+                                      min_parts=threshold + 1, tables=names)))
     run_logger().info("compacted %s", ", ".join(f"{k} ({v['files_before']} → {v['files_after']} files)" for k, v in out.items()))
     return out
 

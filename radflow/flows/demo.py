@@ -16,6 +16,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from radflow.cluster import connect, dashboard_link
+from radflow.cluster.sealed import submit
 from radflow.config import resolve_secret_key
 from radflow.errors import ConfigError
 from radflow.flows._common import build_settings, run_logger
@@ -46,7 +47,7 @@ def synth_task(out: str, n: int, seed: int) -> dict[str, Any]:
     client = get_client()
 
     def dask_map(fn, *iterables):
-        return client.gather(client.map(fn, *iterables, pure=False))
+        return client.gather([submit(client, fn, *args) for args in zip(*iterables)])
 
     summary = write_archive(out, n, seed=seed, map_fn=dask_map)
     report("stage-end", stage="synthesize")

@@ -23,6 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect, dashboard_link
+from radflow.cluster.sealed import submit
 from radflow.cluster.waiting import NoWorkers, each_done, result
 from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_key
 from radflow.errors import Reason
@@ -71,7 +72,7 @@ def _alone(client, fn, *args, timeout_s: float = 0.0, attempts: int = 2, **kwarg
         for _ in range(attempts):
             t0 = time.monotonic()
             try:
-                return None, result(client.submit(fn, *args, pure=False, **kwargs))
+                return None, result(submit(client, fn, *args, **kwargs))
             except KilledWorker:
                 slow += bool(timeout_s) and time.monotonic() - t0 >= timeout_s
     return (Reason.TIMEOUT.value if slow == attempts else Reason.WORKER_LOST.value), None
@@ -169,7 +170,7 @@ def index_task(new: list[InputRef], settings: Settings, storage_options: dict[st
     starts = {}
     for start in range(0, len(new), n):
         refs = [(r.uri, r.size, r.version, r.unsafe, r.reason) for r in new[start : start + n]]
-        starts[client.submit(index_inputs, refs, pure=False, **kwargs)] = (start, refs)
+        starts[submit(client, index_inputs, refs, **kwargs)] = (start, refs)
     for fut in each_done(list(starts)):
         start, refs = starts.pop(fut)
         try:
@@ -331,9 +332,8 @@ def duplicates_task(store: str, duplicates: list[dict[str, Any]], settings: Sett
     chunks = [todo[i : i + 64] for i in range(0, len(todo), 64)]
     # each chunk's worker reads the stored frames it compares with: no per-frame rows through this process
     versions.checkpoint(store, "checkpoint: before duplicate checks")  # the checks read frames this run stored
-    futures = [get_client().submit(versions.task(store, check_duplicates), store, c, limits=settings.limits,
-                                   storage_options=storage_options, masks=settings.privacy.masks, pure=False)
-               for c in chunks]
+    futures = [submit(get_client(), versions.task(store, check_duplicates), store, c, limits=settings.limits,
+                      storage_options=storage_options, masks=settings.privacy.masks) for c in chunks]
     results = [versions.settle(store, result(f)) for f in futures]
     reasons: Counter[str] = Counter()
     for r in results:
@@ -368,10 +368,10 @@ def _run_batch(client, store: str, plan: BatchPlan, settings: Settings, storage_
     # each submission its own key: the same key would get an earlier run's result (or error) back from a
     # scheduler that still holds it (a shared cluster, a resumed run in the same process)
     def run(p: BatchPlan, lost: tuple[tuple[BatchInput, str], ...] = (), attempt: int = 0) -> dict[str, Any]:
-        return versions.settle(store, result(client.submit(
-            versions.task(store, write_batch), store, p, secret=secret, limits=settings.limits,
+        return versions.settle(store, result(submit(
+            client, versions.task(store, write_batch), store, p, secret=secret, limits=settings.limits,
             storage_options=storage_options, lost=lost, privacy=settings.privacy,
-            key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}-{uuid.uuid4().hex[:8]}", pure=False)))
+            key=f"ingest-batch-{p.batch_id}-{len(lost)}-{attempt}-{uuid.uuid4().hex[:8]}")))
 
     try:
         return run(plan)

@@ -18,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from radflow.cluster.sealed import submit
 from radflow.cluster.waiting import each_done, result
 from radflow.flows._common import run_logger
 from radflow.flows._progress import report as progress
@@ -53,12 +54,12 @@ def _on_worker(client, *, every: bool):
     once (the first worker's result returned, every call's error raised)."""
 
     def one(fn, *a, **kw):
-        return result(client.submit(fn, *a, pure=False, **kw))
+        return result(submit(client, fn, *a, **kw))
 
     def everywhere(fn, *a, **kw):
         workers = list(client.scheduler_info().get("workers", {})) or [None]
-        futures = [client.submit(fn, *a, pure=False, workers=None if w is None else [w], allow_other_workers=w is None,
-                                 **kw) for w in workers]
+        futures = [submit(client, fn, *a, workers=None if w is None else [w], allow_other_workers=w is None, **kw)
+                   for w in workers]
         return [result(f) for f in futures][0]
 
     return everywhere if every else one
@@ -81,8 +82,8 @@ def _stage_task(job: Job, request: Request) -> dict[str, Any]:
         log.warning("%s: %d of %d ranges wait for %s; run that step first", name, waiting, len(ranges), job.after)
     resources = {"GPU": 1} if job.gpu and _has_gpu_workers(client) else None
     progress("stage-start", stage=name, total=sum(r.frames for r in todo))
-    futures = {client.submit(versions.task(job.store, run_range), job, r, key=f"{job.scope}-{r.part}-{r.token[:8]}",
-                             resources=resources, retries=1, pure=False): r for r in todo}
+    futures = {submit(client, versions.task(job.store, run_range), job, r, key=f"{job.scope}-{r.part}-{r.token[:8]}",
+                      resources=resources, retries=1): r for r in todo}
     frames, failed = 0, []
     for fut in each_done(list(futures)):
         rng = futures[fut]

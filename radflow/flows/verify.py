@@ -14,6 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
 
 from radflow.cluster import connect
+from radflow.cluster.sealed import submit
 from radflow.cluster.waiting import result
 from radflow.flows._common import build_settings, markdown_table, publish_artifact, run_logger
 from radflow.flows._progress import report
@@ -54,8 +55,8 @@ def verify_array_task(store: str, array: str, rows: pd.DataFrame, per_task: int,
 
     records = rows.sort_values("position").to_dict(orient="records")
     chunks = [records[i : i + per_task] for i in range(0, len(records), per_task)]
-    futures = get_client().map(verify_frames, [store] * len(chunks), [array] * len(chunks), chunks,
-                               storage_options=storage_options, pure=False)
+    client = get_client()
+    futures = [submit(client, verify_frames, store, array, c, storage_options=storage_options) for c in chunks]
     problems = [p for f in futures for p in result(f)]
     return len(records), problems
 

@@ -226,8 +226,11 @@ class Transaction:
             return self._parent.fork()
 
     def task(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` wrapped to write through a fresh fork on its worker (see :func:`in_session`)."""
-        return functools.partial(in_session, self.url, self.fork(), fn)
+        """``fn`` wrapped to write through a fresh fork on its worker (see :func:`in_session`), known by
+        ``fn``'s name."""
+        wrapped = functools.partial(in_session, self.url, self.fork(), fn)
+        wrapped.__name__ = getattr(fn, "__name__", "in_session")
+        return wrapped
 
     def settle(self, out: Any) -> Any:
         """Merge a task's fork (when it returned one) and give its value."""
