@@ -148,15 +148,13 @@ def write_acquisition_batch(store_url: str, plan, *, secret: bytes, limits: Limi
         return n
 
     ledger, bytes_in = each_input(plan, limits, storage_options, store, lost, clock)
-    t_write = time.perf_counter()
-    if used:
-        arr[plan.position : plan.position + used] = block[:used]
-        if ref_arr is not None and ref_block is not None:
-            ref_arr[plan.position : plan.position + used] = ref_block[:used]
-    write_seconds = time.perf_counter() - t_write
-    clock.add("write", write_seconds)
+    with clock("write"):
+        if used:
+            arr[plan.position : plan.position + used] = block[:used]
+            if ref_arr is not None and ref_block is not None:
+                ref_arr[plan.position : plan.position + used] = ref_block[:used]
     with clock("tables"):
         if rows:
             write_part(store_url, kind.table, plan.batch_id, rows, storage_options=storage_options)
         write_part(store_url, "ledger", plan.batch_id, ledger, storage_options=storage_options)
-    return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), write_seconds, t_start, clock)
+    return batch_summary(plan, ledger, used, bytes_in, int(block[:used].nbytes), t_start, clock)

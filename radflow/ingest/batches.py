@@ -404,8 +404,7 @@ def write_batch(
             write_part(store_url, "headers", plan.batch_id, headers, schema=HEADERS_SCHEMA, storage_options=storage_options)
         # The ledger part is written last: its presence marks the batch as complete.
         write_part(store_url, "ledger", plan.batch_id, ledger, schema=LEDGER_SCHEMA, storage_options=storage_options)
-    return batch_summary(plan, ledger, used, bytes_in, used * math.prod(frame_shape) * arr.dtype.itemsize,
-                         shards.seconds, t_start, clock)
+    return batch_summary(plan, ledger, used, bytes_in, used * math.prod(frame_shape) * arr.dtype.itemsize, t_start, clock)
 
 
 def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None = None) -> bool:
@@ -426,7 +425,7 @@ def probe_input(uri: str, limits: Limits, storage_options: dict[str, Any] | None
 
 def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] | None,
                store: Callable[[BatchInput, bytes, list[str]], int],
-               lost: tuple[tuple[Any, ...], ...] = (), clock: Clock | None = None) -> tuple[list[dict[str, Any]], int]:
+               lost: tuple[tuple[Any, ...], ...], clock: Clock) -> tuple[list[dict[str, Any]], int]:
     """Read every input of a batch and hand its bytes to ``store`` (which returns the frames it
     kept and appends what it read leniently to its list of anomalies); one ledger row per input, whatever happens, plus a row for each ``(input, reason)`` of
     ``lost`` (inputs left out because reading them killed the worker, ``WORKER_LOST``, or hung
@@ -437,7 +436,6 @@ def each_input(plan: BatchPlan, limits: Limits, storage_options: dict[str, Any] 
     """
     ledger: list[dict[str, Any]] = []
     bytes_in = 0
-    clock = clock or Clock()
     # a DICOMweb source: the next instances are fetched while this one decodes (other inputs: read when taken)
     with ReadAhead.of([i.uri for i in plan.inputs], functools.partial(
             read_bytes, storage_options=storage_options, max_bytes=limits.max_file_bytes), storage_options) as ahead:
@@ -476,7 +474,7 @@ def _one_input(item: BatchInput, plan: BatchPlan, limits: Limits, store: Callabl
 
 
 def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, bytes_in: int, pixel_bytes: int,
-                  write_seconds: float, t_start: float, clock: Clock | None = None) -> dict[str, Any]:
+                  t_start: float, clock: Clock) -> dict[str, Any]:
     """The counts a batch returns to the flow (nothing identifying), with the seconds of each phase."""
     reasons = Counter(r["reason"] for r in ledger if r["status"] != "ok")
     return {
@@ -489,7 +487,6 @@ def batch_summary(plan: BatchPlan, ledger: list[dict[str, Any]], frames: int, by
         "frames": frames,
         "bytes_in": bytes_in,
         "pixel_bytes": pixel_bytes,
-        "write_seconds": write_seconds,
-        "phase_seconds": dict(clock.seconds) if clock else {},
+        "phase_seconds": dict(clock.seconds),
         "seconds": time.perf_counter() - t_start,
     }

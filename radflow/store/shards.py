@@ -138,11 +138,6 @@ class ShardWriter:
         self.write_seconds = 0.0  # spent joining and writing shards
 
     @property
-    def seconds(self) -> float:
-        """Spent encoding and writing."""
-        return self.encode_seconds + self.write_seconds
-
-    @property
     def frames(self) -> int:
         return len(self._chunks)
 
