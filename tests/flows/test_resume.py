@@ -14,6 +14,7 @@ import time
 import pytest
 
 import radflow
+from radflow.errors import StoreNotFoundError
 from radflow.synth import write_archive
 
 pytestmark = pytest.mark.slow
@@ -76,8 +77,6 @@ def _read_committed(store: str) -> int:
 
 
 def _reader(store: str, stop: threading.Event, seen: dict) -> None:
-    from radflow.errors import StoreNotFoundError
-
     while not stop.is_set():
         try:
             seen["frames"].append(_read_committed(store))
@@ -106,11 +105,25 @@ def test_flow_process_killed_with_sigkill_resumes_to_the_same_store(archive, has
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         reader.start()
         deadline = time.monotonic() + 300
-        # kill once the reader has read a committed version that lists frames and some batches are done
-        while ((len(_batch_parts(store)) < 8 or not any(seen["frames"])) and proc.poll() is None
-               and time.monotonic() < deadline):
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)  # the flow process and its local cluster, mid-run
+        # once some batches are done, freeze the run (the flow process and its local cluster, wherever they
+        # are: a shard half written, a commit under way) and look; kill it frozen once a look found frames
+        # (the run's pace does not matter: 37 small batches can all end within a reader thread's one look)
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(_batch_parts(store)) < 8:
+                time.sleep(0.02)
+                continue
+            os.killpg(proc.pid, signal.SIGSTOP)
+            try:
+                seen["frames"].append(_read_committed(store))
+            except StoreNotFoundError:  # no version committed yet
+                pass
+            except Exception as exc:  # reported by the test
+                seen["errors"].append(repr(exc))
+            if any(seen["frames"]) or seen["errors"]:
+                break
+            os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-run
         proc.wait()
     stop.set()
     reader.join(60)
