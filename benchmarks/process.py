@@ -13,8 +13,10 @@ radflow: ``radflow process STORE --steps preprocess,features --canvas C`` and th
 first command's start of it untimed; one local worker with a thread per core for
 preprocess, features and infer steps), or ``--workers N`` one-thread workers for both.
 
-Each side runs in its own process tree; peak memory is the largest sum of the tree's resident memory,
-sampled every 50 ms. Rounds are interleaved; medians printed.
+Each side runs in its own process tree; peak memory is the largest sum over the tree, sampled every
+50 ms, of each process's resident set (RSS: a shared library's pages count once per process that maps
+them) and of its proportional set (PSS: shared pages split between the processes sharing them, what
+the tree takes from the machine). Rounds are interleaved; medians printed.
 
     python benchmarks/process.py [--n 200] [--canvas 512] [--arch resnet18] [--repeat 2]
 """
@@ -77,35 +79,39 @@ print(json.dumps({"frames": len(inst), "seconds": time.perf_counter() - t0}))
 '''
 
 
-def _tree_rss(pid: int) -> int:
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """The process tree's summed resident and proportional set sizes (bytes)."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    total = 0
+        return 0, 0
+    rss = pss = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            m = p.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        rss += m.rss
+        pss += getattr(m, "pss", m.rss)
+    return rss, pss
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Wall seconds, peak resident bytes of the process tree, stdout."""
-    peak = 0
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, tuple[int, int], str]:
+    """Wall seconds, peak (RSS, PSS) bytes of the process tree, stdout."""
+    peak_rss = peak_pss = 0
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak_rss, peak_pss
         while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -116,7 +122,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} … failed ({proc.returncode}):\n{err[-3000:]}")
-    return secs, peak, out
+    return secs, (peak_rss, peak_pss), out
 
 
 def main() -> None:
@@ -153,7 +159,7 @@ def main() -> None:
         env = dict(os.environ)
         if args.workers:
             env.update(RADFLOW_CLUSTER__N_WORKERS=str(args.workers), RADFLOW_CLUSTER__THREADS_PER_WORKER="1")
-        rows: dict[str, list[tuple[float, int]]] = {}
+        rows: dict[str, list[tuple[float, tuple[int, int]]]] = {}
         frames = 0
         for r in range(args.repeat):
             store = os.path.join(work, f"r{r}.zarr")
@@ -171,14 +177,15 @@ def main() -> None:
         shape = f"{args.workers} one-thread workers" if args.workers else "radflow's own cluster shape"
         print(f"\n{frames} frames, canvas {args.canvas}, model {args.arch} at 224², {shape}, "
               f"median of {args.repeat} interleaved rounds")
-        print(f"{'pipeline':<44} {'wall s':>7} {'frames/s':>9} {'peak MB':>8} {'speed ×':>8} {'memory ×':>9}")
+        print(f"{'pipeline':<44} {'wall s':>7} {'frames/s':>9} {'speed ×':>8} {'RSS MB':>7} {'RSS ×':>6} {'PSS MB':>7} {'PSS ×':>6}")
         for steps in ("preprocess,features", "infer"):
-            bs = statistics.median(s for s, _ in rows[f"plain loop: {steps}"])
-            bm = statistics.median(m for _, m in rows[f"plain loop: {steps}"])
+            base = [statistics.median(r[0] for r in rows[f"plain loop: {steps}"])] + \
+                   [statistics.median(r[1][k] for r in rows[f"plain loop: {steps}"]) for k in (0, 1)]
             for who in ("plain loop", "radflow process"):
-                s = statistics.median(x for x, _ in rows[f"{who}: {steps}"])
-                m = statistics.median(y for _, y in rows[f"{who}: {steps}"])
-                print(f"{who + ': ' + steps:<44} {s:>7.1f} {frames / s:>9.1f} {m / 1e6:>8.0f} {bs / s:>7.2f}x {m / bm:>8.2f}x")
+                got = [statistics.median(r[0] for r in rows[f"{who}: {steps}"])] + \
+                      [statistics.median(r[1][k] for r in rows[f"{who}: {steps}"]) for k in (0, 1)]
+                print(f"{who + ': ' + steps:<44} {got[0]:>7.1f} {frames / got[0]:>9.1f} {base[0] / got[0]:>7.2f}x "
+                      f"{got[1] / 1e6:>7.0f} {got[1] / base[1]:>5.2f}x {got[2] / 1e6:>7.0f} {got[2] / base[2]:>5.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -84,13 +84,17 @@ def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
 
 
 _BLOCK = r'''
-import json, os
-from radflow.cluster.local import connect, current_pending, pending_cluster, start_local
+import json, os, sys
+from radflow.cluster.local import connect, current_pending, engine_imported, pending_cluster, start_local
 from radflow.config import ClusterSettings
 
 if __name__ == "__main__":
     settings = ClusterSettings(n_workers=1, threads_per_worker=1)
     with pending_cluster(settings, start_local(settings)) as pending:
+        engine_imported()  # (the command's flows, imported meanwhile, may now import distributed's modules)
+        module = sys.modules.get("distributed")
+        imported = module is not None and not getattr(module.__spec__, "_initializing", True) \
+            and "distributed.diagnostics.plugin" in sys.modules
         again = start_local(settings)  # the block's cluster is starting: no second one
         pending.warm(("radflow.store.shards",))
         with connect(settings) as client:  # the block's first connect waits for it and takes it
@@ -101,7 +105,7 @@ if __name__ == "__main__":
             second = client.run_on_scheduler(os.getpid)
         workers = list(client.run(os.getpid).values())
     print(json.dumps({"again": again is None, "first": first, "second": second, "answer": answer, "warmed": warmed,
-                      "workers": workers, "pending": current_pending() is None}), flush=True)
+                      "workers": workers, "pending": current_pending() is None, "imported": imported}), flush=True)
 '''
 
 
@@ -114,6 +118,7 @@ def test_a_block_goes_on_while_its_cluster_starts_and_its_flows_share_it(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["again"] and info["answer"] == 3 and info["first"] == info["second"]
+    assert info["imported"]  # the block's thread imported distributed whole before the wait returned
     assert info["warmed"]  # the modules asked for before the workers were up were imported on them
     assert info["pending"]  # the block's end closed it
     assert _gone([info["first"], *info["workers"]], 60)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from radflow.config import ClusterSettings
 from radflow.errors import ConfigError, MissingDependencyError
@@ -15,9 +16,40 @@ if TYPE_CHECKING:
     from distributed import Client
 
 __all__ = ["connect", "dashboard_link", "security", "start_local", "warm_up", "Starting", "Pending", "pending_cluster",
-           "current_pending"]
+           "current_pending", "engine_imported"]
 
 log = logging.getLogger(__name__)
+
+_importing: list[threading.Event] = []  # one per cluster thread of this process still importing distributed
+
+
+def _on_thread(target: Callable[[], None], name: str) -> None:
+    """Run ``target`` on a daemon thread that first imports Dask's ``distributed`` (see :func:`engine_imported`)."""
+    imported = threading.Event()
+    _importing.append(imported)
+
+    def run() -> None:
+        try:
+            import distributed  # noqa: F401
+        except BaseException:  # noqa: BLE001 - ``target`` meets it again and reports it where the cluster is asked for
+            pass
+        finally:
+            imported.set()
+        target()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+
+
+def engine_imported() -> None:
+    """Wait until the cluster threads of this process have imported ``distributed`` (at once when none is
+    importing it). A command's main thread calls this after importing its flows and before running them:
+    two threads importing distributed's modules at once can each find the other's half-initialised
+    (``cannot import name 'ForwardLoggingPlugin' from partially initialized module``), so its main thread
+    imports none of them while a cluster thread does."""
+    for imported in list(_importing):
+        imported.wait()
+        with contextlib.suppress(ValueError):
+            _importing.remove(imported)
 
 
 def dashboard_link(client: "Client") -> str | None:
@@ -37,7 +69,6 @@ class Starting:
 
     def __init__(self, settings: ClusterSettings) -> None:
         import signal
-        import threading
         from concurrent.futures import Future
 
         self.future: Future = Future()
@@ -57,7 +88,7 @@ class Starting:
             except BaseException as exc:  # handed to the caller by result()
                 self.future.set_exception(exc)
 
-        threading.Thread(target=start, name="radflow-cluster-start", daemon=True).start()
+        _on_thread(start, "radflow-cluster-start")
 
     def _restore(self) -> None:
         if self._previous is not None:
@@ -96,7 +127,6 @@ class Pending:
     on meanwhile. The block owns it: :meth:`close` at the block's end."""
 
     def __init__(self, settings: ClusterSettings, starting: Starting) -> None:
-        import threading
         from concurrent.futures import Future
 
         self.settings = settings
@@ -106,7 +136,7 @@ class Pending:
         self._modules: tuple[str, ...] = ()
         self._client: Any = None
         self.warming: list[Any] = []  # held until the block ends (a released future may never run)
-        threading.Thread(target=self._connect, name="radflow-cluster-connect", daemon=True).start()
+        _on_thread(self._connect, "radflow-cluster-connect")
 
     def _connect(self) -> None:
         try:

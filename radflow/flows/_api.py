@@ -139,7 +139,9 @@ def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any]
         if new:
             log.info("imported %s", ", ".join(new))
         if cluster:
-            from radflow.cluster import connect, current_pending, warm_up
+            from radflow.cluster import connect, current_pending, engine_imported, warm_up
+
+            engine_imported()  # the flows import distributed's modules as they run: not while the cluster's thread does
 
             # what the flows' tasks import on a worker, imported there as soon as it is up
             worker_modules = tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ())))
