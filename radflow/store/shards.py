@@ -36,11 +36,12 @@ _KEPT = [0]  # the most freed heap this process keeps, as set here
 
 def keep_freed_heap(nbytes: int) -> bool:
     """Let glibc serve allocations up to ``nbytes`` from its heap and keep up to ``nbytes`` of it free for
-    the next ones rather than returning it to the system (Dask's workers trim at 64 KiB): a writer's shard
-    buffers and each input's file and frame buffers then reuse pages instead of faulting in fresh zeroed
-    ones for every input and shard (measured in one process: 62 → 48 ms per radiograph). Only raised (a
-    larger value from the environment, ``MALLOC_*_THRESHOLD_``, stays), and only in processes that write
-    shards: a process step's workers keep returning memory. False where the C library is not glibc."""
+    the next ones rather than returning it to the system (Dask's workers trim at 64 KiB; radflow's local
+    workers at 64 MiB, ``cluster.worker_env``): a writer's shard buffers and each input's file and frame
+    buffers then reuse pages instead of faulting in fresh zeroed ones for every input and shard (measured in
+    one process: 62 → 48 ms per radiograph). Only raised (a larger value from the environment,
+    ``MALLOC_*_THRESHOLD_``, stays), and only in processes that write shards. False where the C library is
+    not glibc."""
     if nbytes <= _KEPT[0]:
         return True
     try:
