@@ -62,10 +62,10 @@ def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
     assert info["deaf"]  # Ctrl-C at a terminal reaches the whole group; the command stops the run
     mine, *workers = info["nice"]
     assert workers == [min(19, mine + 5)] * 2  # the command's own work goes first on a busy machine
-    # glibc serves torch's activations and frame buffers from its heap and keeps 64 MiB of it free (radflow's
+    # glibc serves torch's activations and frame buffers from one heap and keeps 64 MiB of it free (radflow's
     # worker_env over Dask's pre-spawn environment)
-    assert [(m["MALLOC_MMAP_THRESHOLD_"], m["MALLOC_TRIM_THRESHOLD_"]) for m in info["malloc"]] == \
-        [(str(256 * 2**20), str(64 * 2**20))] * 2  # (Dask's own trim threshold is 64 KiB)
+    assert [(m["MALLOC_MMAP_THRESHOLD_"], m["MALLOC_TRIM_THRESHOLD_"], m["MALLOC_ARENA_MAX"]) for m in info["malloc"]] == \
+        [(str(256 * 2**20), str(64 * 2**20), "1")] * 2  # (Dask's own trim threshold is 64 KiB)
     # the workers' errors reach the command's stderr through the command, not by holding its stderr: a pipe
     # reading the command ends when the command does, not when the last worker has stopped
     assert info["stderr"] not in info["worker_stderr"]
