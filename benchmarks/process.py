@@ -159,7 +159,7 @@ def main() -> None:
         env = dict(os.environ)
         if args.workers:
             env.update(RADFLOW_CLUSTER__N_WORKERS=str(args.workers), RADFLOW_CLUSTER__THREADS_PER_WORKER="1")
-        rows: dict[str, list[tuple[float, tuple[int, int]]]] = {}
+        rows: dict[str, list[tuple[float, int, int]]] = {}  # (wall s, peak RSS, peak PSS) per round
         frames = 0
         for r in range(args.repeat):
             store = os.path.join(work, f"r{r}.zarr")
@@ -169,21 +169,23 @@ def main() -> None:
             for steps in ("preprocess,features", "infer"):
                 secs, peak, out = run([sys.executable, "-c", PLAIN, store, plain_out, str(args.canvas), steps, model], env)
                 frames = json.loads(out.strip().splitlines()[-1])["frames"]
-                rows.setdefault(f"plain loop: {steps}", []).append((secs, peak))
+                rows.setdefault(f"plain loop: {steps}", []).append((secs, *peak))
                 extra = ["--canvas", str(args.canvas)] if steps != "infer" else ["--model", model]
                 secs, peak, _ = run([sys.executable, "-m", "radflow", "process", store, "--steps", steps, *extra], env)
-                rows.setdefault(f"radflow process: {steps}", []).append((secs, peak))
+                rows.setdefault(f"radflow process: {steps}", []).append((secs, *peak))
             shutil.rmtree(store, ignore_errors=True)
         shape = f"{args.workers} one-thread workers" if args.workers else "radflow's own cluster shape"
         print(f"\n{frames} frames, canvas {args.canvas}, model {args.arch} at 224², {shape}, "
               f"median of {args.repeat} interleaved rounds")
         print(f"{'pipeline':<44} {'wall s':>7} {'frames/s':>9} {'speed ×':>8} {'RSS MB':>7} {'RSS ×':>6} {'PSS MB':>7} {'PSS ×':>6}")
+
+        def medians(name: str) -> list[float]:
+            return [statistics.median(column) for column in zip(*rows[name])]
+
         for steps in ("preprocess,features", "infer"):
-            base = [statistics.median(r[0] for r in rows[f"plain loop: {steps}"])] + \
-                   [statistics.median(r[1][k] for r in rows[f"plain loop: {steps}"]) for k in (0, 1)]
+            base = medians(f"plain loop: {steps}")
             for who in ("plain loop", "radflow process"):
-                got = [statistics.median(r[0] for r in rows[f"{who}: {steps}"])] + \
-                      [statistics.median(r[1][k] for r in rows[f"{who}: {steps}"]) for k in (0, 1)]
+                got = medians(f"{who}: {steps}")
                 print(f"{who + ': ' + steps:<44} {got[0]:>7.1f} {frames / got[0]:>9.1f} {base[0] / got[0]:>7.2f}x "
                       f"{got[1] / 1e6:>7.0f} {got[1] / base[1]:>5.2f}x {got[2] / 1e6:>7.0f} {got[2] / base[2]:>5.2f}x")
     finally:
