@@ -182,3 +182,27 @@ def test_no_flow_run_heartbeats_under_radflows_own_api_unless_asked(monkeypatch)
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     with _no_heartbeats():
         assert get_current_settings().flows.heartbeat_frequency == before  # (this process's settings, untouched)
+
+
+def test_the_api_server_imports_the_radflow_the_command_runs(tmp_path):
+    """The kept server runs ``python -m radflow.flows._kept_api`` in ``PREFECT_HOME``: a command run from a
+    copy of radflow that is not installed (a source checkout) must start a server that imports that copy,
+    not fail to find radflow (as it did) or import an installed one."""
+    import shutil
+
+    import radflow
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(os.path.dirname(radflow.__file__), copy / "radflow",
+                    ignore=shutil.ignore_patterns("__pycache__", "data"))
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    code = ("import os, subprocess, sys\n"
+            "from radflow.flows._kept_api import server_env\n"
+            "env = server_env({k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})\n"
+            "out = subprocess.run([sys.executable, '-c', 'import radflow; print(radflow.__file__)'], env=env,\n"
+            f"                     cwd={str(elsewhere)!r}, capture_output=True, text=True, check=True)\n"
+            "print(out.stdout.strip())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=copy, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(copy / "radflow" / "__init__.py")

@@ -60,8 +60,9 @@ class TemporaryAPI:
     def _launch(self) -> subprocess.Popen:
         spec = importlib.util.find_spec("prefect")
         app_dir = os.path.dirname(list(spec.submodule_search_locations)[0])
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        env.pop("PREFECT_API_URL", None)
+        from radflow.flows._kept_api import server_env
+
+        env = server_env(os.environ)
         fd = self.socket.fileno()
         cmd = [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app",
                "--fd", str(fd), "--log-level", "error", "--lifespan", "on"]

@@ -95,6 +95,18 @@ def _renew(home: str) -> None:
     os.utime(path)
 
 
+def server_env(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """The server process's environment: Prefect's server settings, no ``PREFECT_API_URL``, and the folder
+    that holds the running ``radflow`` first on ``PYTHONPATH`` (the server runs in ``PREFECT_HOME``, so a
+    command run from a source checkout, not installed, would otherwise start a server that cannot import
+    ``radflow``, or one that imports another copy)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above radflow/
+    env = {**environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, environ.get("PYTHONPATH")) if p)
+    return env
+
+
 class KeptAPI:
     """This command's use of the kept server: waits for it, renews the lease while the command runs."""
 
@@ -122,8 +134,7 @@ class KeptAPI:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        env.pop("PREFECT_API_URL", None)
+        env = server_env(os.environ)
         with open(os.path.join(self.home, _LOG), "ab") as errors:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(sock.fileno()), self.home, str(self.keep_s), APP],
