@@ -206,3 +206,37 @@ def test_the_api_server_imports_the_radflow_the_command_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=copy, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(copy / "radflow" / "__init__.py")
+
+
+def test_the_api_servers_connections_send_without_delay():
+    """The server's socket is handed over as a descriptor. Wrapped as uvicorn's ``fd=`` wraps it (a Unix
+    socket), asyncio left Nagle's algorithm on for every TCP connection, and each request after the first on
+    a kept-alive connection waited ~40 ms for the client's delayed ACK. The connections the server's
+    event loop accepts must have ``TCP_NODELAY``."""
+    import asyncio
+
+    from radflow.flows._kept_api import _listening_socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    sock = _listening_socket(os.dup(listener.fileno()))
+    listener.close()
+    assert (sock.family, sock.proto) == (socket.AF_INET, socket.IPPROTO_TCP)
+
+    async def accepted_nodelay() -> int:
+        got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Protocol(asyncio.Protocol):
+            def connection_made(self, transport):
+                got.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Protocol, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0

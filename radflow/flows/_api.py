@@ -3,7 +3,7 @@
 Without ``PREFECT_API_URL`` Prefect starts a temporary API server at the first flow call: after
 radflow has imported its flows, after this process has imported Prefect's whole server package
 (seconds of CPU, only to launch a subprocess), and before the Dask cluster is started. The
-command line starts the same server (the same uvicorn command, app and database under
+command line starts the same server (Prefect's app under uvicorn, with its database under
 ``PREFECT_HOME``, so runs stay visible in ``prefect server start`` afterwards) in its first
 milliseconds and points ``PREFECT_API_URL`` at it; the server boots on another core while the
 command imports its flows and starts the cluster, and the first flow call waits for it only if it
@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
-import importlib.util
 import logging
 import os
 import socket
@@ -45,7 +44,7 @@ class TemporaryAPI:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.errors = tempfile.TemporaryFile()  # the server's stderr, read only if it fails to start
-        # the port is bound here and the socket handed to the server (uvicorn --fd): between choosing a
+        # the port is bound here and the socket handed to the server (its descriptor): between choosing a
         # free port and a server binding it seconds later, the Dask cluster started meanwhile could take it
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server's own socket
@@ -58,16 +57,12 @@ class TemporaryAPI:
         atexit.register(self.stop)
 
     def _launch(self) -> subprocess.Popen:
-        spec = importlib.util.find_spec("prefect")
-        app_dir = os.path.dirname(list(spec.submodule_search_locations)[0])
-        from radflow.flows._kept_api import server_env
+        from radflow.flows._kept_api import APP, server_env
 
-        env = server_env(os.environ)
         fd = self.socket.fileno()
-        cmd = [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app",
-               "--fd", str(fd), "--log-level", "error", "--lifespan", "on"]
-        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.errors,
-                                pass_fds=(fd,))
+        cmd = [sys.executable, "-m", "radflow.flows._kept_api", str(fd), APP]  # serves until stopped
+        return subprocess.Popen(cmd, env=server_env(os.environ), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=self.errors, pass_fds=(fd,))
 
     def wait_ready(self) -> None:
         """Block until the API answers ``/health`` (the startup timeout of Prefect's own temporary

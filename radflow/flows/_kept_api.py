@@ -230,12 +230,25 @@ def stop_kept(home: str | None = None, timeout_s: float = 15.0) -> dict[str, Any
     return state
 
 
-def _serve(fd: int, home: str, keep_s: float) -> None:
-    """The server process: Prefect's API app under uvicorn on the inherited socket, until the lease runs out
-    or its record names another process (``radflow api stop``, or a newer server)."""
+def _listening_socket(fd: int) -> socket.socket:
+    """The inherited listening socket, as what it is (TCP over IPv4), with ``TCP_NODELAY`` (the connections
+    it accepts inherit it). Not uvicorn's ``fd=``: that wraps any descriptor as a Unix socket, so asyncio
+    left Nagle's algorithm on for every connection, and each request after the first on a kept-alive
+    connection waited ~40 ms for the client's delayed ACK (Prefect's client reuses its connection: a flow
+    run's dozen requests took ~0.5 s)."""
+    sock = socket.socket(fileno=fd)  # family, type and protocol read from the descriptor
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _serve(fd: int, home: str | None = None, keep_s: float = 0.0) -> None:
+    """The server process: Prefect's API app under uvicorn on the inherited socket. A kept server (``home``
+    given) runs until the lease runs out or its record names another process (``radflow api stop``, or a
+    newer server); a command's temporary one until that command stops it."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(APP, factory=True, fd=fd, log_level="error", lifespan="on"))
+    sock = _listening_socket(fd)
+    server = uvicorn.Server(uvicorn.Config(APP, factory=True, log_level="error", lifespan="on"))
 
     def watch() -> None:
         while not server.should_exit:
@@ -256,9 +269,12 @@ def _serve(fd: int, home: str, keep_s: float) -> None:
                     break
         server.should_exit = True
 
-    threading.Thread(target=watch, name="radflow-api-idle", daemon=True).start()
-    server.run()
+    if home is not None:
+        threading.Thread(target=watch, name="radflow-api-idle", daemon=True).start()
+    server.run(sockets=[sock])
+    if not server.started:  # as uvicorn's command line: its start-up failure code (the caller retries on it)
+        sys.exit(3)
 
 
-if __name__ == "__main__":
-    _serve(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]))
+if __name__ == "__main__":  # python -m radflow.flows._kept_api FD [PREFECT_HOME KEEP_S]
+    _serve(int(sys.argv[1]), *((sys.argv[2], float(sys.argv[3])) if len(sys.argv) > 3 else ()))
