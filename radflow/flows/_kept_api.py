@@ -271,9 +271,7 @@ def _serve(fd: int, home: str | None = None, keep_s: float = 0.0) -> None:
 
     if home is not None:
         threading.Thread(target=watch, name="radflow-api-idle", daemon=True).start()
-    server.run(sockets=[sock])
-    if not server.started:  # as uvicorn's command line: its start-up failure code (the caller retries on it)
-        sys.exit(3)
+    server.run(sockets=[sock])  # a failed start-up exits with uvicorn's code 3 (the caller retries on it)
 
 
 if __name__ == "__main__":  # python -m radflow.flows._kept_api FD [PREFECT_HOME KEEP_S]
