@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from radflow.cluster import connect, dashboard_link
@@ -20,6 +20,7 @@ from radflow.cluster.sealed import submit
 from radflow.config import resolve_secret_key
 from radflow.errors import ConfigError
 from radflow.flows._common import build_settings, run_logger
+from radflow.flows._flow import flow
 from radflow.flows._progress import report
 from radflow.flows.evaluate import evaluate_flow, join_labels
 from radflow.flows.ingest import ingest_flow

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from prefect import flow
 
 from radflow.config import resolve_secret_key
 from radflow.errors import ConfigError
 from radflow.flows._common import build_settings, markdown_table, publish_artifact, run_logger
 from radflow.dicom.pseudonym import remap_uid
+from radflow.flows._flow import flow
 from radflow.store.handle import open_store
 from radflow.store.lock import writer
 from radflow.store.tables import write_part

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote  # large inputs: Prefect would visit every element
@@ -29,6 +29,7 @@ from radflow.config import VERSION, Settings, key_fingerprint, resolve_secret_ke
 from radflow.errors import Reason
 from radflow.flows._common import (build_settings, compact_tables, markdown_table, performance_report,
                                    publish_artifact, request_slots, run_logger)
+from radflow.flows._flow import flow
 from radflow.flows._progress import report
 from radflow.store import layout, versions
 from radflow.ingest.batches import PHASES, BatchInput, BatchPlan, ledger_row, lost_detail, plan_batches, probe_input, write_batch

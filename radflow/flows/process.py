@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from radflow.cluster import connect, dashboard_link
@@ -18,6 +17,7 @@ from radflow.config import Settings
 from radflow.errors import ConfigError
 from radflow.flows._common import (build_settings, compact_tables, markdown_table, performance_report,
                                    publish_artifact, run_logger)
+from radflow.flows._flow import flow
 from radflow.flows._progress import report as progress
 from radflow.flows.runner import _has_gpu_workers, run_stage
 from radflow.stages import Request, registered

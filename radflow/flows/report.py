@@ -6,11 +6,11 @@ import datetime as dt
 from typing import Any
 
 import pandas as pd
-from prefect import flow
 from prefect.artifacts import create_link_artifact
 
 from radflow.config import resolve_secret_key
 from radflow.flows._common import build_settings, run_logger
+from radflow.flows._flow import flow
 from radflow.flows.evaluate import remap_labels
 from radflow.report.qc import qc_report
 from radflow.store.handle import open_store

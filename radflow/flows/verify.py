@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -17,6 +17,7 @@ from radflow.cluster import connect
 from radflow.cluster.sealed import submit
 from radflow.cluster.waiting import result
 from radflow.flows._common import build_settings, markdown_table, publish_artifact, run_logger
+from radflow.flows._flow import flow
 from radflow.flows._progress import report
 from radflow.ingest.acquisitions import KINDS
 from radflow.store.handle import open_store
