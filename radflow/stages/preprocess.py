@@ -14,6 +14,7 @@ from radflow.stages._images import canvas_of, image_ranges, open_array
 from radflow.stages.base import Job, Range, Request, Stage, fingerprint, instance_rows, register
 from radflow.store import layout
 from radflow.store.tables import read_table
+from radflow.store.shards import ShardReader
 from radflow.store.urls import zarr_store
 from radflow.tasks.preprocess import Enhancements, FrameParams, prepare_frame
 
@@ -98,9 +99,9 @@ class Preprocess(Stage):
             if len(rows) else pd.DataFrame()
         luts = frame_luts(rows, luts) if len(luts) else {}
         out = np.zeros((rng.hi - rng.lo, opt.canvas, opt.canvas), dtype=opt.dtype)
-        raw = {name: open_array(job, f"raw/{name}") for name in set(rows["raw_array"])}  # opened once per range
+        raw = {name: ShardReader(open_array(job, f"raw/{name}")) for name in set(rows["raw_array"])}  # once per range
         for row in rows.itertuples(index=False):
-            frame = np.asarray(raw[row.raw_array][int(row.raw_position)])
+            frame = raw[row.raw_array].frame(int(row.raw_position))
             img = prepare_frame(frame, frame_params(row, luts), opt.canvas, opt.method, opt.enhancements)
             if out.dtype == np.uint16:
                 img = np.round(img * 65535.0)

@@ -45,6 +45,8 @@ __all__ = [
     "ensure_images_array",
     "chunk_present",
     "present_frames",
+    "shard_key",
+    "shard_index",
 ]
 
 FORMAT_VERSION = 2
@@ -251,29 +253,48 @@ def ensure_images_array(root: zarr.Group, *, n: int, canvas: int, dtype: str, ch
     return arr
 
 
-def present_frames(arr: zarr.Array, positions: np.ndarray) -> np.ndarray:
-    """Whether the inner chunk of each frame position was written, reading each shard's index once."""
+def shard_key(arr: zarr.Array, shard: int) -> str:
+    """The store key of shard ``shard`` (along the first axis) of ``arr``, in the array's chunk key encoding."""
+    key = arr.metadata.encode_chunk_key((int(shard),) + (0,) * (arr.ndim - 1))
+    prefix = arr.store_path.path
+    return f"{prefix}/{key}" if prefix else key
+
+
+def shard_index(arr: zarr.Array, shard: int, *, check: bool = False) -> np.ndarray | None:
+    """Shard ``shard``'s index, ``(offset, nbytes)`` per inner chunk as ``uint64`` (``2**64 - 1`` twice for a
+    chunk never written), read alone from the end of the shard object; ``None`` when the object does not exist.
+    ``check``: verify the index's own CRC-32C (``ValueError`` when it does not match)."""
     from zarr.abc.store import SuffixByteRequest
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    positions = np.asarray(positions, dtype=np.int64)
     shard_frames = arr.shards[0] if arr.shards else arr.chunks[0]
     n_inner = shard_frames // arr.chunks[0]
+    key = shard_key(arr, shard)
+    try:
+        buf = sync(arr.store_path.store.get(key, default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
+    except Exception as exc:  # a versioned store whose version lists a shard object storage no longer has
+        if "not found" not in str(exc).lower():
+            raise
+        buf = None
+    if buf is None:
+        return None
+    data = buf.to_bytes()
+    if check and google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
+        raise ValueError(f"{key}: the shard index does not match its CRC-32C checksum")
+    return np.frombuffer(data[:-4], dtype="<u8").reshape(n_inner, 2)
+
+
+def present_frames(arr: zarr.Array, positions: np.ndarray) -> np.ndarray:
+    """Whether the inner chunk of each frame position was written, reading each shard's index once."""
+    positions = np.asarray(positions, dtype=np.int64)
+    shard_frames = arr.shards[0] if arr.shards else arr.chunks[0]
     out = np.zeros(len(positions), bool)
-    prefix = arr.store_path.path
     for shard in np.unique(positions // shard_frames):
-        key = f"{prefix}/c/" + "/".join([str(int(shard))] + ["0"] * (arr.ndim - 1))
-        try:
-            buf = sync(arr.store_path.store.get(key, default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
-        except Exception as exc:  # a versioned store whose version lists a shard object storage no longer has
-            if "not found" not in str(exc).lower():
-                raise
-            buf = None
-        if buf is None:
+        index = shard_index(arr, int(shard))
+        if index is None:
             continue
         sel = positions // shard_frames == shard
-        index = np.frombuffer(buf.to_bytes()[:-4], dtype="<u8").reshape(n_inner, 2)
         inner = (positions[sel] % shard_frames) // arr.chunks[0]
         out[sel] = ~((index[inner, 0] == _EMPTY) & (index[inner, 1] == _EMPTY))
     return out

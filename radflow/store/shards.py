@@ -27,7 +27,10 @@ import google_crc32c
 import numpy as np
 from zarr.core.buffer import cpu
 
-__all__ = ["ShardWriter", "keep_freed_heap"]
+from radflow.errors import MissingChunkError
+from radflow.store.layout import shard_index, shard_key
+
+__all__ = ["ShardWriter", "ShardReader", "keep_freed_heap"]
 
 _EMPTY = np.uint64(2**64 - 1)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -108,6 +111,61 @@ class _BytesBuffer(cpu.Buffer):
         return self._bytes
 
 
+def _chunk_spec(arr, sharding) -> Any:
+    """The spec one inner chunk (one frame) is encoded under."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    spec = arr.metadata.get_chunk_spec((0,) * arr.ndim, arr.config, default_buffer_prototype())
+    return dataclasses.replace(spec, shape=tuple(sharding.chunk_shape))
+
+
+class ShardReader:
+    """Frames of a frames array (chunk = one frame), one at a time, as Zarr reads them but without its
+    round trip per frame: each shard's index is read once (its CRC-32C checked), each frame's chunk is fetched
+    by its byte range and decoded by the array's own inner codecs (their checksum included) in the calling
+    thread. Through Zarr a frame costs two requests (index, chunk) and the hand-offs of its event loop and
+    decoder thread. Arrays laid out otherwise, or with a codec without a synchronous decoder, are read
+    through Zarr. A frame whose chunk was never written raises :class:`~radflow.errors.MissingChunkError`
+    (a recorded frame with no chunk is a damaged store, not a blank image)."""
+
+    def __init__(self, arr) -> None:
+        self.arr = arr
+        self.shard_frames = int(arr.shards[0]) if arr.shards else int(arr.chunks[0])
+        self._indexes: dict[int, np.ndarray | None] = {}
+        self._steps: list[tuple[Any, Any]] | None = None
+        sharding = _direct_layout(arr)
+        if sharding is not None:
+            steps = _inner_steps(list(sharding.codecs), _chunk_spec(arr, sharding))
+            self._steps = None if steps is None or any(not hasattr(c, "_decode_sync") for c, _ in steps) else steps
+
+    def frame(self, position: int) -> np.ndarray:
+        """Frame ``position`` in the array's dtype and frame shape."""
+        if self._steps is None:
+            from radflow.store.layout import require_chunk
+
+            require_chunk(self.arr, position)
+            return np.asarray(self.arr[position])
+        from zarr.abc.store import RangeByteRequest
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        shard, inner = divmod(int(position), self.shard_frames)
+        if shard not in self._indexes:
+            self._indexes[shard] = shard_index(self.arr, shard, check=True)
+        index = self._indexes[shard]
+        offset, nbytes = (int(v) for v in index[inner]) if index is not None else (int(_EMPTY), int(_EMPTY))
+        if nbytes == int(_EMPTY):
+            raise MissingChunkError(f"frame {position} of {self.arr.path!r} is recorded as written but its chunk is "
+                                    "missing from the store; run `radflow verify` and re-ingest the affected batch")
+        buf = sync(self.arr.store_path.store.get(shard_key(self.arr, shard), default_buffer_prototype(),
+                                                 RangeByteRequest(offset, offset + nbytes)))
+        if buf is None:  # the shard went away since its index was read
+            raise MissingChunkError(f"shard {shard} of {self.arr.path!r} is missing from the store")
+        for codec, spec in reversed(self._steps):
+            buf = codec._decode_sync(buf, spec)
+        return buf.as_numpy_array().reshape(self.arr.shape[1:])  # (read-only where the decoder's buffer is)
+
+
 class ShardWriter:
     """The frames of ``arr`` from ``position`` on (a shard boundary), added in order and written
     whole shards at a time by :meth:`flush`. Frames not added stay unwritten (they read as the
@@ -127,10 +185,7 @@ class ShardWriter:
         self._steps: list[tuple[Any, Any]] | None = None  # the inner codecs, run in this thread (None: Zarr's pipeline)
         self._own_crc = False
         if self._sharding is not None:
-            from zarr.core.buffer import default_buffer_prototype
-
-            self._spec = dataclasses.replace(arr.metadata.get_chunk_spec((0,) * arr.ndim, arr.config, default_buffer_prototype()),
-                                             shape=tuple(self._sharding.chunk_shape))  # one frame's chunk
+            self._spec = _chunk_spec(arr, self._sharding)  # one frame's chunk
             codecs = list(self._sharding.codecs)
             own_crc = _ends_with_crc(self._sharding)
             self._steps = _inner_steps(codecs[:-1] if own_crc else codecs, self._spec)
@@ -193,7 +248,7 @@ class ShardWriter:
             return
         from zarr.core.sync import sync
 
-        store, prefix = self.arr.store_path.store, self.arr.store_path.path
+        store = self.arr.store_path.store
         writes = []
         crcs = self._crcs or [b""] * len(self._chunks)
         for lo in range(0, len(self._chunks), self.shard_frames):
@@ -207,9 +262,7 @@ class ShardWriter:
             # one copy: the chunks (each followed by its CRC-32C) joined straight into the bytes the store writes
             body = b"".join([*(b for pair in zip(part, tails) for b in pair), index.tobytes(),
                              google_crc32c.value(index.tobytes()).to_bytes(4, "little")])
-            shard = (self.position + lo) // self.shard_frames
-            key = self.arr.metadata.encode_chunk_key((shard,) + (0,) * (self.arr.ndim - 1))
-            writes.append(store.set(f"{prefix}/{key}" if prefix else key, _BytesBuffer(body)))
+            writes.append(store.set(shard_key(self.arr, (self.position + lo) // self.shard_frames), _BytesBuffer(body)))
         self._chunks, self._crcs = [], []
 
         async def all_writes() -> None:

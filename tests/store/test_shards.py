@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
+from radflow.errors import MissingChunkError
 from radflow.store import layout
 from radflow.store.shards import ShardWriter
 
@@ -122,3 +123,69 @@ def test_a_shard_writing_process_keeps_its_freed_buffers_for_the_next_shard(tmp_
                                          check=True).stdout) for how in ("keep", "default"))
     assert kept >= 90  # the freed block stays, for the next one to reuse without faulting in fresh pages
     assert returned < 10  # glibc's default: a block this large is its own mapping, returned when freed
+
+
+@pytest.mark.parametrize("codec", layout.RAW_CODECS)
+def test_the_shard_reader_reads_the_frames_zarr_reads(tmp_path, codec):
+    from radflow.store.shards import ShardReader
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    arr = _array(root, "a", layout.raw_compressors(codec), n=12)
+    frames = np.random.default_rng(4).integers(0, 4096, (7, 40, 24), dtype=np.uint16)
+    writer = ShardWriter(arr, 4)  # shards 1 and 2 (part-filled); shard 0 never written
+    writer.add(frames)
+    writer.flush()
+    reader = ShardReader(arr)
+    assert reader._steps is not None  # read directly, not through Zarr
+    for pos in (10, 4, 5, 9, 6, 7, 8):  # any order, shards revisited
+        got = reader.frame(pos)
+        assert got.dtype == arr.dtype and got.shape == (40, 24)
+        np.testing.assert_array_equal(got, arr[pos])
+        np.testing.assert_array_equal(got, frames[pos - 4])
+    for missing in (0, 3, 11):  # a shard never written; a slot of a written shard never filled
+        with pytest.raises(MissingChunkError):
+            reader.frame(missing)
+
+
+def test_the_shard_reader_finds_a_flipped_byte_in_a_frame_or_in_the_index(tmp_path):
+    from radflow.store.shards import ShardReader
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    arr = _array(root, "a", layout.raw_compressors("blosc-lz4"))
+    writer = ShardWriter(arr, 0)
+    writer.add(np.random.default_rng(5).integers(0, 4096, (8, 40, 24), dtype=np.uint16))
+    writer.flush()
+    for shard, at in ((0, 10), (1, -8)):  # inside the first frame's bytes; inside the index
+        path = tmp_path / "s.zarr" / "a" / "c" / str(shard) / "0" / "0"
+        data = bytearray(path.read_bytes())
+        data[at] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(ValueError, match="(?i)checksum|crc"):
+            ShardReader(arr).frame(shard * 4)
+
+
+def test_the_shard_reader_reads_a_versioned_store_and_other_layouts(tmp_path):
+    import icechunk as ic
+
+    from radflow.store.shards import ShardReader
+
+    frames = np.random.default_rng(6).integers(0, 4096, (4, 40, 24), dtype=np.uint16)
+    session = ic.Repository.create(ic.local_filesystem_storage(str(tmp_path / "repo"))).writable_session("main")
+    arr = _array(zarr.open_group(session.store, mode="w"), "a", layout.raw_compressors("zstd"))
+    writer = ShardWriter(arr, 0)
+    writer.add(frames)
+    writer.flush()
+    session.commit("frames")
+    reader = ShardReader(arr)
+    assert reader._steps is not None
+    np.testing.assert_array_equal(np.stack([reader.frame(i) for i in range(4)]), frames)
+    with pytest.raises(MissingChunkError):
+        reader.frame(5)
+
+    plain = _array(zarr.open_group(str(tmp_path / "p.zarr"), mode="w"), "a", layout.raw_compressors("zstd"), sharded=False)
+    plain[2:6] = frames  # one object per frame: read through Zarr
+    reader = ShardReader(plain)
+    assert reader._steps is None
+    np.testing.assert_array_equal(reader.frame(3), frames[1])
+    with pytest.raises(MissingChunkError):
+        reader.frame(0)
