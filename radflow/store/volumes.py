@@ -9,6 +9,7 @@ import pandas as pd
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from radflow.store import layout
+from radflow.store.shards import ShardReader
 from radflow.store.urls import zarr_store
 
 __all__ = ["write_volume"]
@@ -22,12 +23,14 @@ def write_volume(store_url: str, plan: Any, frames: pd.DataFrame, storage_option
     """
     root = layout.open_root(zarr_store(store_url, storage_options), mode="r+")
     by_index = frames.set_index("index")
+    readers: dict[str, ShardReader] = {}  # each raw array's shard indexes read once
     slices = []
     for i in plan.indices:
         row = by_index.loc[i]
-        arr = root[f"raw/{row['raw_array']}"]
-        layout.require_chunk(arr, int(row["raw_position"]))
-        slices.append(np.asarray(arr[int(row["raw_position"]), : int(row["rows"]), : int(row["cols"])]))
+        name = str(row["raw_array"])
+        if name not in readers:
+            readers[name] = ShardReader(root[f"raw/{name}"])
+        slices.append(readers[name].frame(int(row["raw_position"]))[: int(row["rows"]), : int(row["cols"])])
     volume = np.stack(slices)
     record = plan.record()
     zchunk = max(1, min(volume.shape[0], (64 * 2**20) // max(1, volume[0].nbytes)))
