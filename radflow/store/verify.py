@@ -19,6 +19,7 @@ import zarr
 
 from radflow.store import layout
 from radflow.store.layout import frame_crc32
+from radflow.store.shards import ShardReader
 from radflow.store.urls import zarr_store
 
 __all__ = ["verify_frames", "check_structure", "content_digest"]
@@ -39,6 +40,7 @@ def verify_frames(store_url: str, array: str, rows: list[dict[str, Any]],
         arr = root[array]
         positions = np.array([int(r["position"]) for r in rows], dtype=np.int64)
         present = layout.present_frames(arr, positions)
+        reader = ShardReader(arr)
     except Exception as exc:  # no metadata, or an index that does not parse: every frame of these rows is lost
         kind = "ARRAY_UNREADABLE" if not isinstance(exc, KeyError) else "ARRAY_MISSING"
         return [{**ident(r), "array": array, "position": int(r["position"]), "problem": kind,
@@ -50,7 +52,7 @@ def verify_frames(store_url: str, array: str, rows: list[dict[str, Any]],
                              "detail": "chunk absent from its shard"})
             continue
         try:
-            frame = np.asarray(arr[int(r["position"])])
+            frame = reader.frame(int(r["position"]))
         except Exception as exc:  # the checksum codec's mismatch, a truncated shard, a codec error
             problems.append({**ident(r), "array": array, "position": int(r["position"]), "problem": "UNREADABLE_CHUNK",
                              "detail": f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"})
