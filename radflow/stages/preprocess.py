@@ -13,8 +13,8 @@ import pandas as pd
 from radflow.stages._images import canvas_of, image_ranges, open_array
 from radflow.stages.base import Job, Range, Request, Stage, fingerprint, instance_rows, register
 from radflow.store import layout
-from radflow.store.tables import read_table
 from radflow.store.shards import ShardReader
+from radflow.store.tables import read_table
 from radflow.store.urls import zarr_store
 from radflow.tasks.preprocess import Enhancements, FrameParams, prepare_frame
 

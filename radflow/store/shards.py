@@ -1,4 +1,4 @@
-"""Whole shards of a frames array, each frame encoded once as it arrives.
+"""Whole shards of a frames array, each frame encoded once as it arrives, and read back a frame at a time.
 
 A batch of ingest owns a shard-aligned region of one ``raw/`` array (chunk = one frame). Writing it
 through ``arr[lo:hi] = block`` costs a copy of every frame into the block, a fill-valued shard the
@@ -12,7 +12,8 @@ Zarr v3 ``sharding_indexed`` layout with its default index codecs at the end. A 
 (the ``crc32c`` codec that ends radflow's inner codecs) is computed here and joined after the chunk
 when the shard is assembled: Zarr's codec appends it by copying the compressed chunk once more.
 Codecs without a synchronous encoder go through Zarr's codec pipeline; an array laid out otherwise is
-written through Zarr, frames stacked as before.
+written through Zarr, frames stacked as before. :class:`ShardReader` reads such shards the same way round:
+each shard's index once, each frame's chunk by its byte range, decoded in the calling thread.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from zarr.core.buffer import cpu
 
 from radflow.errors import MissingChunkError
-from radflow.store.layout import shard_index, shard_key
+from radflow.store.layout import require_chunk, shard_index, shard_key
 
 __all__ = ["ShardWriter", "ShardReader", "keep_freed_heap"]
 
@@ -141,8 +142,6 @@ class ShardReader:
     def frame(self, position: int) -> np.ndarray:
         """Frame ``position`` in the array's dtype and frame shape."""
         if self._steps is None:
-            from radflow.store.layout import require_chunk
-
             require_chunk(self.arr, position)
             return np.asarray(self.arr[position])
         from zarr.abc.store import RangeByteRequest
