@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from radflow.errors import ConfigError, ModelError
 from radflow.models.loading import ModelSpec, weights_sha256
-from radflow.stages._images import canvas_of, image_ranges, images_block, open_array
+from radflow.stages._images import canvas_of, image_ranges, images_block, open_array, stored_block
 from radflow.stages.base import Job, Range, Request, Stage, instance_rows, register
 from radflow.store.tables import write_part
 from radflow.store.urls import normalize
@@ -60,7 +60,7 @@ def plan_inference(spec: ModelSpec, canvas: int, *, embeddings: bool, autocast: 
 
 def infer_blocks(blocks: Iterable[np.ndarray], *, spec: ModelSpec, autocast: str | None = None, embedding_dim: int = 0,
                  micro_batch: int | None = None) -> np.ndarray:
-    """Model outputs for a sequence of ``(n, H, W)`` float32 canvas blocks in 0 … 1 (model loaded once per
+    """Model outputs for a sequence of ``(n, H, W)`` float canvas blocks in 0 … 1 (model loaded once per
     worker), concatenated: ``(sum n, outputs + embedding_dim)`` float32, scores then the embedding when asked.
 
     The blocks are taken (read from the store, when ``blocks`` reads them) and made into model input on
@@ -130,8 +130,11 @@ class Infer(Stage):
     def run(self, job: Job, rng: Range) -> int:
         plan: InferPlan = job.options
         keys = instance_rows(job, rng, ["index", "patient_key", "study_key", "sop_uid"])
-        chunk = int(open_array(job, "images").chunks[0])
-        blocks = (images_block(job, rng, lo, min(lo + chunk, rng.hi)) for lo in range(rng.lo, rng.hi, chunk))
+        images = open_array(job, "images")
+        chunk = int(images.chunks[0])
+        # float canvases go to the model input as stored (converted there a few frames at a time); uint16 scaled first
+        read = images_block if images.dtype == np.uint16 else stored_block
+        blocks = (read(job, rng, lo, min(lo + chunk, rng.hi)) for lo in range(rng.lo, rng.hi, chunk))
         scores = infer_blocks(blocks, spec=plan.spec, autocast=plan.autocast, embedding_dim=plan.embedding_dim)
         idx = keys["index"].to_numpy() - rng.lo
         df = keys.copy()

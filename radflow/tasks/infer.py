@@ -75,6 +75,10 @@ class Prediction:
     embeddings: np.ndarray | None = None
 
 
+#: float32 bytes of the frames ``to_model_input`` converts and resizes at once (16 MiB: 16 canvases of 512²)
+_SLICE_BYTES = 16 * 2**20
+
+
 def _as_torch(batch: Any):
     import torch
 
@@ -90,7 +94,8 @@ def to_model_input(batch: Any, card: ModelCard, device: Any = None):
 
     Parameters
     ----------
-    batch : (n, H, W) float array in [0, 1] (NumPy, CuPy via DLPack, or torch)
+    batch : (n, H, W) float array in [0, 1] (NumPy, CuPy via DLPack, or torch); a float16 block (as
+        ``images`` stores it) is converted and resized a few frames at a time, to the same values
     card : ModelCard
 
     Returns
@@ -102,9 +107,15 @@ def to_model_input(batch: Any, card: ModelCard, device: Any = None):
     x = _as_torch(batch)
     if device is not None and x.device != torch.device(device):
         x = x.to(device, non_blocking=True)
-    x = x.to(torch.float32)
-    if card.input_size and (x.shape[-2], x.shape[-1]) != (card.input_size, card.input_size):
-        x = resize(x, (card.input_size, card.input_size), "area")
+    size = (card.input_size, card.input_size) if card.input_size else None
+    if size is not None and (x.shape[-2], x.shape[-1]) != size and x.dtype != torch.float32:
+        # a few frames at a time: a block of large canvases (float16 as stored) is never whole in float32
+        step = max(1, _SLICE_BYTES // max(1, 4 * x.shape[-2] * x.shape[-1]))
+        x = torch.cat([resize(x[i : i + step].to(torch.float32), size, "area") for i in range(0, x.shape[0], step)])
+    else:
+        x = x.to(torch.float32)
+        if size is not None and (x.shape[-2], x.shape[-1]) != size:
+            x = resize(x, size, "area")
     x = x[:, None].expand(-1, card.channels, -1, -1)
     mean = torch.tensor(card.mean, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
     std = torch.tensor(card.std, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)

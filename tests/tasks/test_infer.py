@@ -122,6 +122,27 @@ def test_to_model_input_shapes_and_normalization():
     assert torch.allclose(t, torch.full_like(t, 1.0))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_float16_block_makes_the_input_its_float32_conversion_makes(monkeypatch, channels_last):
+    """A stored float16 block is converted and resized a few frames at a time (never whole in float32):
+    the same values, bit for bit, as converting it first, for slices of one frame up to the whole block."""
+    import radflow.tasks.infer as infer
+
+    card = ModelCard(labels=("a",), input_size=24, channels=3, channels_last=channels_last)
+    block = np.random.default_rng(7).random((7, 80, 64), dtype=np.float32).astype(np.float16)
+    want = to_model_input(block.astype(np.float32), card)
+    resized = []
+    real_resize = infer.resize
+    monkeypatch.setattr(infer, "resize", lambda x, *a, **k: resized.append(x.shape[0]) or real_resize(x, *a, **k))
+    for frames in (1, 3, 7, 100):
+        monkeypatch.setattr(infer, "_SLICE_BYTES", frames * 4 * 80 * 64)
+        resized.clear()
+        got = to_model_input(block, card)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert max(resized) == min(frames, 7) and sum(resized) == 7  # never more than a slice in float32 at once
+        assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def test_state_dict_mismatch_names_first_key(tmp_path):
     card = ModelCard(arch="resnet18", labels=("a",))
     path = tmp_path / "wrong.pt"
