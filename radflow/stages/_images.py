@@ -11,7 +11,7 @@ from radflow.stages.base import Job, Range, Request, shard_ranges
 from radflow.store import layout, versions
 from radflow.store.urls import zarr_store
 
-__all__ = ["canvas_of", "image_ranges", "open_array", "images_block", "stored_block"]
+__all__ = ["canvas_of", "image_ranges", "open_array", "images_block", "unit_float"]
 
 
 def canvas_of(request: Request) -> int:
@@ -43,15 +43,14 @@ def open_array(job: Job, path: str, mode: str = "r"):
     return _root(job.store, json.dumps(job.storage_options, sort_keys=True), mode)[path]
 
 
-def stored_block(job: Job, rng: Range, lo: int | None = None, hi: int | None = None) -> np.ndarray:
-    """``images[lo:hi]`` (the range's, or the part ``lo … hi`` of it) in its stored dtype."""
-    return np.asarray(open_array(job, "images")[rng.lo if lo is None else lo:rng.hi if hi is None else hi])
-
-
-def images_block(job: Job, rng: Range, lo: int | None = None, hi: int | None = None) -> np.ndarray:
-    """``images[lo:hi]`` (the range's, or the part ``lo … hi`` of it) as float32 in 0 … 1 (uint16 images scaled)."""
-    block = stored_block(job, rng, lo, hi)
+def unit_float(block: np.ndarray) -> np.ndarray:
+    """A block of ``images`` as float32 in 0 … 1 (uint16 images scaled)."""
     x = block.astype(np.float32)
     if block.dtype == np.uint16:
         x /= 65535.0
     return x
+
+
+def images_block(job: Job, rng: Range, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    """``images[lo:hi]`` (the range's, or the part ``lo … hi`` of it) as float32 in 0 … 1 (uint16 images scaled)."""
+    return unit_float(np.asarray(open_array(job, "images")[rng.lo if lo is None else lo:rng.hi if hi is None else hi]))

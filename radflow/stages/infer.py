@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from radflow.errors import ConfigError, ModelError
 from radflow.models.loading import ModelSpec, weights_sha256
-from radflow.stages._images import canvas_of, image_ranges, images_block, open_array, stored_block
+from radflow.stages._images import canvas_of, image_ranges, open_array, unit_float
 from radflow.stages.base import Job, Range, Request, Stage, instance_rows, register
 from radflow.store.tables import write_part
 from radflow.store.urls import normalize
@@ -133,8 +133,8 @@ class Infer(Stage):
         images = open_array(job, "images")
         chunk = int(images.chunks[0])
         # float canvases go to the model input as stored (converted there a few frames at a time); uint16 scaled first
-        read = images_block if images.dtype == np.uint16 else stored_block
-        blocks = (read(job, rng, lo, min(lo + chunk, rng.hi)) for lo in range(rng.lo, rng.hi, chunk))
+        stored = (np.asarray(images[lo:min(lo + chunk, rng.hi)]) for lo in range(rng.lo, rng.hi, chunk))
+        blocks = (unit_float(b) if b.dtype == np.uint16 else b for b in stored)
         scores = infer_blocks(blocks, spec=plan.spec, autocast=plan.autocast, embedding_dim=plan.embedding_dim)
         idx = keys["index"].to_numpy() - rng.lo
         df = keys.copy()

@@ -47,6 +47,7 @@ __all__ = [
     "present_frames",
     "shard_key",
     "shard_index",
+    "missing_chunk",
 ]
 
 FORMAT_VERSION = 2
@@ -260,19 +261,19 @@ def shard_key(arr: zarr.Array, shard: int) -> str:
     return f"{prefix}/{key}" if prefix else key
 
 
-def shard_index(arr: zarr.Array, shard: int, *, check: bool = False) -> np.ndarray | None:
+def shard_index(arr: zarr.Array, shard: int) -> tuple[np.ndarray, bool] | None:
     """Shard ``shard``'s index, ``(offset, nbytes)`` per inner chunk as ``uint64`` (``2**64 - 1`` twice for a
-    chunk never written), read alone from the end of the shard object; ``None`` when the object does not exist.
-    ``check``: verify the index's own CRC-32C (``ValueError`` when it does not match)."""
+    chunk never written), read alone from the end of the shard object, and whether it matches its own
+    CRC-32C; ``None`` when the object does not exist."""
     from zarr.abc.store import SuffixByteRequest
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
     shard_frames = arr.shards[0] if arr.shards else arr.chunks[0]
     n_inner = shard_frames // arr.chunks[0]
-    key = shard_key(arr, shard)
     try:
-        buf = sync(arr.store_path.store.get(key, default_buffer_prototype(), SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
+        buf = sync(arr.store_path.store.get(shard_key(arr, shard), default_buffer_prototype(),
+                                            SuffixByteRequest(n_inner * _SHARD_INDEX_ENTRY + 4)))
     except Exception as exc:  # a versioned store whose version lists a shard object storage no longer has
         if "not found" not in str(exc).lower():
             raise
@@ -280,20 +281,22 @@ def shard_index(arr: zarr.Array, shard: int, *, check: bool = False) -> np.ndarr
     if buf is None:
         return None
     data = buf.to_bytes()
-    if check and google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
-        raise ValueError(f"{key}: the shard index does not match its CRC-32C checksum")
-    return np.frombuffer(data[:-4], dtype="<u8").reshape(n_inner, 2)
+    intact = google_crc32c.value(data[:-4]).to_bytes(4, "little") == data[-4:]
+    return np.frombuffer(data[:-4], dtype="<u8").reshape(n_inner, 2), intact
 
 
-def present_frames(arr: zarr.Array, positions: np.ndarray) -> np.ndarray:
-    """Whether the inner chunk of each frame position was written, reading each shard's index once."""
+def present_frames(arr: zarr.Array, positions: np.ndarray, index_of=None) -> np.ndarray:
+    """Whether the inner chunk of each frame position was written, reading each shard's index once
+    (``index_of(shard)``: :func:`shard_index`'s answer from elsewhere, a reader's cached one)."""
+    index_of = index_of or (lambda shard: shard_index(arr, shard))
     positions = np.asarray(positions, dtype=np.int64)
     shard_frames = arr.shards[0] if arr.shards else arr.chunks[0]
     out = np.zeros(len(positions), bool)
     for shard in np.unique(positions // shard_frames):
-        index = shard_index(arr, int(shard))
-        if index is None:
+        found = index_of(int(shard))
+        if found is None:
             continue
+        index = found[0]
         sel = positions // shard_frames == shard
         inner = (positions[sel] % shard_frames) // arr.chunks[0]
         out[sel] = ~((index[inner, 0] == _EMPTY) & (index[inner, 1] == _EMPTY))
@@ -305,12 +308,15 @@ def chunk_present(arr: zarr.Array, frame: int) -> bool:
     return bool(present_frames(arr, np.array([frame]))[0])
 
 
+def missing_chunk(arr: zarr.Array, frame: int) -> MissingChunkError:
+    """The error for a frame recorded as written whose chunk the store does not have."""
+    return MissingChunkError(f"frame {frame} of {arr.path!r} is recorded as written but its chunk is missing from "
+                             "the store; run `radflow verify` and re-ingest the affected batch")
+
+
 def require_chunk(arr: zarr.Array, frame: int) -> None:
     if not chunk_present(arr, frame):
-        raise MissingChunkError(
-            f"frame {frame} of {arr.path!r} is recorded as written but its chunk is missing from the store; "
-            "run `radflow verify` and re-ingest the affected batch"
-        )
+        raise missing_chunk(arr, frame)
 
 
 # -- raw acquisitions (k-space, sinograms) ---------------------------------------------

@@ -28,8 +28,7 @@ import google_crc32c
 import numpy as np
 from zarr.core.buffer import cpu
 
-from radflow.errors import MissingChunkError
-from radflow.store.layout import require_chunk, shard_index, shard_key
+from radflow.store.layout import missing_chunk, present_frames, shard_index, shard_key
 
 __all__ = ["ShardWriter", "ShardReader", "keep_freed_heap"]
 
@@ -122,44 +121,55 @@ def _chunk_spec(arr, sharding) -> Any:
 
 class ShardReader:
     """Frames of a frames array (chunk = one frame), one at a time, as Zarr reads them but without its
-    round trip per frame: each shard's index is read once (its CRC-32C checked), each frame's chunk is fetched
-    by its byte range and decoded by the array's own inner codecs (their checksum included) in the calling
-    thread. Through Zarr a frame costs two requests (index, chunk) and the hand-offs of its event loop and
-    decoder thread. Arrays laid out otherwise, or with a codec without a synchronous decoder, are read
-    through Zarr. A frame whose chunk was never written raises :class:`~radflow.errors.MissingChunkError`
-    (a recorded frame with no chunk is a damaged store, not a blank image)."""
+    round trip per frame: each shard's index is read once (its CRC-32C checked before a frame is taken from
+    it), each frame's chunk is fetched by its byte range and decoded by the array's own inner codecs (their
+    checksum included) in the calling thread. Through Zarr a frame costs two requests (index, chunk) and the
+    hand-offs of its event loop and decoder thread. Arrays laid out otherwise, or with a codec without a
+    synchronous decoder, are read through Zarr. A frame whose chunk was never written raises
+    :class:`~radflow.errors.MissingChunkError` (a recorded frame with no chunk is a damaged store, not a
+    blank image)."""
 
     def __init__(self, arr) -> None:
         self.arr = arr
         self.shard_frames = int(arr.shards[0]) if arr.shards else int(arr.chunks[0])
-        self._indexes: dict[int, np.ndarray | None] = {}
+        self._indexes: dict[int, tuple[np.ndarray, bool] | None] = {}
         self._steps: list[tuple[Any, Any]] | None = None
         sharding = _direct_layout(arr)
         if sharding is not None:
             steps = _inner_steps(list(sharding.codecs), _chunk_spec(arr, sharding))
             self._steps = None if steps is None or any(not hasattr(c, "_decode_sync") for c, _ in steps) else steps
 
+    def _index(self, shard: int) -> tuple[np.ndarray, bool] | None:
+        if shard not in self._indexes:
+            self._indexes[shard] = shard_index(self.arr, shard)
+        return self._indexes[shard]
+
+    def present(self, positions) -> np.ndarray:
+        """:func:`~radflow.store.layout.present_frames` from the indexes this reader reads (and keeps)."""
+        return present_frames(self.arr, positions, self._index)
+
     def frame(self, position: int) -> np.ndarray:
         """Frame ``position`` in the array's dtype and frame shape."""
         if self._steps is None:
-            require_chunk(self.arr, position)
+            if not self.present([position])[0]:
+                raise missing_chunk(self.arr, position)
             return np.asarray(self.arr[position])
         from zarr.abc.store import RangeByteRequest
         from zarr.core.buffer import default_buffer_prototype
         from zarr.core.sync import sync
 
         shard, inner = divmod(int(position), self.shard_frames)
-        if shard not in self._indexes:
-            self._indexes[shard] = shard_index(self.arr, shard, check=True)
-        index = self._indexes[shard]
-        offset, nbytes = (int(v) for v in index[inner]) if index is not None else (int(_EMPTY), int(_EMPTY))
-        if nbytes == int(_EMPTY):
-            raise MissingChunkError(f"frame {position} of {self.arr.path!r} is recorded as written but its chunk is "
-                                    "missing from the store; run `radflow verify` and re-ingest the affected batch")
+        found = self._index(shard)
+        if found is None or int(found[0][inner, 1]) == int(_EMPTY):
+            raise missing_chunk(self.arr, position)
+        index, intact = found
+        if not intact:
+            raise ValueError(f"{shard_key(self.arr, shard)}: the shard index does not match its CRC-32C checksum")
+        offset, nbytes = (int(v) for v in index[inner])
         buf = sync(self.arr.store_path.store.get(shard_key(self.arr, shard), default_buffer_prototype(),
                                                  RangeByteRequest(offset, offset + nbytes)))
         if buf is None:  # the shard went away since its index was read
-            raise MissingChunkError(f"shard {shard} of {self.arr.path!r} is missing from the store")
+            raise missing_chunk(self.arr, position)
         for codec, spec in reversed(self._steps):
             buf = codec._decode_sync(buf, spec)
         return buf.as_numpy_array().reshape(self.arr.shape[1:])  # (read-only where the decoder's buffer is)

@@ -39,8 +39,8 @@ def verify_frames(store_url: str, array: str, rows: list[dict[str, Any]],
         checksum = layout.frame_checksum_of(root)
         arr = root[array]
         positions = np.array([int(r["position"]) for r in rows], dtype=np.int64)
-        present = layout.present_frames(arr, positions)
         reader = ShardReader(arr)
+        present = reader.present(positions)  # each shard's index read once, kept for the frames' reads
     except Exception as exc:  # no metadata, or an index that does not parse: every frame of these rows is lost
         kind = "ARRAY_UNREADABLE" if not isinstance(exc, KeyError) else "ARRAY_MISSING"
         return [{**ident(r), "array": array, "position": int(r["position"]), "problem": kind,

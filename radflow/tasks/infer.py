@@ -107,15 +107,14 @@ def to_model_input(batch: Any, card: ModelCard, device: Any = None):
     x = _as_torch(batch)
     if device is not None and x.device != torch.device(device):
         x = x.to(device, non_blocking=True)
-    size = (card.input_size, card.input_size) if card.input_size else None
-    if size is not None and (x.shape[-2], x.shape[-1]) != size and x.dtype != torch.float32:
-        # a few frames at a time: a block of large canvases (float16 as stored) is never whole in float32
-        step = max(1, _SLICE_BYTES // max(1, 4 * x.shape[-2] * x.shape[-1]))
-        x = torch.cat([resize(x[i : i + step].to(torch.float32), size, "area") for i in range(0, x.shape[0], step)])
-    else:
+    size = (card.input_size, card.input_size) if card.input_size else (x.shape[-2], x.shape[-1])
+    if (x.shape[-2], x.shape[-1]) == size:
         x = x.to(torch.float32)
-        if size is not None and (x.shape[-2], x.shape[-1]) != size:
-            x = resize(x, size, "area")
+    else:  # a float16 block (large canvases, as stored) a few frames at a time: never whole in float32
+        n = max(1, x.shape[0])  # (an empty block: one empty part)
+        step = n if x.dtype == torch.float32 else max(1, _SLICE_BYTES // max(1, 4 * x.shape[-2] * x.shape[-1]))
+        parts = [resize(x[i : i + step].to(torch.float32), size, "area") for i in range(0, n, step)]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
     x = x[:, None].expand(-1, card.channels, -1, -1)
     mean = torch.tensor(card.mean, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)
     std = torch.tensor(card.std, dtype=torch.float32, device=x.device).reshape(1, -1, 1, 1)

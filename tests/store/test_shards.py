@@ -26,6 +26,23 @@ def _object(tmp_path, name: str, shard: int) -> bytes:
     return (tmp_path / "s.zarr" / name / "c" / str(shard) / "0" / "0").read_bytes()
 
 
+def _written(tmp_path, codec: str, frames: int, seed: int):
+    """Array ``a`` of ``s.zarr`` (8 frames, 4 per shard) with its first ``frames`` written by the writer."""
+    arr = _array(zarr.open_group(str(tmp_path / "s.zarr"), mode="w"), "a", layout.raw_compressors(codec))
+    writer = ShardWriter(arr, 0)
+    writer.add(np.random.default_rng(seed).integers(0, 4096, (frames, 40, 24), dtype=np.uint16))
+    writer.flush()
+    return arr
+
+
+def _flip(tmp_path, shard: int, at: int) -> None:
+    """Invert byte ``at`` of shard ``shard``'s object of array ``a``."""
+    path = tmp_path / "s.zarr" / "a" / "c" / str(shard) / "0" / "0"
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("codec", [*layout.RAW_CODECS, "zstd without a chunk checksum"])
 def test_whole_shards_are_the_bytes_zarr_writes(tmp_path, codec):
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
@@ -61,15 +78,8 @@ def test_a_part_filled_shard_leaves_the_rest_unwritten(tmp_path):
 
 
 def test_a_flipped_byte_in_a_written_shard_is_found(tmp_path):
-    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
-    arr = _array(root, "a", layout.raw_compressors("zstd"))
-    writer = ShardWriter(arr, 0)
-    writer.add(np.random.default_rng(2).integers(0, 4096, (4, 40, 24), dtype=np.uint16))
-    writer.flush()
-    path = tmp_path / "s.zarr" / "a" / "c" / "0" / "0" / "0"
-    data = bytearray(path.read_bytes())
-    data[10] ^= 0xFF  # inside the first frame's compressed bytes
-    path.write_bytes(bytes(data))
+    _written(tmp_path, "zstd", 4, seed=2)
+    _flip(tmp_path, 0, 10)  # inside the first frame's compressed bytes
     with pytest.raises(ValueError, match="(?i)checksum|crc"):
         zarr.open_group(str(tmp_path / "s.zarr"))["a"][0]
 
@@ -150,16 +160,9 @@ def test_the_shard_reader_reads_the_frames_zarr_reads(tmp_path, codec):
 def test_the_shard_reader_finds_a_flipped_byte_in_a_frame_or_in_the_index(tmp_path):
     from radflow.store.shards import ShardReader
 
-    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
-    arr = _array(root, "a", layout.raw_compressors("blosc-lz4"))
-    writer = ShardWriter(arr, 0)
-    writer.add(np.random.default_rng(5).integers(0, 4096, (8, 40, 24), dtype=np.uint16))
-    writer.flush()
+    arr = _written(tmp_path, "blosc-lz4", 8, seed=5)
     for shard, at in ((0, 10), (1, -8)):  # inside the first frame's bytes; inside the index
-        path = tmp_path / "s.zarr" / "a" / "c" / str(shard) / "0" / "0"
-        data = bytearray(path.read_bytes())
-        data[at] ^= 0xFF
-        path.write_bytes(bytes(data))
+        _flip(tmp_path, shard, at)
         with pytest.raises(ValueError, match="(?i)checksum|crc"):
             ShardReader(arr).frame(shard * 4)
 
