@@ -1,7 +1,7 @@
 """radflow's flows: Prefect flows whose parameters, plain JSON values already, are recorded as they are.
 
 Prefect records a flow run's parameters through FastAPI's ``jsonable_encoder``, importing FastAPI (and
-Starlette) in the command's process the first time a flow runs: 0.15 s on a quiet machine, up to 0.4 s
+Starlette) in the command's process the first time a flow runs: 0.16 s on a quiet machine, up to 0.4 s
 while the cluster's workers import beside it, on the way to the flow run's start. radflow's flow
 parameters are strings, numbers, booleans, ``None``, and lists, tuples and string-keyed dicts of
 them; those are recorded as the encoder would record them (tuples as lists), without it. Any other
