@@ -1,10 +1,15 @@
 """radflow's ingest command against the script a user would write instead, on the same archive, in one run.
 
-Baselines (the twenty lines a user writes: ``pydicom.dcmread`` → ``pixel_array`` → a Zarr v3 array):
+Baselines (the twenty lines a user writes: ``pydicom.dcmread`` → ``pixel_array`` → a Zarr v3 array), each
+run as ``python`` start to exit, as radflow's command is (the interpreter's start, the imports and the walk
+of the source folder included):
 
 * ``plain script, 1 process, sharded``: one process; frames of one shape go to one array,
   sharded and zstd-1 compressed like radflow's ``raw/`` arrays, written a whole shard at a time;
-* ``plain script, N processes, unsharded``: N processes (``--procs``), one chunk per frame.
+* ``plain script, N processes, unsharded``: N processes (``--procs``), one chunk per frame;
+* ``plain script as a Prefect flow on a local Dask cluster``: the same per-frame work mapped over a
+  ``LocalCluster`` of N one-thread workers from a Prefect flow (the running Prefect API): what the
+  script costs on radflow's stack, before any of radflow's own work.
 
 radflow: ``radflow ingest SRC STORE`` as a subprocess, start to exit (imports, Prefect's local
 API, the local cluster, discovery, header index, planning, decode, checksums, sharded writes, the
@@ -18,6 +23,8 @@ write, tables: worker seconds) from its summary; the plain script's own steps ar
 in one process after the rounds.
 
     python benchmarks/baseline.py [--n 64] [--unique 64] [--syntax explicit|jpeg2000|mixed] [--procs 2] [--repeat 2]
+
+(``baseline.py --plain sharded|unsharded|prefect-dask SRC OUT [--procs N]`` is one plain script run.)
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
 from _common import quiet, use_syntax
 
@@ -94,8 +102,8 @@ def _write_one(args: tuple[str, str, int]) -> None:
     arr[i] = pixels
 
 
-def plain_unsharded(files: list[str], out: str, procs: int) -> None:
-    """N processes: one chunk per frame, each process decoding and writing its own frames."""
+def _unsharded_jobs(files: list[str], out: str) -> list[tuple[str, str, int]]:
+    """One array per frame shape, one chunk per frame (zstd-1); a job per input."""
     import zarr
     from zarr.codecs import ZstdCodec
 
@@ -106,8 +114,40 @@ def plain_unsharded(files: list[str], out: str, procs: int) -> None:
         root.create_array(f"raw_{rows}x{cols}", shape=(len(group), *shape), dtype=f"uint{bits}", chunks=(1, *shape),
                           compressors=ZstdCodec(level=1))
         jobs += [(f, out, i) for i, f in enumerate(group)]
+    return jobs
+
+
+def plain_unsharded(files: list[str], out: str, procs: int) -> None:
+    """N processes: one chunk per frame, each process decoding and writing its own frames."""
+    jobs = _unsharded_jobs(files, out)
     with ProcessPoolExecutor(procs) as pool:
         list(pool.map(_write_one, jobs, chunksize=4))
+
+
+def plain_prefect_dask(files: list[str], out: str, procs: int) -> None:
+    """The unsharded script's work as a Prefect flow mapping it over a local Dask cluster of ``procs`` workers."""
+    from distributed import Client, LocalCluster
+    from prefect import flow
+
+    @flow(name="plain-script")
+    def convert() -> None:
+        jobs = _unsharded_jobs(files, out)
+        with LocalCluster(n_workers=procs, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            client.gather(client.map(_write_one, jobs, pure=False))
+
+    convert()
+
+
+def _plain_main(mode: str, src: str, out: str, procs: int) -> None:
+    """One plain script run, as a user would run it: walk ``src``, convert, exit."""
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs)
+    if mode == "sharded":
+        plain_sharded(files, out)
+    elif mode == "unsharded":
+        plain_unsharded(files, out, procs)
+    else:
+        plain_prefect_dask(files, out, procs)
 
 
 def plain_parts(files: list[str], out: str) -> dict[str, float]:
@@ -189,7 +229,10 @@ def main() -> None:
     p.add_argument("--procs", type=int, default=2, help="processes of the unsharded plain script (default 2)")
     p.add_argument("--repeat", type=int, default=2, help="interleaved rounds (default 2)")
     p.add_argument("--out", default=None)
+    p.add_argument("--plain", nargs=3, metavar=("MODE", "SRC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.plain:
+        return _plain_main(*args.plain, args.procs)
 
     quiet()
     import radflow.synth.radiographs as R
@@ -211,9 +254,14 @@ def main() -> None:
     env_api = {**env, "PREFECT_API_URL": server[1]}
     env["PREFECT_HOME"] = os.path.join(work, "prefect-home-kept")  # the kept API's own database
     stop_kept = [sys.executable, "-m", "radflow", "api", "stop"]
+    def plain(mode: str, env: dict[str, str]) -> Callable[[str], None]:
+        return lambda out: subprocess.run([sys.executable, os.path.abspath(__file__), "--plain", mode, s.dicom, out, "--procs",
+                                           str(args.procs)], env=env, check=True, stdin=subprocess.DEVNULL)
+
     cases = {
-        "plain script, 1 process, sharded (zstd-1)": lambda out: plain_sharded(files, out),
-        f"plain script, {args.procs} processes, unsharded": lambda out: plain_unsharded(files, out, args.procs),
+        "plain script, 1 process, sharded (zstd-1)": plain("sharded", env),
+        f"plain script, {args.procs} processes, unsharded": plain("unsharded", env),
+        "plain script as a Prefect flow on a local Dask cluster": plain("prefect-dask", {**env_api, "PREFECT_LOGGING_LEVEL": "WARNING"}),
         "radflow ingest CLI, first command (starts API)": lambda out: radflow_cli(s.dicom, out, env),
         "radflow ingest CLI, next command (API kept)": lambda out: radflow_cli(s.dicom, out, env),
         "radflow ingest CLI, running Prefect API": lambda out: radflow_cli(s.dicom, out, env_api),
@@ -248,11 +296,11 @@ def main() -> None:
     mb = s.bytes / 1e6
     base = f"plain script, {args.procs} processes, unsharded"
     print(f"\n== ingest of {s.images} radiographs, {mb:.0f} MB; median of {args.repeat}; baseline: {base} ==")
-    print(f"{'pipeline':<46} {'wall s':>8} {'MB/s':>8} {'× baseline':>11} {'CPU s':>7} {'stored MB':>10}")
+    print(f"{"pipeline":<54} {'wall s':>8} {'MB/s':>8} {'× baseline':>11} {'CPU s':>7} {'stored MB':>10}")
     ref = mb / statistics.median(times[base])
     for name, ts in times.items():
         rate = mb / statistics.median(ts)
-        print(f"{name:<46} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}× "
+        print(f"{name:<54} {statistics.median(ts):>8.1f} {rate:>8.1f} {rate / ref:>10.2f}× "
               f"{statistics.median(cpu[name]):>7.1f} {sizes.get(name, 0) / 1e6:>10.0f}")
     print("(CPU s: the whole machine's CPU-seconds during the run, every process's, on a machine otherwise quiet)")
     for name in [n for n in cases if n.startswith("radflow")]:

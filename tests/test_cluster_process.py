@@ -25,6 +25,10 @@ if __name__ == "__main__":
                 "answer": client.submit(sum, [1, 2, 3]).result(),
                 "nice": [os.nice(0), *client.run(lambda: os.nice(0)).values()],
                 "malloc": list(client.run(lambda: {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}).values()),
+                # the environment each worker's process began with (a fork's is its server's): what glibc read
+                "exec_env": list(client.run(lambda: dict(kv.split("=", 1) for kv in open("/proc/self/environ").read()
+                                                         .split("\0") if kv.startswith(("MALLOC_", "OMP_")))).values()),
+                "parents": list(client.run(lambda: os.getppid()).values()),
                 "stderr": os.readlink("/proc/self/fd/2"),
                 "worker_stderr": list(client.run(lambda: os.readlink("/proc/self/fd/2")).values())}
         client.run(lambda: print("a line a worker wrote to its stderr", file=sys.stderr, flush=True))
@@ -66,11 +70,17 @@ def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
     # worker_env over Dask's pre-spawn environment)
     assert [(m["MALLOC_MMAP_THRESHOLD_"], m["MALLOC_TRIM_THRESHOLD_"], m["MALLOC_ARENA_MAX"]) for m in info["malloc"]] == \
         [(str(256 * 2**20), str(64 * 2**20), "1")] * 2  # (Dask's own trim threshold is 64 KiB)
+    # workers are forked from one server (started with those settings, and Dask's one BLAS thread), not spawned
+    # by the cluster's process
+    assert [(e["MALLOC_TRIM_THRESHOLD_"], e["MALLOC_ARENA_MAX"], e["OMP_NUM_THREADS"]) for e in info["exec_env"]] == \
+        [(str(64 * 2**20), "1", "1")] * 2
+    server = set(info["parents"])
+    assert len(server) == 1 and server.isdisjoint([info["scheduler"], info["me"]])
     # the workers' errors reach the command's stderr through the command, not by holding its stderr: a pipe
     # reading the command ends when the command does, not when the last worker has stopped
     assert info["stderr"] not in info["worker_stderr"]
     assert "a line a worker wrote to its stderr" in done.stderr
-    assert _gone([info["scheduler"], *info["workers"]], 60)
+    assert _gone([info["scheduler"], *info["workers"], *server], 60)
 
     # a command killed outright (SIGKILL): its cluster does not outlive it
     owner = subprocess.Popen([sys.executable, str(script), "wait"], env=env, stdout=subprocess.PIPE, text=True,
@@ -80,7 +90,7 @@ def test_the_local_cluster_runs_beside_the_command_and_ends_with_it(tmp_path):
         assert len(info["workers"]) == 2
         owner.send_signal(signal.SIGKILL)
         owner.wait(30)
-        assert _gone([info["scheduler"], *info["workers"]], 90)
+        assert _gone([info["scheduler"], *info["workers"], *info["parents"]], 90)
     finally:
         owner.kill()
 
@@ -91,8 +101,9 @@ from radflow.cluster.local import connect, current_pending, engine_imported, pen
 from radflow.config import ClusterSettings
 
 if __name__ == "__main__":
-    settings = ClusterSettings(n_workers=1, threads_per_worker=1)
-    with pending_cluster(settings, start_local(settings)) as pending:
+    settings = ClusterSettings(n_workers=1, threads_per_worker=1, worker_start="forkserver")
+    # (a module nothing else imports: the workers start with it, never asked to import it)
+    with pending_cluster(settings, start_local(settings, ("radflow.tasks.recon",))) as pending:
         engine_imported()  # (the command's flows, imported meanwhile, may now import distributed's modules)
         module = sys.modules.get("distributed")
         imported = module is not None and not getattr(module.__spec__, "_initializing", True) \
@@ -103,11 +114,12 @@ if __name__ == "__main__":
             first = client.run_on_scheduler(os.getpid)
             answer = client.submit(sum, [1, 2]).result()
             warmed = all(client.run(lambda: __import__("sys").modules.get("radflow.store.shards") is not None).values())
+            preloaded = all(client.run(lambda: "radflow.tasks.recon" in __import__("sys").modules).values())
         with connect(settings) as client:  # a later flow of the block: the same cluster
             second = client.run_on_scheduler(os.getpid)
         workers = list(client.run(os.getpid).values())
     print(json.dumps({"again": again is None, "first": first, "second": second, "answer": answer, "warmed": warmed,
-                      "workers": workers, "pending": current_pending() is None, "imported": imported}), flush=True)
+                      "preloaded": preloaded, "workers": workers, "pending": current_pending() is None, "imported": imported}), flush=True)
 '''
 
 
@@ -122,6 +134,7 @@ def test_a_block_goes_on_while_its_cluster_starts_and_its_flows_share_it(tmp_pat
     assert info["again"] and info["answer"] == 3 and info["first"] == info["second"]
     assert info["imported"]  # the block's thread imported distributed whole before the wait returned
     assert info["warmed"]  # the modules asked for before the workers were up were imported on them
+    assert info["preloaded"]  # and those named when the cluster began, before any task ran
     assert info["pending"]  # the block's end closed it
     assert _gone([info["first"], *info["workers"]], 60)
 
@@ -172,3 +185,25 @@ def test_a_sealed_task_is_opened_by_its_worker_and_not_by_the_scheduler(tmp_path
     assert info["sealed"] == 42 and info["name"] == "double"
     assert info["after_sealed"] == [info["worker"]]  # opened on the worker only
     assert info["plain"] == 8 and info["scheduler"] in info["after_plain"]  # (the check can fail)
+
+
+def test_workers_are_forked_from_a_server_where_that_saves_an_import():
+    from radflow.cluster.local import forked_workers
+    from radflow.config import ClusterSettings
+
+    assert forked_workers(ClusterSettings(n_workers=2))  # (checked on a running cluster above)
+    assert not forked_workers(ClusterSettings(n_workers=1))  # one worker: the server would be a process more
+    assert forked_workers(ClusterSettings(n_workers=1, worker_start="forkserver"))
+    assert not forked_workers(ClusterSettings(n_workers=4, worker_start="spawn"))
+    assert not forked_workers(ClusterSettings(n_workers=2, kind="local-cuda"))  # dask-cuda starts its own
+
+
+def test_each_flow_a_command_runs_on_a_cluster_names_the_modules_its_workers_import():
+    import importlib.util
+
+    from radflow.cli import FLOW_COMMANDS
+    from radflow.flows._api import WORKER_MODULES
+
+    for modules, cluster in FLOW_COMMANDS.values():
+        assert not cluster or all(m in WORKER_MODULES for m in modules), modules
+    assert all(importlib.util.find_spec(m) is not None for names in WORKER_MODULES.values() for m in names)

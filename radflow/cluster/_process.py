@@ -3,7 +3,9 @@
 The flow process only holds a client. Started in the flow process, the scheduler and the nannies
 shared its interpreter lock with the imports of the flows while they started (they took 4–5 s on two
 cores where either alone takes 1.5–2.5 s) and with Prefect's threads while the run went on. The
-cluster process reads its settings (one JSON line) from its standard input, answers with one line
+cluster process reads its settings and the modules its workers start with (one JSON line) from its
+standard input (with two workers or more, the server they are forked from starts at once, importing
+those while this process imports Dask and starts the scheduler), answers with one line
 (``{"address": …, "workers": n}`` or ``{"error": …}``) on its standard output, and closes the
 cluster when its standard input ends: when the command closes it, or when the command dies
 however it dies (the kernel closes the pipe). It ignores SIGINT, as do the worker processes it
@@ -32,7 +34,7 @@ __all__ = ["ClusterProcess"]
 class ClusterProcess:
     """The command's side: the process started at once, its answer awaited by :meth:`wait`."""
 
-    def __init__(self, settings: ClusterSettings) -> None:
+    def __init__(self, settings: ClusterSettings, preload: tuple[str, ...] = ()) -> None:
         self.settings = settings
         # its errors (and its workers') reach the command's through a pipe the command reads, not the command's
         # own stderr: a reader of the command's output (a pipe, a CI log) sees the end when the command exits,
@@ -40,7 +42,7 @@ class ClusterProcess:
         self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace")
         threading.Thread(target=_forward, args=(self.process.stderr,), name="radflow-cluster-stderr", daemon=True).start()
-        self.process.stdin.write(settings.model_dump_json() + "\n")
+        self.process.stdin.write(json.dumps({"settings": settings.model_dump(mode="json"), "preload": list(preload)}) + "\n")
         self.process.stdin.flush()
         self.scheduler_address = ""
         self.workers: dict[str, Any] = {}
@@ -92,13 +94,15 @@ def _forward(stream) -> None:
 
 def _main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the worker processes
-    import dask
-
-    from radflow.cluster.local import _start
-
-    settings = ClusterSettings.model_validate_json(sys.stdin.readline())
+    message = json.loads(sys.stdin.readline())
+    settings = ClusterSettings.model_validate(message["settings"])
     if settings.nice:  # (inherited by the workers) the command's latency-bound work goes first on a busy machine
         os.nice(settings.nice)
+    from radflow.cluster.local import _start, forked_workers, start_forkserver
+
+    if forked_workers(settings):  # its imports run while this process starts the scheduler
+        start_forkserver(settings, tuple(message["preload"]))
+    import dask
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes where the command's own errors go
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -15,7 +16,7 @@ from radflow.errors import ConfigError, MissingDependencyError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["connect", "dashboard_link", "security", "start_local", "warm_up", "Starting", "Pending", "pending_cluster",
+__all__ = ["connect", "dashboard_link", "security", "start_local", "start_forkserver", "warm_up", "Starting", "Pending", "pending_cluster",
            "current_pending", "engine_imported"]
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Starting:
     ``radflow.cli``); the cluster process ignores it, and a thread started from the main thread has
     this process ignore it until the cluster is taken (the worker processes inherit that)."""
 
-    def __init__(self, settings: ClusterSettings) -> None:
+    def __init__(self, settings: ClusterSettings, preload: tuple[str, ...] = ()) -> None:
         import signal
         from concurrent.futures import Future
 
@@ -76,7 +77,7 @@ class Starting:
         if settings.kind == "local":
             from radflow.cluster._process import ClusterProcess
 
-            self._process: Any = ClusterProcess(settings)
+            self._process: Any = ClusterProcess(settings, preload)
             return
         self._process = None
         if threading.current_thread() is threading.main_thread():
@@ -194,12 +195,11 @@ def current_pending() -> Pending | None:
     return _pending
 
 
-def start_local(settings: ClusterSettings) -> Starting | None:
+def start_local(settings: ClusterSettings, preload: tuple[str, ...] = ()) -> Starting | None:
     """Start the cluster :func:`connect` would start, without waiting for it (``None`` where ``connect``
     would start nothing: a scheduler address, a client already current in this process, or a block's
-    cluster still starting)."""
-    import sys
-
+    cluster still starting). ``preload``: modules the workers of a local cluster start with
+    (:func:`start_forkserver`)."""
     if settings.address or _pending is not None:
         return None
     if "distributed" in sys.modules:  # (else no client can be current: distributed is not imported for this)
@@ -208,7 +208,7 @@ def start_local(settings: ClusterSettings) -> Starting | None:
         current = _get_global_client()
         if current is not None and current.status == "running":
             return None
-    return Starting(settings)
+    return Starting(settings, preload)
 
 
 @contextlib.contextmanager
@@ -309,12 +309,69 @@ def _seconds(value: Any) -> float:
     return float(parse_timedelta(value, default="seconds") or 0)
 
 
+def _worker_environ(settings: ClusterSettings) -> dict[str, str]:
+    """What a nanny sets in the environment before it starts its worker: Dask's pre-spawn environment with
+    ``settings.worker_env`` over it, a variable of this process's own environment over both."""
+    import importlib.util
+
+    import dask
+    import yaml
+
+    if "distributed" not in sys.modules:  # its defaults (one BLAS thread …), as its import would set them (0.5 s)
+        with open(os.path.join(importlib.util.find_spec("distributed").submodule_search_locations[0], "distributed.yaml")) as f:
+            dask.config.update_defaults(yaml.safe_load(f))
+
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
+    return {k: os.environ.get(k, str(v)) for k, v in environ.items() if v is not None}
+
+
+def start_forkserver(settings: ClusterSettings, preload: tuple[str, ...] = ()) -> None:
+    """Start the process a local cluster's workers are forked from (:func:`forked_workers`), now,
+    with ``distributed`` and ``preload`` imported in it: each worker (and each restart of one) then starts
+    with them, where a spawned worker is a fresh interpreter that imports Dask and then the command's
+    modules on its own (two workers on two cores: twice the CPU, at the same time as the command's
+    imports). It runs in the environment a nanny gives its worker (glibc reads ``MALLOC_*`` when a
+    process starts, so the forks have the settings the server started with; NumPy's BLAS reads its
+    thread count when imported there). Called in the cluster process before it imports Dask's scheduler:
+    the server's imports overlap that."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    environ = _worker_environ(settings)
+    if environ.get("PYTHONHASHSEED") in (None, "0"):  # what every Dask nanny sets: one hash seed on every worker
+        environ["PYTHONHASHSEED"] = "6640"
+    os.environ.update(environ)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", *preload])
+    multiprocessing.forkserver.ensure_running()
+    import distributed.utils as dask_utils
+
+    # (Dask would otherwise import every package it knows of, pandas included, into this process, the
+    # scheduler's, to choose the server's preloads: the server is running, so its choice would be unused)
+    dask_utils._forkserver_preload_set = True
+
+
+def local_workers(settings: ClusterSettings) -> int:
+    """How many workers a local cluster of ``settings`` starts."""
+    return settings.n_workers or max(1, (os.cpu_count() or 1) // max(1, settings.threads_per_worker))
+
+
+def forked_workers(settings: ClusterSettings) -> bool:
+    """Whether a cluster of ``settings`` forks its workers from a server (:func:`start_forkserver`)."""
+    if settings.kind != "local" or settings.worker_start == "spawn":
+        return False
+    return settings.worker_start == "forkserver" or local_workers(settings) > 1
+
+
 def _start(settings: ClusterSettings):
     import dask
     from distributed import LocalCluster
 
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
+    forkserver = forked_workers(settings)
+    if forkserver:
+        start_forkserver(settings)  # (at once if the cluster process started it)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,  # read by each nanny at start
+                          **({"distributed.worker.multiprocessing-method": "forkserver"} if forkserver else {}),
                           "distributed.scheduler.allowed-failures": settings.allowed_failures,
                           # task results (index rows with input paths) never land on local disk unless asked
                           "distributed.worker.memory.target": 0.6 if settings.spill_to_disk else False,
@@ -340,9 +397,8 @@ def _start(settings: ClusterSettings):
 
             return KubeCluster(custom_cluster_spec=cluster_spec(settings), namespace=settings.kubernetes.namespace)
         if settings.kind == "local":
-            n = settings.n_workers or max(1, (os.cpu_count() or 1) // max(1, settings.threads_per_worker))
             return LocalCluster(
-                n_workers=n,
+                n_workers=local_workers(settings),
                 threads_per_worker=settings.threads_per_worker,
                 processes=True,
                 memory_limit=settings.memory_limit,

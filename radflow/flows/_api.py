@@ -104,6 +104,18 @@ class TemporaryAPI:
             self.process.kill()
 
 
+#: what each flow's Dask tasks import on a worker, by flow module: a local cluster's workers start with them
+#: (:func:`radflow.cluster.local.start_forkserver`), another cluster's import them as soon as they are up
+#: (:func:`radflow.cluster.warm_up`). Named here, not in the flows' modules: the cluster starts before those are imported.
+WORKER_MODULES = {
+    # (pyarrow imports pandas at its first conversion of Python rows: a batch's first table part)
+    "radflow.flows.ingest": ("radflow.ingest.index", "radflow.ingest.batches", "pandas"),
+    "radflow.flows.process": ("radflow.stages.preprocess", "radflow.stages.features"),
+    "radflow.flows.verify": ("radflow.store.verify",),
+}
+WORKER_MODULES["radflow.flows.demo"] = WORKER_MODULES["radflow.flows.ingest"] + WORKER_MODULES["radflow.flows.process"]
+
+
 @contextlib.contextmanager
 def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any] | None = None,
             address: str | None = None) -> Iterator[None]:
@@ -120,18 +132,20 @@ def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any]
         warming: list[Any] = []  # held until the block ends (a released future may never run)
         stack.callback(warming.clear)
         starting = None
+        worker_modules = tuple(dict.fromkeys(m for name in modules for m in WORKER_MODULES.get(name, ())))
         if cluster:
             from radflow.cluster import pending_cluster, start_local
             from radflow.flows._common import build_settings
 
             cluster_settings = build_settings(settings, address).cluster
-            starting = start_local(cluster_settings)  # None where nothing is started here
+            starting = start_local(cluster_settings, worker_modules)  # None where nothing is started here
             if starting is not None and cluster_settings.kind == "local":  # a flow waits for it only where it first needs it
                 stack.enter_context(pending_cluster(cluster_settings, starting))
             elif starting is not None:
                 stack.callback(starting.discard)  # a cluster the block never took (an import failed) is closed
         new = [name for name in modules if name not in sys.modules]
-        flows = [importlib.import_module(name) for name in modules]
+        for name in modules:
+            importlib.import_module(name)
         if new:
             log.info("imported %s", ", ".join(new))
         if cluster:
@@ -139,8 +153,6 @@ def engines(modules: tuple[str, ...], *, cluster: bool, settings: dict[str, Any]
 
             engine_imported()  # the flows import distributed's modules as they run: not while the cluster's thread does
 
-            # what the flows' tasks import on a worker, imported there as soon as it is up
-            worker_modules = tuple(dict.fromkeys(m for f in flows for m in getattr(f, "WORKER_MODULES", ())))
             pending = current_pending()
             if pending is not None:
                 pending.warm(worker_modules)

@@ -49,11 +49,6 @@ from radflow.store.versions import transaction
 
 __all__ = ["ingest_flow", "select_new", "summarize"]
 
-#: what this flow's Dask tasks import on a worker (imported there early: :func:`radflow.cluster.warm_up`)
-WORKER_MODULES = ("radflow.ingest.index", "radflow.ingest.batches", "pandas")  # (pyarrow imports pandas at its first
-# conversion of Python rows: a batch's first table part)
-
-
 #: held by a probe, and by a batch's runs after its probes: a probe that kills the worker on purpose must
 #: not be taken for the death of another batch's careful re-run (which then blamed an innocent input)
 _PROBE_LOCK = threading.RLock()

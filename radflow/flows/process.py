@@ -28,9 +28,6 @@ from radflow.store.versions import transaction
 
 __all__ = ["process_flow", "STEPS", "check_canvas_fits", "local_worker_memory"]
 
-#: what this flow's Dask tasks import on a worker (imported there early: :func:`radflow.cluster.warm_up`)
-WORKER_MODULES = ("radflow.stages.preprocess", "radflow.stages.features")
-
 #: the registered stages, in run order
 STEPS = tuple(registered())
 

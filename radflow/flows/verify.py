@@ -27,9 +27,6 @@ from radflow.store.verify import check_structure, verify_frames
 
 __all__ = ["verify_flow", "frames_to_verify"]
 
-#: what this flow's Dask tasks import on a worker (imported there early: :func:`radflow.cluster.warm_up`)
-WORKER_MODULES = ("radflow.store.verify",)
-
 
 def frames_to_verify(st) -> dict[str, pd.DataFrame]:
     """Array path → rows with ``position, crc32`` (``rows, cols`` for raw frames) and an id column.
