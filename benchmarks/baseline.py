@@ -296,7 +296,7 @@ def main() -> None:
     mb = s.bytes / 1e6
     base = f"plain script, {args.procs} processes, unsharded"
     print(f"\n== ingest of {s.images} radiographs, {mb:.0f} MB; median of {args.repeat}; baseline: {base} ==")
-    print(f"{"pipeline":<54} {'wall s':>8} {'MB/s':>8} {'× baseline':>11} {'CPU s':>7} {'stored MB':>10}")
+    print(f"{'pipeline':<54} {'wall s':>8} {'MB/s':>8} {'× baseline':>11} {'CPU s':>7} {'stored MB':>10}")
     ref = mb / statistics.median(times[base])
     for name, ts in times.items():
         rate = mb / statistics.median(ts)
