@@ -13,6 +13,10 @@ radflow: ``radflow process STORE --steps preprocess,features --canvas C`` and th
 first command's start of it untimed; one local worker with a thread per core for
 preprocess, features and infer steps), or ``--workers N`` one-thread workers for both.
 
+"stack alone": what radflow's stack costs before any work: a Prefect flow (on the same kept API) that starts
+the same local Dask cluster, has its workers import what radflow's import for the step (torch and
+torchvision for inference), and ends, reading no data.
+
 Each side runs in its own process tree; peak memory is the largest sum over the tree, sampled every
 50 ms, of each process's resident set (RSS: a shared library's pages count once per process that maps
 them) and of its proportional set (PSS: shared pages split between the processes sharing them, what
@@ -79,6 +83,32 @@ print(json.dumps({"frames": len(inst), "seconds": time.perf_counter() - t0}))
 '''
 
 
+#: the stack alone: a Prefect flow (radflow's kept API) that starts the local Dask cluster radflow's command
+#: starts and has its workers import what radflow's would for the step, then ends; no data read
+STACK = r'''
+import importlib, os, sys
+from distributed import Client, LocalCluster
+from prefect import flow
+
+def imports(names):
+    for name in names:
+        importlib.import_module(name)
+
+@flow(name="stack-alone")
+def alone(modules, workers):
+    threads = 1 if workers else os.cpu_count()
+    with LocalCluster(n_workers=workers or 1, threads_per_worker=threads, host="127.0.0.1", dashboard_address=":0") as c, \
+            Client(c) as client:
+        client.gather([client.submit(imports, modules, workers=[w], pure=False) for w in client.scheduler_info()["workers"]])
+
+if __name__ == "__main__":
+    alone(sys.argv[1].split(","), int(sys.argv[2]))
+'''
+#: what radflow's workers import for each step
+STEP_MODULES = {"preprocess,features": "radflow.stages.preprocess,radflow.stages.features",
+                "infer": "radflow.stages.infer,radflow.tasks.infer,torch,torchvision"}
+
+
 def _tree_memory(pid: int) -> tuple[int, int]:
     """The process tree's summed resident and proportional set sizes (bytes)."""
     import psutil
@@ -140,6 +170,7 @@ def main() -> None:
     import torch
 
     import radflow
+    from radflow.flows._kept_api import kept_server
     from radflow.models.loading import save_model
     from radflow.synth import write_archive
     from radflow.tasks.infer import ModelCard
@@ -173,6 +204,9 @@ def main() -> None:
                 extra = ["--canvas", str(args.canvas)] if steps != "infer" else ["--model", model]
                 secs, peak, _ = run([sys.executable, "-m", "radflow", "process", store, "--steps", steps, *extra], env)
                 rows.setdefault(f"radflow process: {steps}", []).append((secs, *peak))
+                secs, peak, _ = run([sys.executable, "-c", STACK, STEP_MODULES[steps], str(args.workers or 0)],
+                                    {**env, "PREFECT_API_URL": kept_server()["url"]})
+                rows.setdefault(f"stack alone: {steps}", []).append((secs, *peak))
             shutil.rmtree(store, ignore_errors=True)
         shape = f"{args.workers} one-thread workers" if args.workers else "radflow's own cluster shape"
         print(f"\n{frames} frames, canvas {args.canvas}, model {args.arch} at 224², {shape}, "
@@ -184,7 +218,7 @@ def main() -> None:
 
         for steps in ("preprocess,features", "infer"):
             base = medians(f"plain loop: {steps}")
-            for who in ("plain loop", "radflow process"):
+            for who in ("plain loop", "radflow process", "stack alone"):
                 got = medians(f"{who}: {steps}")
                 print(f"{who + ': ' + steps:<44} {got[0]:>7.1f} {frames / got[0]:>9.1f} {base[0] / got[0]:>7.2f}x "
                       f"{got[1] / 1e6:>7.0f} {got[1] / base[1]:>5.2f}x {got[2] / 1e6:>7.0f} {got[2] / base[2]:>5.2f}x")

@@ -187,6 +187,20 @@ def test_a_sealed_task_is_opened_by_its_worker_and_not_by_the_scheduler(tmp_path
     assert info["plain"] == 8 and info["scheduler"] in info["after_plain"]  # (the check can fail)
 
 
+@pytest.mark.timeout(240)
+def test_a_temporary_folder_too_deep_for_the_servers_socket_has_the_workers_spawned(tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(_OWNER)
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # (a Unix socket's path holds 107 bytes)
+    deep.mkdir(parents=True)
+    env = {**os.environ, "TMPDIR": str(deep), "DASK_LOGGING__DISTRIBUTED": "error"}
+    done = subprocess.run([sys.executable, str(script), "exit"], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["answer"] == 6 and set(info["parents"]) == {info["scheduler"]}  # spawned by the cluster's process
+    assert "too deep for the server's socket" in done.stderr
+
+
 def test_workers_are_forked_from_a_server_where_that_saves_an_import():
     from radflow.cluster.local import forked_workers
     from radflow.config import ClusterSettings

@@ -19,6 +19,7 @@ submitted at 3.8–4.0 s (0: 4.0–6.1 s) and the command ended at 6.2–6.7 s (
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -42,7 +43,8 @@ class ClusterProcess:
         self.process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, bufsize=1, errors="replace")
         threading.Thread(target=_forward, args=(self.process.stderr,), name="radflow-cluster-stderr", daemon=True).start()
-        self.process.stdin.write(json.dumps({"settings": settings.model_dump(mode="json"), "preload": list(preload)}) + "\n")
+        self.process.stdin.write(json.dumps({"settings": settings.model_dump(mode="json"), "preload": list(preload),
+                                             "log_level": logging.getLogger().getEffectiveLevel()}) + "\n")
         self.process.stdin.flush()
         self.scheduler_address = ""
         self.workers: dict[str, Any] = {}
@@ -54,9 +56,10 @@ class ClusterProcess:
         reader.join(self.settings.start_timeout_s + 60)
         line = answer[0].strip() if answer else ""
         if not line:
+            proc = self.process
             self.close(timeout=5)
             raise RuntimeError(f"the local Dask cluster did not start within {self.settings.start_timeout_s + 60:.0f} s"
-                               if not answer else f"the local Dask cluster's process exited ({self.process.returncode})")
+                               if not answer else f"the local Dask cluster's process exited ({proc.returncode})")
         reply = json.loads(line)
         if "error" in reply:
             self.close(timeout=5)
@@ -95,13 +98,16 @@ def _forward(stream) -> None:
 def _main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the worker processes
     message = json.loads(sys.stdin.readline())
+    # radflow's own messages, as the command shows them (its errors go to the command's stderr)
+    logging.basicConfig(level=message["log_level"], format="%(levelname)s %(name)s: %(message)s")
     settings = ClusterSettings.model_validate(message["settings"])
     if settings.nice:  # (inherited by the workers) the command's latency-bound work goes first on a busy machine
         os.nice(settings.nice)
     from radflow.cluster.local import _start, forked_workers, start_forkserver
 
-    if forked_workers(settings):  # its imports run while this process starts the scheduler
-        start_forkserver(settings, tuple(message["preload"]))
+    # the server's imports run while this process starts the scheduler
+    if forked_workers(settings) and not start_forkserver(settings, tuple(message["preload"])):
+        settings = settings.model_copy(update={"worker_start": "spawn"})  # (said why; not tried again)
     import dask
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes where the command's own errors go

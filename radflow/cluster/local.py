@@ -325,7 +325,7 @@ def _worker_environ(settings: ClusterSettings) -> dict[str, str]:
     return {k: os.environ.get(k, str(v)) for k, v in environ.items() if v is not None}
 
 
-def start_forkserver(settings: ClusterSettings, preload: tuple[str, ...] = ()) -> None:
+def start_forkserver(settings: ClusterSettings, preload: tuple[str, ...] = ()) -> bool:
     """Start the process a local cluster's workers are forked from (:func:`forked_workers`), now,
     with ``distributed`` and ``preload`` imported in it: each worker (and each restart of one) then starts
     with them, where a spawned worker is a fresh interpreter that imports Dask and then the command's
@@ -333,21 +333,34 @@ def start_forkserver(settings: ClusterSettings, preload: tuple[str, ...] = ()) -
     imports). It runs in the environment a nanny gives its worker (glibc reads ``MALLOC_*`` when a
     process starts, so the forks have the settings the server started with; NumPy's BLAS reads its
     thread count when imported there). Called in the cluster process before it imports Dask's scheduler:
-    the server's imports overlap that."""
+    the server's imports overlap that. ``False`` where it cannot start (the workers are then spawned):
+    its Unix socket would lie deeper than a socket's path may be (108 bytes) under a deep ``TMPDIR``
+    (Python 3.11 does not fall back to a shorter folder there)."""
     import multiprocessing
     import multiprocessing.forkserver
+    from multiprocessing import util
 
+    # (the socket is ``listener-`` and 8 characters in this folder, made now if not yet)
+    if len(os.fsencode(os.path.join(util.get_temp_dir(), "listener-" + "x" * 8))) >= 108:
+        log.warning("local workers are spawned, not forked: the temporary folder %s is too deep for the server's "
+                    "socket (set TMPDIR to a shorter one)", util.get_temp_dir())
+        return False
     environ = _worker_environ(settings)
     if environ.get("PYTHONHASHSEED") in (None, "0"):  # what every Dask nanny sets: one hash seed on every worker
         environ["PYTHONHASHSEED"] = "6640"
     os.environ.update(environ)
     multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", *preload])
-    multiprocessing.forkserver.ensure_running()
+    try:
+        multiprocessing.forkserver.ensure_running()
+    except OSError as exc:
+        log.warning("local workers are spawned, not forked: the server they fork from did not start (%s)", exc)
+        return False
     import distributed.utils as dask_utils
 
     # (Dask would otherwise import every package it knows of, pandas included, into this process, the
     # scheduler's, to choose the server's preloads: the server is running, so its choice would be unused)
     dask_utils._forkserver_preload_set = True
+    return True
 
 
 def local_workers(settings: ClusterSettings) -> int:
@@ -367,9 +380,7 @@ def _start(settings: ClusterSettings):
     from distributed import LocalCluster
 
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
-    forkserver = forked_workers(settings)
-    if forkserver:
-        start_forkserver(settings)  # (at once if the cluster process started it)
+    forkserver = forked_workers(settings) and start_forkserver(settings)  # (at once if the cluster process started it)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,  # read by each nanny at start
                           **({"distributed.worker.multiprocessing-method": "forkserver"} if forkserver else {}),
                           "distributed.scheduler.allowed-failures": settings.allowed_failures,
