@@ -16,8 +16,8 @@ from radflow.errors import ConfigError, MissingDependencyError
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = ["connect", "dashboard_link", "security", "start_local", "start_forkserver", "warm_up", "Starting", "Pending", "pending_cluster",
-           "current_pending", "engine_imported"]
+__all__ = ["connect", "dashboard_link", "security", "start_local", "start_forkserver", "forked_workers", "warm_up", "Starting",
+           "Pending", "pending_cluster", "current_pending", "engine_imported"]
 
 log = logging.getLogger(__name__)
 
