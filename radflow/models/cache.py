@@ -50,6 +50,7 @@ class ModelCache(WorkerPlugin):
                 model = load_model(spec)
                 _to_device(model)
                 model.runner = _runner(_worker_threads(self.worker))
+                model.feeding = threading.Lock()  # one task at a time feeds the runner (radflow.stages.infer)
                 self.models[spec.key] = model
                 log.info("loaded model %s (%s, sha256 %s)", model.card.name, model.kind, model.sha256[:12])
             return model

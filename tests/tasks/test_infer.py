@@ -182,3 +182,41 @@ def test_a_state_dict_without_a_card_names_its_outputs_by_position(tmp_path):
         torch.testing.assert_close(loaded.module(x), net(x))
     assert loaded.module.fc.out_features == 3
     assert loaded.card.channels == 3  # from the first convolution: the grey canvas is repeated, as for any ImageNet model
+
+
+def test_task_threads_of_a_worker_read_their_blocks_one_at_a_time(tmp_path, model, direct):
+    """Two inference tasks of one worker: while one reads a block and makes it model input, the other
+    waits (two blocks at full canvas size at once were the inference command's peak); their scores are
+    those of the model run directly."""
+    import threading
+    import time
+
+    from radflow.stages.infer import infer_blocks
+
+    path = tmp_path / "m.pt"
+    save_model(model, CARD, str(path))
+    reading, most, lock = [0], [0], threading.Lock()
+
+    def blocks():
+        for lo in range(0, len(X), 2):
+            with lock:
+                reading[0] += 1
+                most[0] = max(most[0], reading[0])
+            time.sleep(0.05)  # a read long enough for the other thread to try its own
+            with lock:
+                reading[0] -= 1
+            yield X[lo:lo + 2]
+
+    out: list[np.ndarray] = [None, None]
+
+    def task(i: int) -> None:
+        out[i] = infer_blocks(blocks(), spec=ModelSpec(str(path)))
+
+    threads = [threading.Thread(target=task, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert most[0] == 1
+    for got in out:
+        np.testing.assert_allclose(got, direct, atol=1e-4)
