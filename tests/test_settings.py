@@ -132,3 +132,26 @@ def test_a_small_store_gets_images_shards_enough_for_every_worker():
     assert shard_frames(377_110, chunk, chunk_bytes, 128) == 256  # an archive: the target
     assert shard_frames(10, chunk, chunk_bytes, 128) == 32  # never less than a chunk
     assert shard_frames(SPREAD * 64, chunk, chunk_bytes, 128) == 64
+
+
+@pytest.mark.timeout(240)
+def test_the_ingest_command_and_its_workers_never_import_torch(tmp_path):
+    """``radflow ingest`` runs no model: torch (seconds of CPU and hundreds of MB per process) is not imported
+    by the command, nor by what its workers import to run its tasks (the modules they start with)."""
+    from radflow.synth import write_archive
+
+    archive = write_archive(tmp_path / "archive", 3, seed=1, sizes=((64, 64),), broken=False)
+    env = {**os.environ, "RADFLOW_SECRET_KEY": GOOD_KEY, "RADFLOW_CLUSTER__N_WORKERS": "1"}
+    proc = subprocess.run([sys.executable, "-c", PROBE, "ingest", archive.dicom, str(tmp_path / "s.zarr")],
+                          capture_output=True, text=True, timeout=200, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    heavy = [line for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
+    assert heavy and "torch" not in heavy[-1] and "prefect" in heavy[-1], proc.stderr[-3000:]  # (the probe works)
+
+    from radflow.flows._api import WORKER_MODULES
+
+    modules = ("radflow.cluster.sealed", *WORKER_MODULES["radflow.flows.ingest"])
+    worker = subprocess.run([sys.executable, "-c", f"import sys\nfor m in {modules!r}: __import__(m)\n"
+                             "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert worker.returncode == 0 and worker.stdout.strip() == "[]", worker.stderr[-2000:]
