@@ -93,7 +93,7 @@ class ClusterSettings(BaseModel):
         "auto", description="how local workers start: `forkserver` forks each (a restarted one too) from one process "
         "that imported Dask and the command's worker modules once, as the cluster began; `spawn` starts each as a "
         "fresh interpreter that imports them itself; `auto`: forkserver for two workers or more (ingest of 64 "
-        "radiographs on two: first batch 0.55 s sooner, 1.5 CPU-s less), spawn for one (the server would be one "
+        "radiographs on two: first batch 0.5 s sooner, 1.4 CPU-s less), spawn for one (the server would be one "
         "process more, saving no import: process preprocess+features peaked at 902 MB RSS against 770)")
     worker_env: dict[str, str] = Field(
         default_factory=lambda: {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20),

@@ -105,14 +105,13 @@ def _main() -> None:
         os.nice(settings.nice)
     from radflow.cluster.local import _start, forked_workers, start_forkserver
 
-    # the server's imports run while this process starts the scheduler
-    if forked_workers(settings) and not start_forkserver(settings, tuple(message["preload"])):
-        settings = settings.model_copy(update={"worker_start": "spawn"})  # (said why; not tried again)
+    # the server's imports run while this process imports Dask and starts the scheduler
+    forked = forked_workers(settings) and start_forkserver(settings, tuple(message["preload"]))
     import dask
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes where the command's own errors go
     try:
-        cluster = _start(settings)
+        cluster = _start(settings, forked)
     except Exception as exc:  # handed to the command
         out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
         out.flush()

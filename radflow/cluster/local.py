@@ -321,8 +321,14 @@ def _worker_environ(settings: ClusterSettings) -> dict[str, str]:
         with open(os.path.join(importlib.util.find_spec("distributed").submodule_search_locations[0], "distributed.yaml")) as f:
             dask.config.update_defaults(yaml.safe_load(f))
 
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
-    return {k: os.environ.get(k, str(v)) for k, v in environ.items() if v is not None}
+    return {k: os.environ.get(k, str(v)) for k, v in _pre_spawn_environ(settings).items() if v is not None}
+
+
+def _pre_spawn_environ(settings: ClusterSettings) -> dict[str, Any]:
+    """Dask's ``distributed.nanny.pre-spawn-environ`` with ``settings.worker_env`` over it."""
+    import dask
+
+    return {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
 
 
 def start_forkserver(settings: ClusterSettings, preload: tuple[str, ...] = ()) -> bool:
@@ -340,10 +346,10 @@ def start_forkserver(settings: ClusterSettings, preload: tuple[str, ...] = ()) -
     import multiprocessing.forkserver
     from multiprocessing import util
 
-    # (the socket is ``listener-`` and 8 characters in this folder, made now if not yet)
-    if len(os.fsencode(os.path.join(util.get_temp_dir(), "listener-" + "x" * 8))) >= 108:
+    folder = util.get_temp_dir()  # (made now if not yet) where the socket will be: ``listener-`` and 8 characters
+    if len(os.fsencode(os.path.join(folder, "listener-" + "x" * 8))) >= 108:
         log.warning("local workers are spawned, not forked: the temporary folder %s is too deep for the server's "
-                    "socket (set TMPDIR to a shorter one)", util.get_temp_dir())
+                    "socket (set TMPDIR to a shorter one)", folder)
         return False
     environ = _worker_environ(settings)
     if environ.get("PYTHONHASHSEED") in (None, "0"):  # what every Dask nanny sets: one hash seed on every worker
@@ -375,14 +381,14 @@ def forked_workers(settings: ClusterSettings) -> bool:
     return settings.worker_start == "forkserver" or local_workers(settings) > 1
 
 
-def _start(settings: ClusterSettings):
+def _start(settings: ClusterSettings, forked: bool = False):
+    """The cluster of ``settings`` (``forked``: a local cluster's workers come from the server
+    :func:`start_forkserver` started)."""
     import dask
     from distributed import LocalCluster
 
-    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **settings.worker_env}
-    forkserver = forked_workers(settings) and start_forkserver(settings)  # (at once if the cluster process started it)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,  # read by each nanny at start
-                          **({"distributed.worker.multiprocessing-method": "forkserver"} if forkserver else {}),
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _pre_spawn_environ(settings),  # read by each nanny
+                          **({"distributed.worker.multiprocessing-method": "forkserver"} if forked else {}),
                           "distributed.scheduler.allowed-failures": settings.allowed_failures,
                           # task results (index rows with input paths) never land on local disk unless asked
                           "distributed.worker.memory.target": 0.6 if settings.spill_to_disk else False,
