@@ -175,6 +175,9 @@ class FaultProxy:
                     return
                 if retrieve and proxy.on_retrieve is not None:
                     proxy.on_retrieve(k)
+                # in flight: from the request read to the archive's answer read, before the answer is written
+                # back (once written, the client may release its slot and another request start at once,
+                # while this thread is still on its way to a decrement placed after the write)
                 with proxy._lock:
                     proxy.in_flight += 1
                     proxy.most_in_flight = max(proxy.most_in_flight, proxy.in_flight)
@@ -183,15 +186,15 @@ class FaultProxy:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                     conn.request(self.command, path, body=body or None, headers=headers)
                     resp = conn.getresponse()
-                    data = resp.read()
-                    self._reply(resp.status, data, resp.getheaders())
+                    answer = (resp.status, resp.read(), resp.getheaders())
                     conn.close()
                 except OSError as exc:
                     proxy.unreachable.append(f"{self.command} {path}: {exc!r}")
-                    self._reply(502, b"archive unreachable")
+                    answer = (502, b"archive unreachable", [])
                 finally:
                     with proxy._lock:
                         proxy.in_flight -= 1
+                self._reply(*answer)
 
             do_GET = do_POST = do_PUT = do_DELETE = _forward
 
