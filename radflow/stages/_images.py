@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from radflow.stages.base import Job, Range, Request, shard_ranges
 from radflow.store import layout, versions
 from radflow.store.urls import zarr_store
 
-__all__ = ["canvas_of", "image_ranges", "open_array", "images_block", "unit_float"]
+__all__ = ["canvas_of", "image_ranges", "open_array", "images_block", "stored_chunks", "unit_float"]
 
 
 def canvas_of(request: Request) -> int:
@@ -52,5 +53,16 @@ def unit_float(block: np.ndarray) -> np.ndarray:
 
 
 def images_block(job: Job, rng: Range, lo: int | None = None, hi: int | None = None) -> np.ndarray:
-    """``images[lo:hi]`` (the range's, or the part ``lo … hi`` of it) as float32 in 0 … 1 (uint16 images scaled)."""
+    """``images[lo:hi]`` (the range's, or the part ``lo … hi`` of it) as float32 in 0 … 1 (uint16 images scaled):
+    a whole shard at canvas 1024 is 128 MiB as stored and 256 MiB as float32; :func:`stored_chunks` takes a
+    range a chunk at a time."""
     return unit_float(np.asarray(open_array(job, "images")[rng.lo if lo is None else lo:rng.hi if hi is None else hi]))
+
+
+def stored_chunks(job: Job, rng: Range) -> Iterator[tuple[int, np.ndarray]]:
+    """``images[rng.lo:rng.hi]`` one stored chunk at a time, as stored: ``(first frame's index, frames)``
+    (a whole range at once, and as float32, was a range's shard twice over in memory per task thread)."""
+    images = open_array(job, "images")
+    step = int(images.chunks[0])
+    for lo in range(rng.lo, rng.hi, step):
+        yield lo, np.asarray(images[lo:min(lo + step, rng.hi)])

@@ -8,12 +8,15 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from radflow.stages._images import canvas_of, image_ranges, images_block
+from radflow.stages._images import canvas_of, image_ranges, stored_chunks, unit_float
 from radflow.stages.base import Job, Range, Request, Stage, fingerprint, instance_rows, register
 from radflow.store.tables import write_part
 from radflow.tasks.features import FEATURES, block_features
 
 __all__ = ["Features"]
+
+#: frames of a stored chunk converted to float32 at once for their features
+FRAMES_AT_ONCE = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +45,14 @@ class Features(Stage):
     def run(self, job: Job, rng: Range) -> int:
         opt: FeatureOptions = job.options
         rows = instance_rows(job, rng, ["index", "rows", "cols"])
-        x = images_block(job, rng)
         geometry = np.zeros((rng.hi - rng.lo, 2), dtype=np.int64)
         geometry[rows["index"].to_numpy() - rng.lo] = rows[["rows", "cols"]].to_numpy()
-        feats = block_features(x, geometry, canvas=opt.canvas, cutoff=opt.cutoff)
+        feats = np.full((rng.hi - rng.lo, len(FEATURES)), np.nan)
+        for lo, stored in stored_chunks(job, rng):  # a chunk as stored, made float32 a few frames at a time
+            for a in range(0, len(stored), FRAMES_AT_ONCE):
+                at = slice(lo - rng.lo + a, lo - rng.lo + min(a + FRAMES_AT_ONCE, len(stored)))
+                feats[at] = block_features(unit_float(stored[a:a + FRAMES_AT_ONCE]), geometry[at], canvas=opt.canvas,
+                                           cutoff=opt.cutoff)
         valid = geometry[:, 0] > 0
         df = pd.DataFrame(np.asarray(feats)[valid], columns=list(FEATURES))
         df.insert(0, "index", np.arange(rng.lo, rng.hi)[valid])

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from radflow.errors import ConfigError, ModelError
 from radflow.models.loading import ModelSpec, weights_sha256
-from radflow.stages._images import canvas_of, image_ranges, open_array, unit_float
+from radflow.stages._images import canvas_of, image_ranges, stored_chunks, unit_float
 from radflow.stages.base import Job, Range, Request, Stage, instance_rows, register
 from radflow.store.tables import write_part
 from radflow.store.urls import normalize
@@ -139,11 +139,8 @@ class Infer(Stage):
     def run(self, job: Job, rng: Range) -> int:
         plan: InferPlan = job.options
         keys = instance_rows(job, rng, ["index", "patient_key", "study_key", "sop_uid"])
-        images = open_array(job, "images")
-        chunk = int(images.chunks[0])
         # float canvases go to the model input as stored (converted there a few frames at a time); uint16 scaled first
-        stored = (np.asarray(images[lo:min(lo + chunk, rng.hi)]) for lo in range(rng.lo, rng.hi, chunk))
-        blocks = (unit_float(b) if b.dtype == np.uint16 else b for b in stored)
+        blocks = (unit_float(b) if b.dtype == np.uint16 else b for _, b in stored_chunks(job, rng))
         scores = infer_blocks(blocks, spec=plan.spec, autocast=plan.autocast, embedding_dim=plan.embedding_dim)
         idx = keys["index"].to_numpy() - rng.lo
         df = keys.copy()

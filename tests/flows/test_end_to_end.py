@@ -120,6 +120,14 @@ def test_process_preprocess_infer_features(ingested, tmp_path):
     np.testing.assert_allclose(preds.sort_values("index")[["p_lesion", "p_other"]].to_numpy(), direct, atol=1e-4)
     feats = st.features()
     assert len(feats) == n and feats["mean"].between(0, 1).all() and feats.notna().all().all()
+    # the stage takes each range a chunk at a time, a few frames as float32 at once: the values of the kernel
+    # over the whole array at once
+    from radflow.tasks.features import FEATURES, block_features
+
+    geometry = np.zeros((imgs.shape[0], 2), dtype=np.int64)
+    geometry[inst["index"].to_numpy()] = inst[["rows", "cols"]].to_numpy()
+    whole = block_features(np.asarray(imgs[:], np.float32), geometry, canvas=128)
+    np.testing.assert_array_equal(feats.sort_values("index")[list(FEATURES)].to_numpy(), whole[np.sort(inst["index"])])
     merged = inst.merge(feats, on="index").merge(preds, on=["index", "sop_uid", "patient_key", "study_key"])
     assert len(merged) == n
     # a second run has nothing left to do

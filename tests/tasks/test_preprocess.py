@@ -68,6 +68,33 @@ def test_numpy_and_torch_agree_on_prepare_frame():
     assert 0.0 <= a.min() and a.max() <= 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.int32])
+@pytest.mark.parametrize("windowed", [False, True])
+def test_stored_integers_resized_before_the_rescale_equal_the_rescale_first(dtype, windowed):
+    # prepare_frame resizes the stored integers and then applies the linear modality LUT (no float copy of
+    # the full-size frame): the values equal those of rescaling first, for every stored width and sign
+    info = np.iinfo(dtype)
+    frame = RNG.integers(max(info.min, -3000), min(info.max, 4000), (700, 500)).astype(dtype)
+    p = FrameParams(rows=650, cols=480, rescale_slope=0.75, rescale_intercept=-1024.0,
+                    window_center=400.0 if windowed else float("nan"), window_width=1500.0 if windowed else float("nan"))
+    h, w, top, left = fit_geometry(650, 480, 160)
+    first = resize(apply_modality_lut(frame[:650, :480], 0.75, -1024.0), (h, w), "area")
+    first = window(first, 400.0, 1500.0) if windowed else percentile_normalize(first)
+    for arr in both(frame):
+        out = prepare_frame(arr, p, 160)
+        assert out.dtype in (np.float32, torch.float32)
+        # (float32 rounding near the intercept, either order: ~2e-4 of ~100 units, 4e-6 once normalized)
+        np.testing.assert_allclose(np.asarray(out)[top:top + h, left:left + w], first, atol=1e-5)
+
+
+def test_an_integer_frame_resizes_as_float32():
+    x = (RNG.random((90, 60)) * 60000).astype(np.uint16)
+    for arr in both(x):
+        y = resize(arr, (30, 20), "area")
+        assert y.dtype in (np.float32, torch.float32)
+        np.testing.assert_allclose(np.asarray(y), block_reduce(x.astype(np.float64), (3, 3), np.mean), rtol=1e-6)
+
+
 def test_window_follows_dicom_linear_formula():
     x = np.array([0.0, 39.5, 40.0, 50.0, 60.0, 100.0], np.float32)
     y = window(x, center=50, width=21)
