@@ -4,6 +4,7 @@ into ``features`` parts ``<lo>``, one per range."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,24 @@ from radflow.stages.base import Job, Range, Request, Stage, fingerprint, instanc
 from radflow.store.tables import write_part
 from radflow.tasks.features import FEATURES, block_features
 
-__all__ = ["Features"]
+__all__ = ["Features", "range_features"]
 
 #: frames of a stored chunk converted to float32 at once for their features
 FRAMES_AT_ONCE = 4
+
+
+def range_features(chunks: Iterable[tuple[int, np.ndarray]], geometry: np.ndarray, *, canvas: int,
+                   cutoff: float) -> np.ndarray:
+    """:func:`~radflow.tasks.features.block_features` of a range given as ``(offset, frames as stored)``
+    chunks, :data:`FRAMES_AT_ONCE` frames made float32 at a time (the range whole as float32 was twice its
+    stored size per task thread); ``geometry`` is the range's ``(n, 2)`` native rows, cols."""
+    feats = np.full((len(geometry), len(FEATURES)), np.nan)
+    for offset, stored in chunks:
+        for a in range(0, len(stored), FRAMES_AT_ONCE):
+            at = slice(offset + a, offset + min(a + FRAMES_AT_ONCE, len(stored)))
+            feats[at] = block_features(unit_float(stored[a:a + FRAMES_AT_ONCE]), geometry[at], canvas=canvas,
+                                       cutoff=cutoff)
+    return feats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +62,8 @@ class Features(Stage):
         rows = instance_rows(job, rng, ["index", "rows", "cols"])
         geometry = np.zeros((rng.hi - rng.lo, 2), dtype=np.int64)
         geometry[rows["index"].to_numpy() - rng.lo] = rows[["rows", "cols"]].to_numpy()
-        feats = np.full((rng.hi - rng.lo, len(FEATURES)), np.nan)
-        for lo, stored in stored_chunks(job, rng):  # a chunk as stored, made float32 a few frames at a time
-            for a in range(0, len(stored), FRAMES_AT_ONCE):
-                at = slice(lo - rng.lo + a, lo - rng.lo + min(a + FRAMES_AT_ONCE, len(stored)))
-                feats[at] = block_features(unit_float(stored[a:a + FRAMES_AT_ONCE]), geometry[at], canvas=opt.canvas,
-                                           cutoff=opt.cutoff)
+        feats = range_features(((lo - rng.lo, b) for lo, b in stored_chunks(job, rng)), geometry, canvas=opt.canvas,
+                               cutoff=opt.cutoff)
         valid = geometry[:, 0] > 0
         df = pd.DataFrame(np.asarray(feats)[valid], columns=list(FEATURES))
         df.insert(0, "index", np.arange(rng.lo, rng.hi)[valid])
