@@ -225,7 +225,8 @@ def prepare_frame(frame: Any, params: FrameParams, canvas: int, method: Method =
     Steps: crop to native size, modality LUT (LUT sequence or rescale), VOI LUT sequence
     if any, aspect-preserving resize, window (the header's first VOI window, if any) or
     0.5–99.5 percentile normalization,
-    MONOCHROME1 inversion, optional :class:`Enhancements`, zero padding.
+    MONOCHROME1 inversion, optional :class:`Enhancements`, zero padding. Without a LUT
+    sequence the rescale, linear, comes after the resize (same values, no full-size copy).
 
     Parameters
     ----------
