@@ -1,14 +1,15 @@
 """Memory of one task thread's work in the preprocess and features stages: radflow's way against the
-straightforward one (the named baseline), measured in the same run with ``tracemalloc`` (the peak of
+straightforward one (the named baseline), measured in the same run, interleaved, with ``tracemalloc`` (the peak of
 the bytes Python and NumPy allocate, in one process).
 
 * preprocess, one frame: baseline "rescale first" — the stored integers made float32 by the modality
   LUT at full size, then resized; radflow's ``prepare_frame`` resizes the stored integers and rescales
   the small result (a linear LUT commutes with the resize).
 * features, one range: baseline "whole range as float32" — the range read at once and converted
-  (``images_block``); radflow's ``range_features`` over ``stored_chunks``-like reads, a stored chunk at a
-  time, four frames as float32 at once. The array is laid out as ``images`` is at MIMIC-CXR's count
-  (canvas 1024, float16, chunks of 32 frames, shards of 64, radflow's codecs).
+  (``images_block``); radflow's ``range_features`` over ``array_chunks`` (what ``stored_chunks`` reads
+  in the stage), a stored chunk at a time, four frames as float32 at once. The array is laid out as
+  ``images`` is at MIMIC-CXR's count (canvas 1024, float16, chunks of 32 frames, shards of 64, radflow's
+  codecs).
 
 Prints the peak MiB, the time, the ratios, and whether both ways give the same values.
 
@@ -26,16 +27,24 @@ import tracemalloc
 import numpy as np
 
 
-def _measure(fn, repeat: int):
-    peaks, times, out = [], [], None
+def _once(fn):
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return peak, seconds, out
+
+
+def _pair(baseline, ours, repeat: int):
+    """``(peak MiB, seconds, result)`` medians of each, the two run in turn (interleaved: the machine's
+    load weighs on both alike)."""
+    runs: dict[int, list] = {0: [], 1: []}
     for _ in range(repeat):
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        peaks.append(tracemalloc.get_traced_memory()[1] / 2**20)
-        tracemalloc.stop()
-    return statistics.median(peaks), statistics.median(times), out
+        for i, fn in enumerate((baseline, ours)):
+            runs[i].append(_once(fn))
+    return [(statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[-1][2]) for rs in runs.values()]
 
 
 def main() -> None:
@@ -48,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     import zarr
 
-    from radflow.stages._images import unit_float
+    from radflow.stages._images import array_chunks, unit_float
     from radflow.stages.features import range_features
     from radflow.store import layout
     from radflow.synth.radiographs import chest_radiograph
@@ -66,8 +75,8 @@ def main() -> None:
         x = resize(apply_modality_lut(stored, params.rescale_slope, params.rescale_intercept), (h, w))
         return pad_to_canvas(percentile_normalize(x), args.canvas, top, left)
 
-    rows = [("preprocess, one frame", "rescale first", _measure(rescale_first, args.repeat),
-             "prepare_frame", _measure(lambda: prepare_frame(stored, params, args.canvas), args.repeat), 1e-5)]
+    base, ours = _pair(rescale_first, lambda: prepare_frame(stored, params, args.canvas), args.repeat)
+    rows = [("preprocess, one frame", "rescale first", base, "prepare_frame", ours, 1e-5)]
 
     small = np.round(chest_radiograph(args.rows // 4, args.cols // 4, rng) * 4095).astype(np.uint16)
     canvas = np.asarray(prepare_frame(small, FrameParams(rows=small.shape[0], cols=small.shape[1]), args.canvas))
@@ -78,17 +87,16 @@ def main() -> None:
         noise = rng.normal(0, 0.01, (args.frames, 1, 1)).astype(np.float32)
         images[:] = np.clip(canvas[None] + noise, 0, 1).astype(np.float16)
         geometry = np.tile([[args.rows, args.cols]], (args.frames, 1))
-        step = int(images.chunks[0])
 
         def whole():
             return block_features(unit_float(np.asarray(images[0:args.frames])), geometry, canvas=args.canvas)
 
         def chunked():
-            chunks = ((lo, np.asarray(images[lo:min(lo + step, args.frames)])) for lo in range(0, args.frames, step))
-            return range_features(chunks, geometry, canvas=args.canvas, cutoff=0.25)
+            return range_features(array_chunks(images, 0, args.frames), geometry, canvas=args.canvas, cutoff=0.25)
 
-        rows.append((f"features, one range of {args.frames} frames", "whole range as float32",
-                     _measure(whole, args.repeat), "range_features", _measure(chunked, args.repeat), 0.0))
+        base, ours = _pair(whole, chunked, args.repeat)
+        rows.append((f"features, one range of {args.frames} frames", "whole range as float32", base, "range_features",
+                     ours, 0.0))
 
     print(f"frame {args.rows}x{args.cols} uint16, canvas {args.canvas}, median of {args.repeat} (tracemalloc peaks)")
     print(f"{'work':34s} {'baseline':24s} {'MiB':>6s} {'s':>6s}   {'radflow':16s} {'MiB':>6s} {'s':>6s}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,8 @@ from radflow.stages.base import Job, Range, Request, shard_ranges
 from radflow.store import layout, versions
 from radflow.store.urls import zarr_store
 
-__all__ = ["canvas_of", "image_ranges", "open_array", "images_block", "stored_chunks", "unit_float"]
+__all__ = ["canvas_of", "image_ranges", "open_array", "images_block", "array_chunks", "stored_chunks",
+           "unit_float"]
 
 
 def canvas_of(request: Request) -> int:
@@ -59,10 +61,14 @@ def images_block(job: Job, rng: Range, lo: int | None = None, hi: int | None = N
     return unit_float(np.asarray(open_array(job, "images")[rng.lo if lo is None else lo:rng.hi if hi is None else hi]))
 
 
+def array_chunks(arr: Any, lo: int, hi: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``arr[lo:hi]`` one stored chunk of its first axis at a time, as stored: ``(first frame's index, frames)``."""
+    step = int(arr.chunks[0])
+    for at in range(lo, hi, step):
+        yield at, np.asarray(arr[at:min(at + step, hi)])
+
+
 def stored_chunks(job: Job, rng: Range) -> Iterator[tuple[int, np.ndarray]]:
-    """``images[rng.lo:rng.hi]`` one stored chunk at a time, as stored: ``(first frame's index, frames)``
-    (a whole range at once, and as float32, was a range's shard twice over in memory per task thread)."""
-    images = open_array(job, "images")
-    step = int(images.chunks[0])
-    for lo in range(rng.lo, rng.hi, step):
-        yield lo, np.asarray(images[lo:min(lo + step, rng.hi)])
+    """The range of ``images`` by :func:`array_chunks` (a whole range at once, and as float32, was a range's
+    shard twice over in memory per task thread)."""
+    return array_chunks(open_array(job, "images"), rng.lo, rng.hi)
